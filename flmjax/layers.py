@@ -1,0 +1,248 @@
+"""Building blocks: norms, rotary embeddings, attention with an optional KV cache, feed-forward layers.
+
+Kernels are declared with explicit multi-dimensional shapes (`q` kernel `[embed, heads, head_dim]`) and logical
+axis names, and applied with `jnp.einsum`. Numerics follow REFERENCE.md: norms in float32 then cast back to the
+input dtype before the weight, attention softmax in float32, everything else in the compute dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Axes = Sequence[str | None]
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "silu": nn.silu,
+    "swish": nn.silu,
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "relu": nn.relu,
+}
+
+
+def declare(module: nn.Module, name: str, shape: Sequence[int], axes: Axes,
+            init: Callable = nn.initializers.zeros_init()) -> jax.Array:
+    """A parameter of `module.param_dtype` carrying logical axis names."""
+    if len(axes) != len(shape):
+        raise ValueError(f"{name}: {len(shape)} dims but {len(axes)} axis names")
+    return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), module.param_dtype)
+
+
+def normal_init(stddev: float) -> Callable:
+    return nn.initializers.normal(stddev=stddev)
+
+
+class RMSNorm(nn.Module):
+    """`weight * cast(x * rsqrt(mean(x^2) + eps))`, the normalisation done in float32."""
+
+    eps: float
+    axis_name: str = "embed"
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = declare(self, "scale", (x.shape[-1],), (self.axis_name,), nn.initializers.ones_init())
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return scale.astype(x.dtype) * normed.astype(x.dtype)
+
+
+class LayerNorm(nn.Module):
+    """Standard LayerNorm (biased variance) in float32, cast back, then the affine weight (and bias)."""
+
+    eps: float = 1e-5
+    use_bias: bool = True
+    axis_name: str = "depth_embed"
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = declare(self, "scale", (features,), (self.axis_name,), nn.initializers.ones_init())
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        out = ((x32 - mean) * jax.lax.rsqrt(var + self.eps)).astype(x.dtype) * scale.astype(x.dtype)
+        if self.use_bias:
+            out = out + declare(self, "bias", (features,), (self.axis_name,)).astype(x.dtype)
+        return out
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Half-split ("rotate_half") rotary embedding.
+
+    x: [batch, length, heads, head_dim]; positions: [batch, length] absolute frame indices.
+    """
+    head_dim = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, length, head_dim / 2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    first, second = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-second, first], axis=-1)
+    return x * cos + rotated * sin
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention with a float32 softmax.
+
+    query: [batch, q_len, heads, head_dim]; key, value: [batch, kv_len, kv_heads, head_dim];
+    mask: [batch, q_len, kv_len] (True = may attend). Query head `j * g + i` uses kv head `j`.
+    Returns [batch, q_len, heads, head_dim].
+    """
+    batch, q_len, heads, head_dim = query.shape
+    kv_heads = key.shape[2]
+    grouped = query.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", grouped, key, preferred_element_type=jnp.float32)
+    scores = scores.astype(jnp.float32) * (head_dim ** -0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, value)
+    return out.reshape(batch, q_len, heads, head_dim)
+
+
+def write_to_cache(cache: jax.Array, update: jax.Array, start: jax.Array) -> jax.Array:
+    """Writes `update [batch, length, ...]` into `cache [batch, capacity, ...]` at per-row `start [batch]`."""
+    def write_row(row, new, index):
+        return jax.lax.dynamic_update_slice_in_dim(row, new.astype(row.dtype), index, axis=0)
+    return jax.vmap(write_row)(cache, update, start)
+
+
+class Attention(nn.Module):
+    """Causal grouped-query self-attention of the temporal transformer, with RoPE and an optional KV cache."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float
+    qkv_bias: bool
+    out_bias: bool
+    init_std: float
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, positions: jax.Array, cache: dict | None = None):
+        """x: [batch, length, embed]; positions: [batch, length].
+
+        `cache` (optional): {"k", "v": [batch, capacity, kv_heads, head_dim]}, slot `s` holding frame position
+        `s`; the new keys and values are written at `positions[:, 0]`, and each query attends to every slot
+        at or before its own position. Returns (output [batch, length, embed], updated cache or None).
+        """
+        embed = x.shape[-1]
+        init = normal_init(self.init_std)
+
+        def project(name, heads, axis):
+            kernel = declare(self, f"{name}_kernel", (embed, heads, self.head_dim), ("embed", axis, "head_dim"),
+                             init)
+            y = jnp.einsum("ble,ehd->blhd", x, kernel.astype(self.dtype))
+            if self.qkv_bias:
+                y = y + declare(self, f"{name}_bias", (heads, self.head_dim), (axis, "head_dim")).astype(self.dtype)
+            return y
+
+        query = apply_rope(project("q", self.num_heads, "heads"), positions, self.rope_theta)
+        key = apply_rope(project("k", self.num_kv_heads, "kv_heads"), positions, self.rope_theta)
+        value = project("v", self.num_kv_heads, "kv_heads")
+
+        if cache is None:
+            mask = positions[:, None, :] <= positions[:, :, None]
+            new_cache = None
+        else:
+            start = positions[:, 0]
+            new_cache = {"k": write_to_cache(cache["k"], key, start), "v": write_to_cache(cache["v"], value, start)}
+            key, value = new_cache["k"].astype(self.dtype), new_cache["v"].astype(self.dtype)
+            slots = jnp.arange(key.shape[1])
+            mask = slots[None, None, :] <= positions[:, :, None]
+
+        attended = dot_product_attention(query, key, value, mask)
+        out_kernel = declare(self, "o_kernel", (self.num_heads, self.head_dim, embed),
+                             ("heads", "head_dim", "embed"), init)
+        out = jnp.einsum("blhd,hde->ble", attended, out_kernel.astype(self.dtype))
+        if self.out_bias:
+            out = out + declare(self, "o_bias", (embed,), ("embed",)).astype(self.dtype)
+        return out, new_cache
+
+
+class FeedForward(nn.Module):
+    """A gated (`down(act(gate(x)) * up(x))`) or plain (`c_proj(act(c_fc(x)))`) MLP.
+
+    With `num_positions`, each of the positions along the input's second-to-last axis has its own weights
+    (stacked on a leading `codebook` axis); an input with fewer positions uses the first ones.
+    """
+
+    hidden_dim: int
+    activation: str
+    gated: bool
+    use_bias: bool
+    init_std: float
+    num_positions: int | None = None
+    embed_axis: str = "embed"
+    mlp_axis: str = "mlp"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def _linear(self, name: str, x: jax.Array, features_in: int, features_out: int, axes_in_out: Axes):
+        lead = () if self.num_positions is None else (self.num_positions,)
+        lead_axes = () if self.num_positions is None else ("codebook",)
+        kernel = declare(self, f"{name}_kernel", (*lead, features_in, features_out), (*lead_axes, *axes_in_out),
+                         normal_init(self.init_std)).astype(self.dtype)
+        if self.num_positions is None:
+            y = jnp.einsum("...i,io->...o", x, kernel)
+        else:
+            y = jnp.einsum("...pi,pio->...po", x, kernel[: x.shape[-2]])
+        if self.use_bias:
+            bias = declare(self, f"{name}_bias", (*lead, features_out), (*lead_axes, axes_in_out[1]))
+            bias = bias.astype(self.dtype)
+            y = y + (bias if self.num_positions is None else bias[: x.shape[-2]])
+        return y
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        embed, act = x.shape[-1], ACTIVATIONS[self.activation]
+        inner_axes, outer_axes = (self.embed_axis, self.mlp_axis), (self.mlp_axis, self.embed_axis)
+        if self.gated:
+            hidden = act(self._linear("gate", x, embed, self.hidden_dim, inner_axes))
+            hidden = hidden * self._linear("up", x, embed, self.hidden_dim, inner_axes)
+        else:
+            hidden = act(self._linear("fc", x, embed, self.hidden_dim, inner_axes))
+        return self._linear("down", hidden, self.hidden_dim, embed, outer_axes)
+
+
+class FusedAttention(nn.Module):
+    """GPT-style causal self-attention (one fused `qkv` projection, no RoPE) of the depth transformer.
+
+    x: [batch, positions, depth_embed] -> [batch, positions, depth_embed].
+    """
+
+    num_heads: int
+    use_bias: bool
+    init_std: float
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        head_dim = width // self.num_heads
+        init = normal_init(self.init_std)
+        qkv_kernel = declare(self, "qkv_kernel", (width, 3, self.num_heads, head_dim),
+                             ("depth_embed", None, "heads", "head_dim"), init)
+        qkv = jnp.einsum("bpe,ethd->bpthd", x, qkv_kernel.astype(self.dtype))
+        if self.use_bias:
+            qkv = qkv + declare(self, "qkv_bias", (3, self.num_heads, head_dim),
+                                (None, "heads", "head_dim")).astype(self.dtype)
+        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        length = x.shape[1]
+        causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+        attended = dot_product_attention(query, key, value, jnp.broadcast_to(causal, (x.shape[0], length, length)))
+        out_kernel = declare(self, "out_kernel", (self.num_heads, head_dim, width),
+                             ("heads", "head_dim", "depth_embed"), init)
+        out = jnp.einsum("bphd,hde->bpe", attended, out_kernel.astype(self.dtype))
+        if self.use_bias:
+            out = out + declare(self, "out_bias", (width,), ("depth_embed",)).astype(self.dtype)
+        return out
