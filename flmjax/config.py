@@ -257,8 +257,9 @@ class ModelConfig:
         known = set(_OFFICIAL_PLAIN_FIELDS) | {"rope_scaling", "mm_token_info", "aud_depthgpt"}
         extra = {k: v for k, v in official.items() if k not in known}
         for key, expected in _OFFICIAL_CONSTANTS.items():
-            if key in extra and extra[key] != expected:
+            if extra.get(key, expected) != expected:
                 raise ConfigError(f"{source}: {key} is {extra[key]!r}, expected {expected!r}")
+            extra.pop(key, None)
         kwargs["extra_official"] = json.dumps(extra, sort_keys=True)
         return cls(**kwargs, **execution)
 

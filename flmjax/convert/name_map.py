@@ -39,7 +39,10 @@ class Entry:
             yield index, self.official.format(*index)
 
     def official_shape(self, flmjax_shape: tuple[int, ...]) -> tuple[int, ...]:
-        slice_shape = flmjax_shape[self.num_indexed:]
+        """Shape of each released tensor cut from a flmjax array of `flmjax_shape`."""
+        return self._slice_to_official_shape(tuple(flmjax_shape[self.num_indexed:]))
+
+    def _slice_to_official_shape(self, slice_shape: tuple[int, ...]) -> tuple[int, ...]:
         if self.layout == FLAT:
             return (math.prod(slice_shape),)
         if self.layout == LINEAR:
@@ -51,7 +54,7 @@ class Entry:
         if self.layout == LINEAR:
             fan_in = math.prod(flmjax_slice.shape[: self.linear_in_dims])
             return np.ascontiguousarray(flmjax_slice.reshape(fan_in, -1).T)
-        return np.ascontiguousarray(flmjax_slice.reshape(self.official_shape(flmjax_slice.shape)))
+        return np.ascontiguousarray(flmjax_slice.reshape(self._slice_to_official_shape(flmjax_slice.shape)))
 
     def to_flmjax(self, official: np.ndarray, slice_shape: tuple[int, ...]) -> np.ndarray:
         if self.layout == LINEAR:
