@@ -37,8 +37,8 @@ MeshAxes = str | tuple[str, ...] | None
 Rules = Sequence[tuple[str, MeshAxes]]
 
 # Logical axis -> mesh axes. Params use every name but `batch` and `length`; activations use
-# `batch, length, embed, vocab`. `audio_vocab` (2050 = 2 * 5^2 * 41) stays replicated: it divides no
-# typical tensor size.
+# `batch, length, embed, vocab`. `audio_vocab` (2050 = 2 * 5^2 * 41) and `depth_mlp` (the released
+# int(8 D / 3): 2730 for the 7B, 85 for tiny) stay replicated: they divide no typical tensor size.
 DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("batch", ("data", "fsdp")),
     ("length", None),
@@ -52,7 +52,7 @@ DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("audio_vocab", None),
     ("codebook", None),
     ("depth_embed", "fsdp"),
-    ("depth_mlp", "tensor"),
+    ("depth_mlp", None),
 )
 
 

@@ -4,7 +4,6 @@ a sharded forward pass that matches the single-device one."""
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
@@ -15,9 +14,7 @@ from flmjax import model
 from flmjax.sharding import (DEFAULT_RULES, ShardingError, activation_rules, batch_sharding, init_params_sharded,
                              logical_sharding, make_mesh, param_partition_specs, param_shardings)
 
-# tiny() has a depth MLP 85 wide (int(8 * 32 / 3)), which no tensor axis of size 2 divides; depth width 48 makes
-# it 128 and leaves every other size as tiny()'s.
-CONFIG = model_config.tiny(depth_dim=48)
+CONFIG = model_config.tiny()
 BATCH, FRAMES = 4, 8
 
 
@@ -144,7 +141,7 @@ def test_batch_sharding_splits_only_the_batch_dim(mesh):
     ("temporal/layers/mlp/down_kernel", P(None, "tensor", "fsdp")),  # [layers, mlp, embed]
     ("embedder/text", P("tensor", "fsdp")),  # [vocab, embed]
     ("text_head/kernel", P("fsdp", "tensor")),  # [embed, vocab]
-    ("depth/blocks/mlp/gate_kernel", P(None, None, "fsdp", "tensor")),  # [layers, codebook, depth_embed, depth_mlp]
+    ("depth/blocks/mlp/gate_kernel", P(None, None, "fsdp", None)),  # [layers, codebook, depth_embed, depth_mlp]
     ("depth/heads", P(None, "fsdp", None)),  # [codebook, depth_embed, audio_vocab]
 ])
 def test_sharded_init_places_params_by_their_logical_axes(sharded_params, path, spec):
@@ -209,11 +206,20 @@ def test_param_shardings_name_every_param_whose_heads_do_not_divide_the_tensor_a
     assert message.startswith("4 param dims do not fit")  # nothing else (q_kernel has 4 heads: fits)
 
 
-def test_param_shardings_reject_tiny_whose_depth_mlp_is_odd():
+def test_param_shardings_name_the_released_odd_depth_mlp_width_when_rules_shard_it():
+    """int(8 D / 3) is 85 for tiny (2730 for the 7B): why DEFAULT_RULES keeps depth_mlp replicated."""
+    rules = tuple((name, "tensor" if name == "depth_mlp" else axes) for name, axes in DEFAULT_RULES)
     with pytest.raises(ShardingError, match=r"depth/blocks/mlp/gate_kernel .* \(size 85\) is not divisible"):
-        param_shardings(model_config.tiny(), make_mesh((2, 2, 2)))
+        param_shardings(model_config.tiny(), make_mesh((2, 2, 2)), rules)
 
 
 def test_param_shardings_fit_when_the_tensor_axis_is_one():
-    shardings = param_shardings(model_config.tiny(), make_mesh((2, 4, 1)))
+    rules = tuple((name, "tensor" if name == "depth_mlp" else axes) for name, axes in DEFAULT_RULES)
+    shardings = param_shardings(model_config.tiny(), make_mesh((2, 4, 1)), rules)
     assert shardings["depth"]["blocks"]["mlp"]["gate_kernel"].spec == P(None, None, "fsdp", "tensor")
+
+
+def test_param_shardings_reject_rules_naming_an_axis_the_mesh_lacks():
+    rules = tuple((name, "model" if axes == "tensor" else axes) for name, axes in DEFAULT_RULES)
+    with pytest.raises(ShardingError, match=r"text_head/kernel dim 1 is sharded over \['model'\]"):
+        param_shardings(CONFIG, make_mesh((2, 4, 1)), rules)

@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import contextlib
+import functools
 from typing import Any
 
 import jax
@@ -31,7 +32,9 @@ class CheckpointError(ValueError):
     """A checkpoint that does not match its config; the message lists every offending tensor."""
 
 
+@functools.lru_cache(maxsize=32)
 def _canonical_shapes(config: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """flmjax param path -> shape in the canonical (scanned) layout; cached: do not mutate."""
     abstract = flm_model.abstract_params(config.replace(scan_layers=True))
     return {tuple(k.key for k in path): tuple(leaf.shape)
             for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
