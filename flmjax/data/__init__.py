@@ -1,0 +1,1 @@
+"""Data: dialog records, dataset building, monologue placement, tokenizers, training examples, Grain pipelines."""
