@@ -1,0 +1,98 @@
+"""Grain pipelines: from dialog datasets to batches of training examples, one pipeline per training stage.
+
+    source (random access, one per dataset split) -> this process's shard -> seeded shuffle -> epochs
+      -> record to example (monologue placement, delays, crop/pad; seeded per element) -> weighted mixture
+      -> batch -> iterator (optionally with worker processes)
+
+Batches are dicts of numpy arrays, `B` = the per-process batch size, `L` = the stage's sequence length:
+`text_ids, text_targets [B, L] int32`, `speak_ids, listen_ids, audio_targets [B, L, 8] int32`,
+`text_mask [B, L] bool`, `audio_mask [B, L, 8] bool`, `dropped_tokens [B] int32` (see `flmjax.data.examples`).
+
+Everything is a function of the seed and the element index, so an iterator's `get_state()` restores the exact
+same stream, with or without worker processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, Sequence
+
+import grain
+import numpy as np
+
+from flmjax.data.examples import SourceRule, StreamIds, TextEncoder, make_example, stack_examples
+from flmjax.data.records import DialogRecord
+
+
+class RecordSource(Protocol):
+    """A picklable random-access sequence of dialog records (e.g. `flmjax.data.dataset.DialogSource`)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> DialogRecord: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightedSource:
+    """One data source of a stage: its records, how they become examples, and its share of the mixture."""
+
+    name: str
+    records: Any  # RecordSource
+    rule: SourceRule
+    weight: float = 1.0
+
+
+class ExampleMaker(grain.transforms.RandomMap):
+    """record -> example, with the element's own generator (crop offsets); picklable for worker processes."""
+
+    def __init__(self, rule: SourceRule, tokenizer: TextEncoder, ids: StreamIds, length: int):
+        self.rule, self.tokenizer, self.ids, self.length = rule, tokenizer, ids, length
+
+    def random_map(self, record: DialogRecord, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return make_example(record, self.rule, self.tokenizer, self.ids, self.length, rng)
+
+
+def shard_indices(num_records: int, process_index: int, process_count: int) -> range:
+    """The record indices one process reads: disjoint across processes, covering all of them together."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is outside [0, {process_count})")
+    return range(process_index, num_records, process_count)
+
+
+def source_dataset(source: WeightedSource, tokenizer: TextEncoder, ids: StreamIds, length: int, seed: int,
+                   process_index: int = 0, process_count: int = 1, num_epochs: int | None = None,
+                   shuffle: bool = True) -> grain.MapDataset:
+    """Examples of one source for this process (infinite when `num_epochs` is None)."""
+    if len(source.records) < process_count:
+        raise ValueError(f"source {source.name!r} holds {len(source.records)} records, fewer than the "
+                         f"{process_count} processes that must each read a shard of it")
+    dataset = grain.MapDataset.source(source.records)[process_index::process_count]
+    if shuffle:
+        dataset = dataset.shuffle(seed=seed)
+    dataset = dataset.repeat(num_epochs)
+    return dataset.random_map(ExampleMaker(source.rule, tokenizer, ids, length), seed=seed + 1)
+
+
+def stage_dataset(sources: Sequence[WeightedSource], tokenizer: TextEncoder, ids: StreamIds, length: int,
+                  batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
+                  num_epochs: int | None = None, shuffle: bool = True) -> grain.MapDataset:
+    """Batches of a weighted mixture of sources, for one process (`batch_size` is per process)."""
+    if not sources:
+        raise ValueError("a stage needs at least one data source")
+    weights = [s.weight for s in sources]
+    if any(w <= 0 for w in weights):
+        raise ValueError(f"source weights must be positive, got {dict((s.name, s.weight) for s in sources)}")
+    datasets = [source_dataset(source, tokenizer, ids, length, seed + 1000 * i, process_index, process_count,
+                               num_epochs, shuffle) for i, source in enumerate(sources)]
+    mixture = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights)
+    return mixture.batch(batch_size, drop_remainder=True, batch_fn=stack_examples)
+
+
+def batch_iterator(dataset: grain.MapDataset, num_workers: int = 0,
+                   worker_buffer_size: int = 2) -> grain.DatasetIterator:
+    """An iterator over `dataset` with `get_state()`/`set_state()`; `num_workers > 0` uses worker processes."""
+    iter_dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
+    if num_workers > 0:
+        iter_dataset = iter_dataset.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=worker_buffer_size))
+    return iter(iter_dataset)
