@@ -63,8 +63,19 @@ class ManifestEntry:
             raise RecordError(f"record {self.id!r}: malformed segment field: {error!r}") from None
 
 
+def parse_line(line: str | bytes, line_number: int) -> dict:
+    """One manifest line's fields; a line that is not a JSON object is a `RecordError` naming its number."""
+    try:
+        fields = json.loads(line)
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise RecordError(f"line {line_number}: not valid JSON ({error})") from None
+    if not isinstance(fields, dict):
+        raise RecordError(f"line {line_number}: expected a JSON object, got {type(fields).__name__}")
+    return fields
+
+
 def read_manifest(path: str | os.PathLike) -> Iterator[ManifestEntry]:
-    """The entries of a manifest; a line that is not a JSON object is a `RecordError` naming its number."""
+    """The entries of a manifest, in order; a malformed line stops it with a `RecordError` naming it."""
     path = os.fspath(path)
     base_dir = os.path.dirname(os.path.abspath(path))
     with open(path) as f:
@@ -72,12 +83,9 @@ def read_manifest(path: str | os.PathLike) -> Iterator[ManifestEntry]:
             if not line.strip():
                 continue
             try:
-                fields = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise RecordError(f"{path} line {line_number}: not valid JSON ({error})") from None
-            if not isinstance(fields, dict):
-                raise RecordError(f"{path} line {line_number}: expected a JSON object, got {type(fields).__name__}")
-            yield ManifestEntry(line_number, fields, base_dir)
+                yield ManifestEntry(line_number, parse_line(line, line_number), base_dir)
+            except RecordError as error:
+                raise RecordError(f"{path} {error}") from None
 
 
 def write_manifest(records: Iterable[tuple[DialogRecord, str]], directory: str | os.PathLike,

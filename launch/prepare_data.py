@@ -1,0 +1,111 @@
+"""Build a dialog dataset (ArrayRecord through TFDS) from a manifest, or from generated synthetic records.
+
+    python -m launch.prepare_data --manifest M.jsonl --out DATA_DIR [--name dialogs] [--overwrite]
+    python -m launch.prepare_data --synthetic N [--seed S] --out DATA_DIR [--name synthetic] [--overwrite]
+
+The dataset lands in DATA_DIR/NAME/1.0.0 (read it with `flmjax.data.dataset.DialogSource(DATA_DIR, NAME, split)`
+or `tfds.data_source(NAME, data_dir=DATA_DIR, split=split)`). Records that fail validation are rejected and
+reported, not fatal. A finished dataset is reused when its manifest is unchanged; a changed manifest is an error
+unless --overwrite. `--synthetic N` writes N generated records as a manifest in DATA_DIR/synthetic_source first.
+Prints a summary table on stdout; a progress bar on stderr. Exits non-zero with a message on errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Sequence
+
+from flmjax.data import dataset
+from flmjax.data.manifest import write_manifest
+
+DEFAULT_NAMES = {"manifest": "dialogs", "synthetic": "synthetic"}
+MESSAGES_SHOWN = 3  # per rejection category
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m launch.prepare_data", description=__doc__.split("\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", help="JSON-lines manifest (flmjax.data.manifest)")
+    source.add_argument("--synthetic", type=int, metavar="N", help="build from N generated records instead")
+    parser.add_argument("--seed", type=int, help="seed of --synthetic (default 0)")
+    parser.add_argument("--out", required=True, help="data dir: the dataset goes to OUT/NAME/1.0.0")
+    parser.add_argument("--name", help="dataset name (default: dialogs; synthetic with --synthetic)")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild even if a finished build exists")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.synthetic is not None and args.synthetic <= 0:
+        parser.error("--synthetic needs a positive number of records")
+    if args.synthetic is None and args.seed is not None:
+        parser.error("--seed goes with --synthetic")
+    if args.name is None:
+        args.name = DEFAULT_NAMES["manifest" if args.manifest is not None else "synthetic"]
+    if not dataset.DATASET_NAME.match(args.name):
+        parser.error(f"--name {args.name!r}: expected lower-case letters, digits and _, starting with a letter")
+    return args
+
+
+# --- synthetic records -------------------------------------------------------------------------------------
+def write_synthetic_manifest(num_records: int, seed: int, out: str) -> str:
+    """Generates records with `flmjax.data.synthetic` and writes them as OUT/synthetic_source/manifest.jsonl."""
+    try:  # imported here: this module works without it
+        synthetic = importlib.import_module("flmjax.data.synthetic")
+    except ModuleNotFoundError as error:
+        if error.name != "flmjax.data.synthetic":
+            raise
+        raise dataset.DatasetError("--synthetic needs flmjax.data.synthetic, which is not installed") from None
+    pairs = synthetic.generate_records(num_records=num_records, seed=seed)
+    return write_manifest(pairs, os.path.join(out, "synthetic_source"))
+# --- end synthetic records ---------------------------------------------------------------------------------
+
+
+def format_table(rows: list[list[str]]) -> str:
+    """Left-aligned first column, right-aligned others."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
+                               enumerate(zip(row, widths))).rstrip() for row in rows)
+
+
+def format_summary(summary: dataset.BuildSummary) -> str:
+    state = "already built, nothing to do" if summary.already_built else "built"
+    lines = [f"dataset {summary.name} at {summary.path} ({state})", f"from {summary.manifest}", ""]
+    rows = [["split", "records", "hours", "frames", "words"]]
+    hours = summary.hours
+    for split in sorted(summary.records):
+        rows.append([split, str(summary.records[split]), f"{hours[split]:.3f}", str(summary.frames[split]),
+                     str(summary.text_words[split])])
+    rows.append(["total", str(sum(summary.records.values())), f"{sum(hours.values()):.3f}",
+                 str(sum(summary.frames.values())), str(sum(summary.text_words.values()))])
+    lines.append(format_table(rows))
+    lines.append("")
+    lines.append(f"rejected {summary.rejected}")
+    for category, messages in sorted(summary.rejections.items(), key=lambda item: (-len(item[1]), item[0])):
+        lines.append(f"  {category}: {len(messages)}")
+        lines.extend(f"    {message}" for message in messages[:MESSAGES_SHOWN])
+        if len(messages) > MESSAGES_SHOWN:
+            lines.append(f"    ... and {len(messages) - MESSAGES_SHOWN} more")
+    if summary.left_out_splits:
+        lines.append(f"left out (every record rejected): {', '.join(summary.left_out_splits)}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.synthetic is not None:
+            manifest = write_synthetic_manifest(args.synthetic, args.seed or 0, args.out)
+        else:
+            manifest = args.manifest
+        summary = dataset.build_dataset(manifest, args.out, name=args.name, progress=not args.no_progress,
+                                        overwrite=args.overwrite)
+    except (dataset.DatasetError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(format_summary(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
