@@ -13,12 +13,11 @@ Prints a summary table on stdout; a progress bar on stderr. Exits non-zero with 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from typing import Sequence
 
-from flmjax.data import dataset
+from flmjax.data import dataset, synthetic
 from flmjax.data.manifest import write_manifest
 
 DEFAULT_NAMES = {"manifest": "dialogs", "synthetic": "synthetic"}
@@ -47,18 +46,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-# --- synthetic records -------------------------------------------------------------------------------------
 def write_synthetic_manifest(num_records: int, seed: int, out: str) -> str:
-    """Generates records with `flmjax.data.synthetic` and writes them as OUT/synthetic_source/manifest.jsonl."""
-    try:  # imported here: this module works without it
-        synthetic = importlib.import_module("flmjax.data.synthetic")
-    except ModuleNotFoundError as error:
-        if error.name != "flmjax.data.synthetic":
-            raise
-        raise dataset.DatasetError("--synthetic needs flmjax.data.synthetic, which is not installed") from None
-    pairs = synthetic.generate_records(num_records=num_records, seed=seed)
+    """Generates records with `flmjax.data.synthetic` and writes them as OUT/synthetic_source/manifest.jsonl.
+
+    Splits are named `{train,validation}_{dialog,asr,tts}`, so that a stage can draw each kind of record with
+    its own task (see configs/stages).
+    """
+    pairs = ((example.record, f"{example.split}_{example.kind}")
+             for example in synthetic.generate_examples(num_records=num_records, seed=seed))
     return write_manifest(pairs, os.path.join(out, "synthetic_source"))
-# --- end synthetic records ---------------------------------------------------------------------------------
 
 
 def format_table(rows: list[list[str]]) -> str:

@@ -43,6 +43,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import operator
 import os
 import re
 import shutil
@@ -518,7 +519,10 @@ class DialogSource:
         return self._length
 
     def __getitem__(self, index: int) -> DialogRecord:
-        return record_from_example(self._reader()[index])
+        index = operator.index(index)
+        if not -self._length <= index < self._length:
+            raise IndexError(f"record {index} of {self!r}")
+        return record_from_example(self._reader()[index % self._length])
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_source": None}

@@ -3,14 +3,12 @@
 import json
 import os
 import pickle
-import sys
-import types
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from flmjax.data import dataset
+from flmjax.data import dataset, synthetic
 from flmjax.data.dataset import DatasetError, DialogSource, build_dataset, read_summary, record_from_example
 from flmjax.data.manifest import write_manifest
 from flmjax.data.records import FRAME_RATE, Segment, Word, make_record
@@ -306,17 +304,17 @@ def test_cli_needs_exactly_one_of_manifest_and_synthetic(tmp_path, argv, capsys)
     assert "--manifest" in capsys.readouterr().err
 
 
-def test_cli_synthetic_builds_generated_records_as_dataset_synthetic(tmp_path, monkeypatch, capsys):
-    calls = []
-
-    def generate_records(num_records, seed):
-        calls.append((num_records, seed))
-        return iter(GOOD[:num_records])
-
-    monkeypatch.setitem(sys.modules, "flmjax.data.synthetic",
-                        types.SimpleNamespace(generate_records=generate_records))
-    assert prepare_data.main(["--synthetic", "4", "--seed", "7", "--out", str(tmp_path), "--no_progress"]) == 0
-    assert calls == [(4, 7)]
+def test_cli_synthetic_builds_the_generated_corpus_with_a_split_per_kind(tmp_path, capsys):
+    assert prepare_data.main(["--synthetic", "60", "--seed", "7", "--out", str(tmp_path), "--no_progress"]) == 0
     assert os.path.isfile(tmp_path / "synthetic_source" / "manifest.jsonl")
-    assert read_split(tmp_path, "validation", name="synthetic") == expected("validation", GOOD[:4])
+    generated = {e.record.id: (e.record, f"{e.split}_{e.kind}") for e in synthetic.generate_examples(60, 7)}
+    splits = {split for _, split in generated.values()}
+    assert {"train_dialog", "train_asr", "train_tts"} <= splits
+    read_back = {}
+    for split in splits:
+        for record in DialogSource(tmp_path, "synthetic", split):
+            read_back[record.id] = (record, split)
+    assert sorted(read_back) == sorted(generated)
+    for record_id, (record, split) in generated.items():
+        assert read_back[record_id][1] == split and read_back[record_id][0] == record, record_id
     assert "dataset synthetic" in capsys.readouterr().out
