@@ -6,7 +6,8 @@
 The dataset lands in DATA_DIR/NAME/1.0.0 (read it with `flmjax.data.dataset.DialogSource(DATA_DIR, NAME, split)`
 or `tfds.data_source(NAME, data_dir=DATA_DIR, split=split)`). Records that fail validation are rejected and
 reported, not fatal. A finished dataset is reused when its manifest is unchanged; a changed manifest is an error
-unless --overwrite. `--synthetic N` writes N generated records as a manifest in DATA_DIR/synthetic_source first.
+unless --overwrite. `--synthetic N` writes N generated records as a manifest in DATA_DIR/synthetic_source first
+(splits `train_dialog`, `train_asr`, `train_tts`, `validation_*`) and trains DATA_DIR/tokenizer.model on its text.
 Prints a summary table on stdout; a progress bar on stderr. Exits non-zero with a message on errors.
 """
 
@@ -17,11 +18,13 @@ import os
 import sys
 from typing import Sequence
 
-from flmjax.data import dataset, synthetic
-from flmjax.data.manifest import write_manifest
+from flmjax.data import dataset, synthetic, text
+from flmjax.data.manifest import read_manifest, write_manifest
+from flmjax.data.records import CHANNELS
 
 DEFAULT_NAMES = {"manifest": "dialogs", "synthetic": "synthetic"}
 MESSAGES_SHOWN = 3  # per rejection category
+TOKENIZER_FILE = "tokenizer.model"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -30,6 +33,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source.add_argument("--manifest", help="JSON-lines manifest (flmjax.data.manifest)")
     source.add_argument("--synthetic", type=int, metavar="N", help="build from N generated records instead")
     parser.add_argument("--seed", type=int, help="seed of --synthetic (default 0)")
+    parser.add_argument("--tokenizer_vocab_size", type=int, default=1000,
+                        help="with --synthetic: most pieces of the SentencePiece model trained into "
+                             "DATA_DIR/tokenizer.model (a small corpus gives fewer)")
     parser.add_argument("--out", required=True, help="data dir: the dataset goes to OUT/NAME/1.0.0")
     parser.add_argument("--name", help="dataset name (default: dialogs; synthetic with --synthetic)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if a finished build exists")
@@ -55,6 +61,23 @@ def write_synthetic_manifest(num_records: int, seed: int, out: str) -> str:
     pairs = ((example.record, f"{example.split}_{example.kind}")
              for example in synthetic.generate_examples(num_records=num_records, seed=seed))
     return write_manifest(pairs, os.path.join(out, "synthetic_source"))
+
+
+def train_synthetic_tokenizer(manifest: str, out: str, vocab_size: int) -> str:
+    """Trains OUT/tokenizer.model on the synthetic training sentences, unless one is there already."""
+    path = os.path.join(out, TOKENIZER_FILE)
+    if os.path.exists(path):
+        print(f"tokenizer {path} exists: kept", file=sys.stderr)
+        return path
+    sentences = [segment.text for entry in read_manifest(manifest) if entry.split.startswith("train")
+                 for channel in CHANNELS for segment in entry.load().segments(channel)]
+    model = text.train_sentencepiece(sentences, vocab_size, hard_vocab_limit=False)
+    with open(path + ".tmp", "wb") as f:
+        f.write(model)
+    os.replace(path + ".tmp", path)
+    tokenizer = text.SentencePieceTokenizer(path)
+    print(f"tokenizer {path}: {tokenizer.vocab_size} pieces, <wait> = {tokenizer.wait_id}", file=sys.stderr)
+    return path
 
 
 def format_table(rows: list[list[str]]) -> str:
@@ -92,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.synthetic is not None:
             manifest = write_synthetic_manifest(args.synthetic, args.seed or 0, args.out)
+            train_synthetic_tokenizer(manifest, args.out, args.tokenizer_vocab_size)
         else:
             manifest = args.manifest
         summary = dataset.build_dataset(manifest, args.out, name=args.name, progress=not args.no_progress,

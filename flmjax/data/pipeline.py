@@ -96,3 +96,30 @@ def batch_iterator(dataset: grain.MapDataset, num_workers: int = 0,
         iter_dataset = iter_dataset.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=worker_buffer_size))
     return iter(iter_dataset)
+
+
+# ---------------------------------------------------------------------- from a stage config
+def stage_sources(data_config) -> list[WeightedSource]:
+    """The `data.sources` of a stage config (configs/stages) as weighted sources over built datasets."""
+    from flmjax.data.dataset import DialogSource  # tfds is only needed when reading built datasets
+
+    return [WeightedSource(name, DialogSource(data_config.data_dir, source.dataset, source.split),
+                           SourceRule(source.task, source.placement, source.lead_frames, source.trail_frames,
+                                      source.text_loss, source.audio_loss), source.weight)
+            for name, source in sorted(data_config.sources.items())]
+
+
+def per_process_batch_size(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch size {global_batch_size} is not divisible by the {process_count} "
+                         "processes that each load a share of it")
+    return global_batch_size // process_count
+
+
+def stage_pipeline(config, tokenizer: TextEncoder, ids: StreamIds, process_index: int = 0,
+                   process_count: int = 1) -> grain.MapDataset:
+    """This process's batches for a stage config (`config.data`, `config.seed`)."""
+    data = config.data
+    return stage_dataset(stage_sources(data), tokenizer, ids, data.sequence_length,
+                         per_process_batch_size(data.global_batch_size, process_count), config.seed,
+                         process_index, process_count)

@@ -142,3 +142,43 @@ def test_non_positive_weights_are_rejected():
     source = WeightedSource("tts", numbered_records(4, "tts"), SourceRule("tts"), weight=0.0)
     with pytest.raises(ValueError, match="weights must be positive"):
         stage_dataset([source], CharEncoder(), IDS, LENGTH, BATCH, seed=0)
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory):
+    """The project's own synthetic corpus and tokenizer, built by `launch.prepare_data`."""
+    from launch import prepare_data
+
+    out = tmp_path_factory.mktemp("data")
+    assert prepare_data.main(["--synthetic", "80", "--out", str(out), "--no_progress"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("stage", ["stage1_post_train_trailing", "stage4_duplex_leading"])
+def test_stage_configs_run_over_the_built_synthetic_corpus(synthetic_data, stage):
+    import importlib
+
+    from flmjax import config as model_config
+    from flmjax.data.pipeline import stage_pipeline
+    from flmjax.data.text import SentencePieceTokenizer, check_compatible
+
+    config = importlib.import_module(f"configs.stages.{stage}").get_config()
+    config.data.data_dir = str(synthetic_data)
+    config.data.sequence_length = 64
+    tokenizer = SentencePieceTokenizer(str(synthetic_data / "tokenizer.model"))
+    model = model_config.tiny()
+    check_compatible(tokenizer, model)
+    batches = take(batch_iterator(stage_pipeline(config, tokenizer, StreamIds.from_config(model))), 4)
+    for batch in batches:
+        assert batch["text_ids"].shape == (config.data.global_batch_size, 64)
+        assert batch["text_targets"].max() < tokenizer.vocab_size
+    targets = np.concatenate([b["text_targets"][b["text_mask"]] for b in batches])
+    assert (targets != tokenizer.wait_id).any() and (targets == tokenizer.wait_id).any()
+
+
+def test_stage_batch_must_divide_among_processes():
+    from flmjax.data.pipeline import per_process_batch_size
+
+    assert per_process_batch_size(8, 2) == 4
+    with pytest.raises(ValueError, match="global batch size 8 is not divisible by the 3 processes"):
+        per_process_batch_size(8, 3)
