@@ -2,10 +2,16 @@
 
     python -m launch.bench forward [--presets tiny,small] [--dtypes float32,bfloat16] [--batch 4]
                                    [--frames 256] [--repeats 5] [--out bench_results/forward.json]
+    python -m launch.bench data [--stage stage4_duplex_leading] [--batch 8] [--frames 2048] [--workers 0,2]
+                                [--repeats 20] [--records 300 | --data_dir DIR] [--out bench_results/data.json]
 
 `forward` times the jitted full causal pass (`flmjax.model.forward`) for every preset x dtype: the AOT lower and
 compile separately, then `--repeats` blocked calls after one warm-up (median and min). FLOPs come from XLA's cost
 analysis; memory from the compiled executable's memory analysis.
+
+`data` times a stage's Grain pipeline (dataset records -> monologue placement, delays, crop/pad -> batches)
+over a synthetic corpus it builds (or `--data_dir`): the first batch (start-up) separately, then `--repeats`
+batches, once per worker count.
 
 A benchmark is a function `Settings -> list[row dict]` plus the table columns it shows; adding one is that
 function and one line in `BENCHMARKS`. Progress goes to stderr. The CLI switches the persistent compilation
@@ -54,6 +60,10 @@ class Settings:
     frames: int = 256
     repeats: int = 5
     seed: int = 0
+    workers: tuple[int, ...] = (0, 2)  # data: grain worker processes, one row each
+    records: int = 300  # data: synthetic records to build when no data_dir is given
+    stage: str = "stage4_duplex_leading"  # data: the stage config whose pipeline is timed
+    data_dir: str = ""  # data: a built data dir (with tokenizer.model); empty = build a synthetic one
 
     def __post_init__(self):
         problems = [f"unknown preset {p!r}; expected one of {sorted(config_lib.PRESETS)}"
@@ -61,7 +71,8 @@ class Settings:
         problems += [f"unknown dtype {d!r}; expected one of {sorted(PARAM_DTYPE_FOR)}"
                      for d in self.dtypes if d not in PARAM_DTYPE_FOR]
         problems += [f"{name} must be a positive integer, got {getattr(self, name)}"
-                     for name in ("batch", "frames", "repeats") if getattr(self, name) < 1]
+                     for name in ("batch", "frames", "repeats", "records") if getattr(self, name) < 1]
+        problems += [f"workers must be >= 0, got {w}" for w in self.workers if w < 0]
         if not self.presets or not self.dtypes:
             problems.append("need at least one preset and one dtype")
         if problems:
@@ -81,6 +92,10 @@ class Column:
 class Benchmark:
     run: Callable[[Settings], list[dict[str, Any]]]
     columns: tuple[Column, ...]
+    defaults: tuple[tuple[str, Any], ...] = ()  # Settings fields this benchmark defaults differently
+
+    def default_settings(self) -> Settings:
+        return dataclasses.replace(Settings(), **dict(self.defaults))
 
 
 def _millions(n: int) -> str:
@@ -250,8 +265,74 @@ FORWARD_COLUMNS = (
     Column("temp MiB", "temp_bytes", _fixed(1, 1 / 2**20)),
 )
 
+
+# ---------------------------------------------------------------------- data
+def _bench_data_dir(settings: Settings, scratch: str) -> str:
+    if settings.data_dir:
+        return settings.data_dir
+    from launch import prepare_data
+
+    _progress(f"[data] building {settings.records} synthetic records in {scratch}")
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):  # its summary is progress here, not the benchmark's table
+        status = prepare_data.main(["--synthetic", str(settings.records), "--seed", str(settings.seed), "--out",
+                                    scratch, "--no_progress"])
+    if status != 0:
+        raise RuntimeError("building the synthetic corpus failed")
+    return scratch
+
+
+def run_data_bench(settings: Settings) -> list[dict[str, Any]]:
+    """One row per worker count: batches/s and frames/s of a stage's Grain pipeline (records to batches)."""
+    import importlib
+    import tempfile
+
+    from absl import flags
+
+    from flmjax.data import pipeline, text
+    from flmjax.data.examples import StreamIds
+
+    flags.FLAGS.mark_as_parsed()  # grain worker processes read absl flags
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="flmjax-bench-data-") as scratch:
+        data_dir = _bench_data_dir(settings, scratch)
+        config = importlib.import_module(f"configs.stages.{settings.stage}").get_config()
+        config.data.data_dir, config.data.sequence_length = data_dir, settings.frames
+        config.data.global_batch_size, config.seed = settings.batch, settings.seed
+        tokenizer = text.SentencePieceTokenizer(os.path.join(data_dir, "tokenizer.model"))
+        ids = StreamIds(tokenizer.wait_id, config_lib.preset(config.model).aud_pad_id)
+        for workers in settings.workers:
+            _progress(f"[data] {settings.stage}: batch {settings.batch} x {settings.frames} frames, "
+                      f"{workers} workers, {settings.repeats} timed batches")
+            iterator = pipeline.batch_iterator(pipeline.stage_pipeline(config, tokenizer, ids), num_workers=workers)
+            try:
+                start = time.perf_counter()
+                next(iterator)
+                first_batch_s = time.perf_counter() - start
+                start = time.perf_counter()
+                for _ in range(settings.repeats):
+                    next(iterator)
+                elapsed = time.perf_counter() - start
+            finally:
+                if hasattr(iterator, "close"):
+                    iterator.close()
+            rows.append({"stage": settings.stage, "workers": workers, "batch": settings.batch,
+                         "frames": settings.frames, "batches": settings.repeats, "first_batch_s": first_batch_s,
+                         "elapsed_s": elapsed, "batches_per_s": settings.repeats / elapsed,
+                         "frames_per_s": settings.repeats * settings.batch * settings.frames / elapsed})
+    return rows
+
+
+DATA_COLUMNS = (
+    Column("stage", "stage"), Column("workers", "workers"), Column("batch", "batch"), Column("frames", "frames"),
+    Column("first batch s", "first_batch_s", _fixed(2)), Column("batches/s", "batches_per_s", _fixed(2)),
+    Column("frames/s", "frames_per_s", _fixed(0)),
+)
+
 BENCHMARKS: dict[str, Benchmark] = {
     "forward": Benchmark(run_forward_bench, FORWARD_COLUMNS),
+    "data": Benchmark(run_data_bench, DATA_COLUMNS, defaults=(("batch", 8), ("frames", 2048), ("repeats", 20))),
 }
 
 
@@ -310,12 +391,16 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    return tuple(int(name) for name in _names(text))
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    defaults = Settings()
     parser = argparse.ArgumentParser(prog="python -m launch.bench", description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name, benchmark in BENCHMARKS.items():
         sub = subparsers.add_parser(name, help=(benchmark.run.__doc__ or "").split("\n")[0])
+        defaults = benchmark.default_settings()
         sub.add_argument("--presets", type=_names, default=defaults.presets,
                          help=f"comma-separated model presets, of {sorted(config_lib.PRESETS)}")
         sub.add_argument("--dtypes", type=_names, default=defaults.dtypes,
@@ -324,6 +409,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         sub.add_argument("--frames", type=int, default=defaults.frames)
         sub.add_argument("--repeats", type=int, default=defaults.repeats, help="timed runs after one warm-up")
         sub.add_argument("--seed", type=int, default=defaults.seed)
+        sub.add_argument("--workers", type=_counts, default=defaults.workers,
+                         help="data: comma-separated grain worker counts")
+        sub.add_argument("--records", type=int, default=defaults.records,
+                         help="data: synthetic records to build when --data_dir is not given")
+        sub.add_argument("--stage", default=defaults.stage, help="data: stage config under configs/stages")
+        sub.add_argument("--data_dir", default=defaults.data_dir, help="data: a built data dir to read instead")
         sub.add_argument("--out", default=f"bench_results/{name}.json", help="JSON report path")
     return parser.parse_args(argv)
 
@@ -336,7 +427,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     jax.config.update("jax_enable_compilation_cache", False)
     try:
         settings = Settings(presets=args.presets, dtypes=args.dtypes, batch=args.batch, frames=args.frames,
-                            repeats=args.repeats, seed=args.seed)
+                            repeats=args.repeats, seed=args.seed, workers=args.workers, records=args.records,
+                            stage=args.stage, data_dir=args.data_dir)
     except ValueError as error:
         sys.exit(f"error: {error}")
     run_benchmark(args.benchmark, settings, args.out, command=shlex.join(["python", "-m", "launch.bench", *argv]))

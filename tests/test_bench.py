@@ -67,3 +67,19 @@ def test_cli_splits_comma_separated_lists_and_defaults_the_out_path():
 def test_settings_reject_unknown_presets_and_dtypes():
     with pytest.raises(ValueError, match="(?s)unknown preset 'huge'.*unknown dtype 'float8'"):
         bench.Settings(presets=("huge",), dtypes=("float8",))
+
+
+def test_data_report_has_a_row_per_worker_count_with_consistent_rates(tmp_path):
+    settings = bench.Settings(batch=2, frames=64, repeats=3, records=40, workers=(0,))
+    report = bench.run_benchmark("data", settings, tmp_path / "data.json", command="test")
+    [row] = report["rows"]
+    assert (row["workers"], row["batch"], row["frames"], row["batches"]) == (0, 2, 64, 3)
+    assert row["batches_per_s"] == pytest.approx(3 / row["elapsed_s"])
+    assert row["frames_per_s"] == pytest.approx(row["batches_per_s"] * 2 * 64)
+    assert json.loads((tmp_path / "data.json").read_text())["rows"] == report["rows"]
+
+
+def test_data_benchmark_defaults_to_the_issue_shape():
+    args = bench.parse_args(["data"])
+    assert (args.batch, args.frames, args.workers) == (8, 2048, (0, 2))
+    assert bench.parse_args(["forward"]).batch == 4
