@@ -88,7 +88,22 @@ def _ids_in_range(ids: Iterable[int], vocab_size: int) -> list[int]:
 
 
 # ---------------------------------------------------------------------- SentencePiece
-class SentencePieceTokenizer:
+class _SpecialIds:
+    """`wait_id` and `special_ids` of a backend that sets `_wait_id` and `_special_ids`."""
+
+    _wait_id: int
+    _special_ids: dict[str, int]
+
+    @property
+    def wait_id(self) -> int:
+        return self._wait_id
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        return dict(self._special_ids)
+
+
+class SentencePieceTokenizer(_SpecialIds):
     """A SentencePiece model (a `.model` file's path, or its serialized bytes) with `<wait>` as a control symbol.
 
     Picklable (for Grain worker processes): it pickles as the model bytes.
@@ -135,14 +150,6 @@ class SentencePieceTokenizer:
     @property
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()
-
-    @property
-    def wait_id(self) -> int:
-        return self._wait_id
-
-    @property
-    def special_ids(self) -> dict[str, int]:
-        return dict(self._special_ids)
 
     def encode(self, text: str) -> list[int]:
         return self._sp.encode(text, out_type=int)
@@ -229,7 +236,7 @@ def _import_tokenizers():
     return tokenizers
 
 
-class HFTokenizer:
+class HFTokenizer(_SpecialIds):
     """A Hugging Face `tokenizer.json` (e.g. the released checkpoint's Qwen2.5 vocabulary) with a given `<wait>` id.
 
     `wait_id` must name an added token of the file (its spelling does not matter), or lie beyond the file's
@@ -291,14 +298,6 @@ class HFTokenizer:
     @property
     def vocab_size(self) -> int:
         return self._vocab_size
-
-    @property
-    def wait_id(self) -> int:
-        return self._wait_id
-
-    @property
-    def special_ids(self) -> dict[str, int]:
-        return dict(self._special_ids)
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
