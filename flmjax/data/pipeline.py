@@ -79,6 +79,10 @@ def stage_dataset(sources: Sequence[WeightedSource], tokenizer: TextEncoder, ids
     """Batches of a weighted mixture of sources, for one process (`batch_size` is per process)."""
     if not sources:
         raise ValueError("a stage needs at least one data source")
+    tokenizer_wait_id = getattr(tokenizer, "wait_id", ids.wait_id)
+    if tokenizer_wait_id != ids.wait_id:
+        raise ValueError(f"the tokenizer's <wait> id is {tokenizer_wait_id} but the model's text_wait_token_id is "
+                         f"{ids.wait_id}: the text row would mix two meanings of <wait>")
     weights = [s.weight for s in sources]
     if any(w <= 0 for w in weights):
         raise ValueError(f"source weights must be positive, got {dict((s.name, s.weight) for s in sources)}")

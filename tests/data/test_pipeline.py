@@ -182,3 +182,12 @@ def test_stage_batch_must_divide_among_processes():
     assert per_process_batch_size(8, 2) == 4
     with pytest.raises(ValueError, match="global batch size 8 is not divisible by the 3 processes"):
         per_process_batch_size(8, 3)
+
+
+def test_a_tokenizer_whose_wait_id_differs_from_the_models_is_rejected():
+    class OtherWait(CharEncoder):
+        wait_id = 997
+
+    source = WeightedSource("tts", numbered_records(4, "tts"), SourceRule("tts"))
+    with pytest.raises(ValueError, match="tokenizer's <wait> id is 997 but the model's text_wait_token_id is 3"):
+        stage_dataset([source], OtherWait(), IDS, LENGTH, BATCH, seed=0)
