@@ -1,8 +1,12 @@
 """Grain pipelines: from dialog datasets to batches of training examples, one pipeline per training stage.
 
-    source (random access, one per dataset split) -> this process's shard -> seeded shuffle -> epochs
-      -> record to example (monologue placement, delays, crop/pad; seeded per element) -> weighted mixture
-      -> batch -> iterator (optionally with worker processes)
+    source (random access, one per dataset split) -> seeded shuffle -> epochs -> record to example
+      (monologue placement, delays, crop/pad; seeded per element) -> weighted mixture -> batch of the
+      per-process size -> this process's share -> iterator (optionally with worker processes)
+
+The global stream is the same whatever the number of processes: global batch `i` is the concatenation of
+process 0's, 1's, ... batch `i`, each process reading and transforming only its own rows. So a run on two hosts
+sees exactly the batches a run on one host with the same global batch size sees.
 
 Batches are dicts of numpy arrays, `B` = the per-process batch size, `L` = the stage's sequence length:
 `text_ids, text_targets [B, L] int32`, `speak_ids, listen_ids, audio_targets [B, L, 8] int32`,
@@ -52,21 +56,12 @@ class ExampleMaker(grain.transforms.RandomMap):
         return make_example(record, self.rule, self.tokenizer, self.ids, self.length, rng)
 
 
-def shard_indices(num_records: int, process_index: int, process_count: int) -> range:
-    """The record indices one process reads: disjoint across processes, covering all of them together."""
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} is outside [0, {process_count})")
-    return range(process_index, num_records, process_count)
-
-
 def source_dataset(source: WeightedSource, tokenizer: TextEncoder, ids: StreamIds, length: int, seed: int,
-                   process_index: int = 0, process_count: int = 1, num_epochs: int | None = None,
-                   shuffle: bool = True) -> grain.MapDataset:
-    """Examples of one source for this process (infinite when `num_epochs` is None)."""
-    if len(source.records) < process_count:
-        raise ValueError(f"source {source.name!r} holds {len(source.records)} records, fewer than the "
-                         f"{process_count} processes that must each read a shard of it")
-    dataset = grain.MapDataset.source(source.records)[process_index::process_count]
+                   num_epochs: int | None = None, shuffle: bool = True) -> grain.MapDataset:
+    """Examples of one source, lazily computed on access (infinite when `num_epochs` is None)."""
+    if len(source.records) == 0:
+        raise ValueError(f"source {source.name!r} holds no records")
+    dataset = grain.MapDataset.source(source.records)
     if shuffle:
         dataset = dataset.shuffle(seed=seed)
     dataset = dataset.repeat(num_epochs)
@@ -76,7 +71,10 @@ def source_dataset(source: WeightedSource, tokenizer: TextEncoder, ids: StreamId
 def stage_dataset(sources: Sequence[WeightedSource], tokenizer: TextEncoder, ids: StreamIds, length: int,
                   batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
                   num_epochs: int | None = None, shuffle: bool = True) -> grain.MapDataset:
-    """Batches of a weighted mixture of sources, for one process (`batch_size` is per process)."""
+    """This process's batches of a weighted mixture of sources (`batch_size` is per process: rows
+    `process_index * batch_size ...` of each global batch)."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is outside [0, {process_count})")
     if not sources:
         raise ValueError("a stage needs at least one data source")
     tokenizer_wait_id = getattr(tokenizer, "wait_id", ids.wait_id)
@@ -86,10 +84,11 @@ def stage_dataset(sources: Sequence[WeightedSource], tokenizer: TextEncoder, ids
     weights = [s.weight for s in sources]
     if any(w <= 0 for w in weights):
         raise ValueError(f"source weights must be positive, got {dict((s.name, s.weight) for s in sources)}")
-    datasets = [source_dataset(source, tokenizer, ids, length, seed + 1000 * i, process_index, process_count,
-                               num_epochs, shuffle) for i, source in enumerate(sources)]
+    datasets = [source_dataset(source, tokenizer, ids, length, seed + 1000 * i, num_epochs, shuffle)
+                for i, source in enumerate(sources)]
     mixture = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights)
-    return mixture.batch(batch_size, drop_remainder=True, batch_fn=stack_examples)
+    batches = mixture.batch(batch_size, drop_remainder=True, batch_fn=stack_examples)
+    return batches[process_index::process_count]
 
 
 def batch_iterator(dataset: grain.MapDataset, num_workers: int = 0,

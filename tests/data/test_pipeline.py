@@ -5,7 +5,7 @@ import pytest
 from absl import flags
 
 from flmjax.data.examples import EXAMPLE_KEYS, SourceRule, StreamIds
-from flmjax.data.pipeline import WeightedSource, batch_iterator, shard_indices, source_dataset, stage_dataset
+from flmjax.data.pipeline import WeightedSource, batch_iterator, source_dataset, stage_dataset
 from flmjax.data.records import make_record
 
 IDS = StreamIds(wait_id=3, aud_pad_id=2048)
@@ -38,9 +38,9 @@ def example_index(batch, task):
     return (batch["listen_ids"] if task == "asr" else batch["audio_targets"])[:, 0, 0].tolist()
 
 
-def tts_stage(count=40, seed=0, **kwargs):
+def tts_stage(count=40, seed=0, batch_size=BATCH, **kwargs):
     source = WeightedSource("tts", numbered_records(count, "tts"), SourceRule("tts", "leading", lead_frames=1))
-    return stage_dataset([source], CharEncoder(), IDS, LENGTH, BATCH, seed, **kwargs)
+    return stage_dataset([source], CharEncoder(), IDS, LENGTH, batch_size, seed, **kwargs)
 
 
 def take(iterator, count):
@@ -109,17 +109,22 @@ def test_worker_processes_give_the_same_batches_and_resume_exactly(parsed_flags)
         restored.close()
 
 
-def test_process_shards_are_disjoint_and_cover_the_data():
-    records = numbered_records(23, "tts")
-    source = WeightedSource("tts", records, SourceRule("tts"))
+def test_process_shares_concatenate_to_the_single_process_global_batches():
+    global_batches = take(batch_iterator(tts_stage(count=30, batch_size=6)), 5)
+    shares = [take(batch_iterator(tts_stage(count=30, batch_size=2, process_index=p, process_count=3)), 5)
+              for p in range(3)]
+    for i, global_batch in enumerate(global_batches):
+        for key in EXAMPLE_KEYS:
+            np.testing.assert_array_equal(np.concatenate([shares[p][i][key] for p in range(3)]), global_batch[key])
+
+
+def test_process_shares_are_disjoint_and_cover_an_epoch():
     seen = []
-    for process in range(3):
-        dataset = source_dataset(source, CharEncoder(), IDS, LENGTH, seed=0, process_index=process,
-                                 process_count=3, num_epochs=1)
-        indices = [dataset[i]["audio_targets"][0, 0] for i in range(len(dataset))]
-        assert sorted(indices) == list(shard_indices(23, process, 3))
-        seen += indices
-    assert sorted(seen) == list(range(23))
+    for process in range(2):
+        share = batch_iterator(tts_stage(count=40, batch_size=2, process_index=process, process_count=2,
+                                         num_epochs=1))
+        seen += sum((example_index(b, "tts") for b in share), [])
+    assert sorted(seen) == list(range(40))
 
 
 def test_mixture_follows_the_source_weights():
@@ -132,10 +137,15 @@ def test_mixture_follows_the_source_weights():
     assert len(asr_rows) == 75
 
 
-def test_a_source_smaller_than_the_process_count_is_an_error():
-    source = WeightedSource("tiny", numbered_records(2, "tts"), SourceRule("tts"))
-    with pytest.raises(ValueError, match="source 'tiny' holds 2 records, fewer than the 4 processes"):
-        source_dataset(source, CharEncoder(), IDS, LENGTH, seed=0, process_index=0, process_count=4)
+def test_an_empty_source_is_an_error():
+    source = WeightedSource("empty", [], SourceRule("tts"))
+    with pytest.raises(ValueError, match="source 'empty' holds no records"):
+        source_dataset(source, CharEncoder(), IDS, LENGTH, seed=0)
+
+
+def test_a_process_index_outside_the_process_count_is_an_error():
+    with pytest.raises(ValueError, match="process_index 2 is outside \\[0, 2\\)"):
+        tts_stage(process_index=2, process_count=2)
 
 
 def test_non_positive_weights_are_rejected():
