@@ -102,13 +102,18 @@ def batch_iterator(dataset: grain.MapDataset, num_workers: int = 0,
 
 
 # ---------------------------------------------------------------------- from a stage config
-def stage_sources(data_config) -> list[WeightedSource]:
-    """The `data.sources` of a stage config (configs/stages) as weighted sources over built datasets."""
+def weighted_source(data_dir: str, name: str, source, split: str | None = None) -> WeightedSource:
+    """One source of a stage config (`data.sources.NAME`) over its built dataset (`split` overrides its own)."""
     from flmjax.data.dataset import DialogSource  # tfds is only needed when reading built datasets
 
-    return [WeightedSource(name, DialogSource(data_config.data_dir, source.dataset, source.split),
-                           SourceRule(source.task, source.placement, source.lead_frames, source.trail_frames,
-                                      source.text_loss, source.audio_loss), source.weight)
+    return WeightedSource(name, DialogSource(data_dir, source.dataset, split or source.split),
+                          SourceRule(source.task, source.placement, source.lead_frames, source.trail_frames,
+                                     source.text_loss, source.audio_loss), source.weight)
+
+
+def stage_sources(data_config) -> list[WeightedSource]:
+    """The `data.sources` of a stage config (configs/stages) as weighted sources over built datasets."""
+    return [weighted_source(data_config.data_dir, name, source)
             for name, source in sorted(data_config.sources.items())]
 
 

@@ -1,0 +1,30 @@
+"""The main job: a short dual-training run of the `tiny` model on the embedded synthetic corpus, on local CPUs.
+
+    python -m launch.train                      # this config, workdir runs/main
+    python -m launch.train --config configs/main.py --config.steps_per_stage=300
+
+It builds the synthetic corpus and its tokenizer in `data_dir` if they are missing, then runs the four stages
+of configs/stages in order, each in WORKDIR/<stage> and starting from the previous stage's final checkpoint,
+with the shared settings below overriding each stage's own.
+"""
+
+import ml_collections
+
+STAGES = ("stage1_post_train_trailing", "stage2_post_train_leading", "stage3_duplex_trailing",
+          "stage4_duplex_leading")
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.schedule = STAGES
+    config.model = "tiny"
+    config.data_dir = "data"
+    config.synthetic_records = 600
+    config.steps_per_stage = 100
+    config.sequence_length = 128
+    config.global_batch_size = 8
+    config.learning_rate = 3e-3
+    config.log_every = 10
+    config.eval_every = 50
+    config.seed = 0
+    return config

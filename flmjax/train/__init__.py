@@ -1,0 +1,1 @@
+"""Training: the loss, the optimizer, the train state, the jitted step and the loop."""

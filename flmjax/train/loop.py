@@ -1,0 +1,236 @@
+"""The training loop of one stage: data, state, the compiled step, checkpoints, eval, metrics.
+
+`run_stage(config, workdir)` trains one stage config (configs/stages) in `workdir`: it resumes from the newest
+complete checkpoint there, or starts from `config.init_from` (an earlier stage's workdir or a released PyTorch
+checkpoint folder), or from scratch. It saves every `train.save_every` steps (async), at the end, and when the
+process gets SIGTERM (a TPU preemption), then stops. Metrics go to WORKDIR/metrics.jsonl and TensorBoard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from flmjax import config as model_config_lib
+from flmjax import model, sharding
+from flmjax.convert import load_official
+from flmjax.data import pipeline, text
+from flmjax.data.examples import StreamIds
+from flmjax.train import checkpoint as checkpoint_lib
+from flmjax.train import loss as loss_lib
+from flmjax.train import metrics as metrics_lib
+from flmjax.train import optimizer as optimizer_lib
+from flmjax.train import step as step_lib
+
+
+class StageError(ValueError):
+    """A stage that cannot start as configured; the message names the problem. Nothing saved is touched."""
+
+
+@dataclasses.dataclass
+class StageResult:
+    final_step: int
+    stopped_early: bool  # by SIGTERM
+    last_metrics: dict[str, float]
+
+
+def is_released_checkpoint(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(
+        os.path.join(path, checkpoint_lib.CHECKPOINT_DIR))
+
+
+def stage_model_config(config) -> model_config_lib.ModelConfig:
+    """The model of a stage: its preset, or the released checkpoint it starts from, with execution overrides."""
+    overrides = dict(config.model_overrides)
+    if config.init_from and is_released_checkpoint(config.init_from):
+        return model_config_lib.ModelConfig.from_official(config.init_from, **overrides)
+    if config.init_from and checkpoint_lib.latest_complete_step(config.init_from) is not None:
+        previous, _, _ = checkpoint_lib.Checkpointer(config.init_from).read_meta()
+        return previous.replace(**overrides)
+    return model_config_lib.preset(config.model, **overrides)
+
+
+def _to_global(batch: dict[str, np.ndarray], shardings: dict[str, Any], process_count: int) -> dict[str, jax.Array]:
+    """This process's rows -> global arrays (rows of process p at p * local .. (p + 1) * local - 1)."""
+    out = {}
+    for key, sharding_ in shardings.items():
+        local = batch[key]
+        global_shape = (local.shape[0] * process_count,) + local.shape[1:]
+        out[key] = jax.make_array_from_process_local_data(sharding_, local, global_shape)
+    return out
+
+
+class _Preemption:
+    """Remembers a SIGTERM so the loop can save and stop at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler (tests driving the loop from a thread)
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _initial_params(config, model_config, shardings):
+    """Params an un-started stage begins from: None (fresh), an earlier stage's, or a released checkpoint's."""
+    if not config.init_from:
+        return None
+    if is_released_checkpoint(config.init_from):
+        return load_official(config.init_from, **dict(config.model_overrides))[1]
+    if checkpoint_lib.latest_complete_step(config.init_from) is None:
+        raise StageError(f"init_from {config.init_from!r} is neither a released checkpoint folder (config.json + "
+                         "safetensors) nor a workdir holding a finished checkpoint")
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            model.abstract_params(model_config), shardings["params"])
+    return checkpoint_lib.Checkpointer(config.init_from).restore_params(abstract_params=abstract)
+
+
+def _eval_sources(config, say: Callable[[str], None]) -> list[pipeline.WeightedSource]:
+    """The held-out splits of the stage's sources (`eval_split`); a source without one is left out of eval."""
+    sources = []
+    for name, source in sorted(config.data.sources.items()):
+        try:
+            sources.append(pipeline.weighted_source(config.data.data_dir, name, source, source.eval_split))
+        except (ValueError, FileNotFoundError) as error:
+            say(f"eval: source {name!r} left out: {error}")
+    if not sources:
+        raise StageError(f"eval is on (train.eval_every={config.train.eval_every}) but no source has its held-out "
+                         "split; build one or set --config.train.eval_every=0")
+    return sources
+
+
+def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> StageResult:
+    """Trains one stage in `workdir` (see the module docstring)."""
+    process_index, process_count = jax.process_index(), jax.process_count()
+    is_main = process_index == 0
+    say = log if is_main else (lambda message: None)
+    train = config.train
+    model_config = stage_model_config(config)
+    mesh = sharding.make_mesh(dict(config.mesh))
+    tokenizer = text.load_tokenizer(config.data.tokenizer)
+    text.check_compatible(tokenizer, model_config)
+    ids = StreamIds.from_config(model_config)
+    loss_config = loss_lib.LossConfig.from_config(config.loss)
+    optimizer_config = optimizer_lib.OptimizerConfig.from_config(
+        {**config.optimizer.to_dict(), "total_steps": train.total_steps})
+    tx = optimizer_lib.make_optimizer(optimizer_config)
+    shardings = step_lib.state_shardings(model_config, tx, mesh)
+    compiled = step_lib.compile_train_step(model_config, loss_config, tx, shardings, mesh,
+                                           config.data.global_batch_size, config.data.sequence_length,
+                                           train.accumulation_steps)
+    eval_sources = _eval_sources(config, say) if train.eval_every else []
+
+    checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=train.max_to_keep,
+                                               async_save=train.async_checkpoints)
+    local_batch = pipeline.per_process_batch_size(config.data.global_batch_size, process_count)
+    data = pipeline.stage_dataset(pipeline.stage_sources(config.data), tokenizer, ids,
+                                  config.data.sequence_length, local_batch, config.seed, process_index,
+                                  process_count)
+    iterator = pipeline.batch_iterator(data, num_workers=config.data.num_workers)
+    abstract = step_lib.abstract_state(model_config, tx, shardings)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state = checkpointer.restore(latest, abstract_state=abstract, data_iterator=iterator)
+        say(f"resumed from {workdir} step {latest}")
+    else:
+        state = step_lib.init_state_sharded(model_config, tx, jax.random.key(config.seed), shardings,
+                                            _initial_params(config, model_config, shardings))
+        say(f"started {config.stage} from {config.init_from or 'scratch'}")
+
+    frames_per_step = config.data.global_batch_size * config.data.sequence_length
+    formula_flops = step_lib.model_flops_per_frame(model_config, config.data.sequence_length) * frames_per_step
+    peak, peak_source = metrics_lib.peak_flops_per_device()
+    peak_total = peak * jax.device_count()
+    say(f"{config.stage}: {model_config_lib_summary(model_config)}; mesh {dict(mesh.shape)}; "
+        f"step compiled in {compiled.compile_seconds:.1f}s; memory {compiled.memory}; "
+        f"FLOPs/step formula {formula_flops:.3g} (XLA {compiled.flops or float('nan'):.3g}, scanned layers "
+        f"counted once); peak {peak_total:.3g} FLOP/s ({peak_source})")
+
+    writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
+    batch_shardings = step_lib.batch_shardings(mesh)
+    step = int(jax.device_get(state["step"]))
+    start_step, start_time = step, time.perf_counter()
+    last_metrics: dict[str, float] = {}
+    stopped_early = False
+    eval_fn = None
+    with _Preemption() as preemption, sharding.activation_rules(mesh):
+        while step < train.total_steps:
+            batch = _to_global(next(iterator), batch_shardings, process_count)
+            state, metrics = compiled.run(state, batch)
+            step += 1
+            if step % train.log_every == 0 or step == train.total_steps:
+                last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                elapsed = time.perf_counter() - start_time
+                frames_per_s = (step - start_step) * frames_per_step / elapsed
+                mfu = formula_flops / frames_per_step * frames_per_s / peak_total
+                eta = (train.total_steps - step) * elapsed / (step - start_step)
+                writer.write(step, {**last_metrics, "frames_per_s": frames_per_s, "mfu": mfu})
+                say(f"step {step}/{train.total_steps} loss {last_metrics['loss']:.4f} "
+                    f"text {last_metrics['text_loss']:.4f} audio {last_metrics['audio_loss']:.4f} "
+                    f"audio acc c0 {last_metrics.get('audio_accuracy_c0', float('nan')):.3f} "
+                    f"| {frames_per_s:,.0f} frames/s MFU {mfu:.2%} ETA {eta:,.0f}s")
+            if train.eval_every and step % train.eval_every == 0:
+                eval_fn = eval_fn or _eval_function(model_config, loss_config, shardings, batch_shardings)
+                eval_metrics = _evaluate(eval_fn, state, eval_sources, tokenizer, ids, config, batch_shardings,
+                                         process_index, process_count, local_batch)
+                writer.write(step, eval_metrics, split="eval")
+                say(f"eval at step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())
+                                                      if k in ("loss", "text_loss", "audio_loss")))
+            if step % train.save_every == 0 or step == train.total_steps or preemption.requested:
+                checkpointer.save(step, state, model_config, data_iterator=iterator, stage_config=config.to_dict(),
+                                  force=True)
+            if preemption.requested:
+                say(f"SIGTERM: saved step {step}, stopping")
+                stopped_early = True
+                break
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+    if hasattr(iterator, "close"):
+        iterator.close()
+    return StageResult(step, stopped_early, last_metrics)
+
+
+def model_config_lib_summary(config: model_config_lib.ModelConfig) -> str:
+    return (f"hidden {config.hidden_size} x {config.num_hidden_layers} layers, depth {config.depth_dim} x "
+            f"{config.depth_layers}, compute {config.dtype}, params {config.param_dtype}")
+
+
+def _eval_function(model_config, loss_config, shardings, batch_shardings):
+    def evaluate(params, batch):
+        return loss_lib.loss_and_metrics_full(model_config, params, batch, loss_config)[1]
+
+    return jax.jit(evaluate, in_shardings=(shardings["params"], batch_shardings))
+
+
+def _evaluate(eval_fn, state, sources, tokenizer, ids, config, batch_shardings, process_index, process_count,
+              local_batch) -> dict[str, float]:
+    """Mean metrics over the first `train.eval_batches` held-out batches (one pass, unshuffled)."""
+    data = pipeline.stage_dataset(sources, tokenizer, ids, config.data.sequence_length, local_batch, config.seed,
+                                  process_index, process_count, num_epochs=1, shuffle=False)
+    totals: dict[str, float] = {}
+    count = 0
+    for count, batch in enumerate(pipeline.batch_iterator(data), start=1):
+        values = jax.device_get(eval_fn(state["params"], _to_global(batch, batch_shardings, process_count)))
+        for key, value in values.items():
+            totals[key] = totals.get(key, 0.0) + float(value)
+        if count == config.train.eval_batches:
+            break
+    return {key: value / max(count, 1) for key, value in totals.items()}

@@ -1,0 +1,87 @@
+"""Export a training checkpoint to the released PyTorch format (config.json + safetensors), on the host CPU.
+
+    python -m launch.export --workdir DIR [--step N] --out OUT [--dtype bfloat16|float32]
+                            [--max_shard_bytes BYTES] [--overwrite]
+
+Reads the model config from the checkpoint's meta item, restores only the params onto one CPU device (no training
+mesh, no accelerator memory) and writes them with `flmjax.convert.save_official`. Prints the files written.
+Exits 1 with a message when there is no checkpoint, the step is missing, or OUT is not empty (without --overwrite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+import jax
+
+from flmjax import model
+from flmjax.convert import official
+from flmjax.train import checkpoint as ckpt_lib
+
+
+EXPORT_DTYPES = ("bfloat16", "float16", "float32")  # what save_official writes
+
+
+class ExportError(RuntimeError):
+    """An export that cannot run as asked; the message names the problem."""
+
+
+def export(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None = None, dtype: str = "bfloat16",
+           max_shard_bytes: int = official.DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False) -> list[str]:
+    """Writes checkpoint `step` (newest complete one by default) of `workdir` to `out`; returns the files written."""
+    out = os.fspath(out)
+    if dtype not in EXPORT_DTYPES:
+        raise ExportError(f"--dtype {dtype!r} is not one of {list(EXPORT_DTYPES)}")
+    if os.path.isfile(out):
+        raise ExportError(f"{out} is a file, not a checkpoint folder")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise ExportError(f"{out} is not empty; pass --overwrite to replace it")
+    steps = ckpt_lib.complete_steps(workdir)
+    if not steps:
+        raise ExportError(f"no complete checkpoint under {ckpt_lib.checkpoint_dir(workdir)}")
+    if step is not None and step not in steps:
+        raise ExportError(f"no complete checkpoint for step {step} under {ckpt_lib.checkpoint_dir(workdir)}; "
+                          f"complete steps: {steps}")
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+    try:
+        config, _, step = checkpointer.read_meta(step)
+        abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=cpu),
+                                model.abstract_params(config))
+        params = checkpointer.restore_params(step, abstract_params=abstract)
+    finally:
+        checkpointer.close()
+    return official.save_official(out, config, params, dtype=dtype, max_shard_bytes=max_shard_bytes,
+                                  overwrite=overwrite)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m launch.export", description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", required=True, help="training workdir (checkpoints in WORKDIR/checkpoints)")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the newest complete one)")
+    parser.add_argument("--out", required=True, help="folder to write config.json and safetensors into")
+    parser.add_argument("--dtype", default="bfloat16", choices=EXPORT_DTYPES,
+                        help="tensor dtype of the export (default bfloat16)")
+    parser.add_argument("--max_shard_bytes", type=int, default=official.DEFAULT_MAX_SHARD_BYTES,
+                        help="split the safetensors into shards of at most this size, with an index")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        written = export(args.workdir, args.out, args.step, args.dtype, args.max_shard_bytes, args.overwrite)
+    except (ExportError, ckpt_lib.CheckpointError, official.CheckpointError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path} ({os.path.getsize(path):,} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
