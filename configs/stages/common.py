@@ -35,7 +35,7 @@ def base_config(stage: str, previous_stage: str | None, model: str = "tiny") -> 
     config.previous_stage = previous_stage or ""  # whose final checkpoint this stage starts from
     config.model = model  # a flmjax.config preset name
     config.model_overrides = ml_collections.ConfigDict(dict(dtype="float32", param_dtype="float32",
-                                                            remat_policy="none"))
+                                                            remat_policy="none", scan_layers=True))
     # Where the params come from when the workdir has no checkpoint yet: "" (fresh init), a workdir of an
     # earlier stage (its newest checkpoint), or a released PyTorch checkpoint folder (config.json + safetensors).
     config.init_from = ""

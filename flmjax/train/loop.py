@@ -124,6 +124,7 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
     train = config.train
     model_config = stage_model_config(config)
     mesh = sharding.make_mesh(dict(config.mesh))
+    step_lib.check_batch_layout(mesh, config.data.global_batch_size, train.accumulation_steps)
     tokenizer = text.load_tokenizer(config.data.tokenizer)
     text.check_compatible(tokenizer, model_config)
     ids = StreamIds.from_config(model_config)
@@ -132,9 +133,6 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
         {**config.optimizer.to_dict(), "total_steps": train.total_steps})
     tx = optimizer_lib.make_optimizer(optimizer_config)
     shardings = step_lib.state_shardings(model_config, tx, mesh)
-    compiled = step_lib.compile_train_step(model_config, loss_config, tx, shardings, mesh,
-                                           config.data.global_batch_size, config.data.sequence_length,
-                                           train.accumulation_steps)
     eval_sources = _eval_sources(config, say) if train.eval_every else []
 
     checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=train.max_to_keep,
@@ -153,6 +151,9 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
         state = step_lib.init_state_sharded(model_config, tx, jax.random.key(config.seed), shardings,
                                             _initial_params(config, model_config, shardings))
         say(f"started {config.stage} from {config.init_from or 'scratch'}")
+    compiled = step_lib.compile_train_step(model_config, loss_config, tx, shardings, mesh,
+                                           config.data.global_batch_size, config.data.sequence_length,
+                                           train.accumulation_steps)
 
     frames_per_step = config.data.global_batch_size * config.data.sequence_length
     formula_flops = step_lib.model_flops_per_frame(model_config, config.data.sequence_length) * frames_per_step

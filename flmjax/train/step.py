@@ -104,6 +104,17 @@ def train_step(state: State, batch: Batch, *, config: ModelConfig, loss_config: 
     return new_state, jax.tree.map(lambda m: m.astype(jnp.float32), metrics)
 
 
+def check_batch_layout(mesh: Mesh, global_batch_size: int, accumulation_steps: int = 1) -> None:
+    """The global batch must split into micro-batches, and each micro-batch over the data-parallel devices."""
+    if global_batch_size % accumulation_steps:
+        raise ValueError(f"global batch size {global_batch_size} is not divisible into {accumulation_steps} "
+                         "micro-batches")
+    data_parallel = int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
+    if (global_batch_size // accumulation_steps) % data_parallel:
+        raise ValueError(f"micro-batch size {global_batch_size // accumulation_steps} does not divide over the "
+                         f"{data_parallel} devices of the data and fsdp mesh axes {dict(mesh.shape)}")
+
+
 @dataclasses.dataclass
 class CompiledStep:
     """An ahead-of-time compiled train step and what XLA says about it."""
@@ -120,13 +131,7 @@ def compile_train_step(config: ModelConfig, loss_config: loss_lib.LossConfig, tx
     """jit with explicit in/out shardings and the state donated, lowered and compiled ahead of time."""
     import time
 
-    if global_batch_size % accumulation_steps:
-        raise ValueError(f"global batch size {global_batch_size} is not divisible into {accumulation_steps} "
-                         "micro-batches")
-    data_parallel = int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
-    if (global_batch_size // accumulation_steps) % data_parallel:
-        raise ValueError(f"micro-batch size {global_batch_size // accumulation_steps} does not divide over the "
-                         f"{data_parallel} devices of the data and fsdp mesh axes {dict(mesh.shape)}")
+    check_batch_layout(mesh, global_batch_size, accumulation_steps)
     batch_sharding = batch_shardings(mesh, rules)
     metrics_sharding = NamedSharding(mesh, PartitionSpec())
     step = jax.jit(functools.partial(train_step, config=config, loss_config=loss_config, tx=tx,

@@ -1,0 +1,236 @@
+"""The training loop end to end: learning, exact resume after SIGKILL, two hosts, bad input, the main job."""
+
+import hashlib
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from flmjax import model
+from flmjax.convert import load_official
+from flmjax.train import checkpoint as checkpoint_lib
+from flmjax.train.metrics import read_metrics
+from tests.conftest import REPO_ROOT
+
+STAGE = "configs/stages/stage2_post_train_leading.py"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from launch import prepare_data
+
+    out = tmp_path_factory.mktemp("data")
+    assert prepare_data.main(["--synthetic", "120", "--out", str(out), "--no_progress"]) == 0
+    return out
+
+
+def stage_flags(data_dir, workdir, steps, *extra):
+    return ["--config", STAGE, "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
+            f"--config.data.tokenizer={data_dir}/tokenizer.model", f"--config.train.total_steps={steps}",
+            "--config.data.sequence_length=32", "--config.data.global_batch_size=8", "--config.train.log_every=1",
+            "--config.train.eval_every=0", "--config.optimizer.warmup_steps=1", *extra]
+
+
+def environment(devices=1):
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+def train_command(flags):
+    return [sys.executable, "-m", "launch.train", *flags]
+
+
+def run_train(flags, log_path, devices=1, check=True):
+    with open(log_path, "w") as log:
+        result = subprocess.run(train_command(flags), cwd=REPO_ROOT, env=environment(devices), stdout=log,
+                                stderr=subprocess.STDOUT, timeout=600)
+    if check:
+        assert result.returncode == 0, pathlib.Path(log_path).read_text()[-3000:]
+    return result
+
+
+def final_params(workdir, step=None):
+    checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
+    config, _, _ = checkpointer.read_meta(step)
+    on_cpu = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=on_cpu),
+                            model.abstract_params(config))
+    return checkpointer.restore_params(step, abstract_params=abstract)
+
+
+def test_killed_run_resumes_with_identical_losses_and_params(data_dir, tmp_path):
+    steps = 36
+    straight = tmp_path / "straight"
+    run_train(stage_flags(data_dir, straight, steps, "--config.train.save_every=12"), tmp_path / "straight.log")
+
+    resumed = tmp_path / "resumed"
+    flags = stage_flags(data_dir, resumed, steps, "--config.train.save_every=12")
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen(train_command(flags), cwd=REPO_ROOT, env=environment(), stdout=log,
+                                   stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while checkpoint_lib.latest_complete_step(resumed) is None and time.time() < deadline:
+            assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    killed_at = checkpoint_lib.latest_complete_step(resumed)
+    assert killed_at is not None and killed_at < steps, "the run finished before it could be killed"
+    run_train(flags, tmp_path / "resume.log")
+    assert f"resumed from {resumed} step {killed_at}" in (tmp_path / "resume.log").read_text()
+
+    expected, got = read_metrics(straight), read_metrics(resumed)
+    assert sorted(got) == sorted(expected) == list(range(1, steps + 1))
+    for step in expected:
+        for key in ("loss", "text_loss", "audio_loss", "grad_norm"):
+            assert got[step][key] == expected[step][key], (step, key)
+    jax.tree.map(np.testing.assert_array_equal, final_params(resumed), final_params(straight))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_of_four_devices_match_one_process_of_eight(data_dir, tmp_path):
+    steps = 4
+    one = tmp_path / "one"
+    run_train(stage_flags(data_dir, one, steps), tmp_path / "one.log", devices=8)
+    two = tmp_path / "two"
+    port = free_port()
+    processes = []
+    for process_id in range(2):
+        flags = stage_flags(data_dir, two, steps, "--num_processes=2", f"--process_id={process_id}",
+                            f"--coordinator_address=127.0.0.1:{port}")
+        log = open(tmp_path / f"two-{process_id}.log", "w")
+        processes.append((subprocess.Popen(train_command(flags), cwd=REPO_ROOT, env=environment(4), stdout=log,
+                                           stderr=subprocess.STDOUT), log))
+    for process, log in processes:
+        process.wait(timeout=600)
+        log.close()
+    for process_id, (process, _) in enumerate(processes):
+        assert process.returncode == 0, (tmp_path / f"two-{process_id}.log").read_text()[-3000:]
+    expected, got = read_metrics(one), read_metrics(two)
+    assert sorted(got) == sorted(expected) == list(range(1, steps + 1))
+    for step in expected:
+        for key in ("loss", "text_loss", "audio_loss"):
+            assert got[step][key] == pytest.approx(expected[step][key], rel=1e-5), (step, key)
+
+
+def test_unknown_config_key_is_an_error_naming_it(data_dir, tmp_path):
+    result = run_train(stage_flags(data_dir, tmp_path / "w", 2, "--config.train.totl_steps=5"),
+                       tmp_path / "bad.log", check=False)
+    assert result.returncode != 0
+    assert "totl_steps" in (tmp_path / "bad.log").read_text()
+    assert not (tmp_path / "w").exists()
+
+
+def tree_digest(folder):
+    digest = hashlib.sha256()
+    for path in sorted(pathlib.Path(folder).rglob("*")):
+        digest.update(str(path.relative_to(folder)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("trained")
+    run_train(stage_flags(data_dir, workdir, 2), workdir.parent / "trained.log")
+    return workdir
+
+
+def test_a_workdir_of_another_model_shape_is_refused_and_left_untouched(data_dir, trained_workdir, tmp_path):
+    before = tree_digest(trained_workdir)
+    result = run_train(stage_flags(data_dir, trained_workdir, 4, "--config.model_overrides.scan_layers=False"),
+                       tmp_path / "mismatch.log", check=False)
+    log = (tmp_path / "mismatch.log").read_text()
+    assert result.returncode != 0 and "CheckpointMismatchError" in log, log[-3000:]
+    assert tree_digest(trained_workdir) == before
+
+
+def test_a_truncated_checkpoint_is_an_error_naming_it_and_is_left_as_it_is(data_dir, trained_workdir, tmp_path):
+    workdir = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(trained_workdir, workdir)
+    params_files = sorted((p for p in (workdir / "checkpoints").rglob("*") if p.is_file() and "params" in p.parts),
+                          key=lambda p: p.stat().st_size)
+    victim = params_files[-1]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    before = tree_digest(workdir)
+    result = run_train(stage_flags(data_dir, workdir, 4), tmp_path / "corrupt.log", check=False)
+    log = (tmp_path / "corrupt.log").read_text()
+    assert result.returncode != 0 and "CheckpointCorruptError" in log and "step 2" in log, log[-3000:]
+    assert tree_digest(workdir) == before
+
+
+def test_main_job_trains_every_stage_and_exports_a_loadable_checkpoint(data_dir, tmp_path):
+    workdir = tmp_path / "main"
+    run_train(["--workdir", str(workdir), f"--config.data_dir={data_dir}", "--config.steps_per_stage=4",
+               "--config.sequence_length=32", "--config.log_every=2", "--config.eval_every=4"], tmp_path / "main.log")
+    stages = sorted(p.name for p in workdir.iterdir())
+    assert stages == ["stage1_post_train_trailing", "stage2_post_train_leading", "stage3_duplex_trailing",
+                      "stage4_duplex_leading"]
+    for stage in stages:
+        assert checkpoint_lib.latest_complete_step(workdir / stage) == 4
+        assert sorted(read_metrics(workdir / stage, "eval")) == [4]
+    final = workdir / "stage4_duplex_leading"
+    out = tmp_path / "exported"
+    result = subprocess.run([sys.executable, "-m", "launch.export", "--workdir", str(final), "--out", str(out),
+                             "--dtype", "float32"], cwd=REPO_ROOT, env=environment(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    config, params = load_official(out)
+    jax.tree.map(np.testing.assert_array_equal, params, final_params(final))
+
+
+def speech_accuracy(params, config, data_dir, batches=4):
+    """Per-codebook accuracy of the teacher-forced depth model on the TTS records' speech frames (silence
+    left out: it is one fixed frame and would flatter the model)."""
+    import importlib
+
+    from flmjax.data import pipeline, synthetic, text
+    from flmjax.data.examples import StreamIds
+    from flmjax.train import loss as loss_lib
+
+    stage = importlib.import_module("configs.stages.stage2_post_train_leading").get_config()
+    tokenizer = text.SentencePieceTokenizer(str(data_dir / "tokenizer.model"))
+    source = pipeline.weighted_source(str(data_dir), "tts", stage.data.sources.tts)
+    data = pipeline.stage_dataset([source], tokenizer, StreamIds.from_config(config), 32, 8, seed=1)
+    correct = np.zeros(8)
+    counted = np.zeros(8)
+    for batch in [next(iter(pipeline.batch_iterator(data)))] * batches:
+        _, audio_logits = loss_lib.model_logits(config, params, batch)
+        speech = batch["audio_mask"] & (batch["audio_targets"] != synthetic.SILENCE_FRAME[None, None, :])
+        hits = np.asarray(np.argmax(audio_logits, -1)) == batch["audio_targets"]
+        correct += (hits & speech).sum(axis=(0, 1))
+        counted += speech.sum(axis=(0, 1))
+    assert counted.min() > 20
+    return correct / counted
+
+
+def test_tiny_model_learns_the_corpus_text_to_audio_rule(data_dir, tmp_path):
+    workdir = tmp_path / "learn"
+    steps = 200
+    run_train(stage_flags(data_dir, workdir, steps, "--config.train.log_every=10", "--config.train.save_every=200",
+                          "--config.optimizer.warmup_steps=20"), tmp_path / "learn.log")
+    metrics = read_metrics(workdir)
+    first, last = metrics[10], metrics[steps]
+    assert last["text_loss"] < 0.5 * first["text_loss"]
+    assert last["audio_loss"] < 0.5 * first["audio_loss"]
+    checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
+    config, _, _ = checkpointer.read_meta()
+    accuracy = speech_accuracy(final_params(workdir), config, data_dir)
+    chance = 1 / 2048
+    print("speech-frame accuracy per codebook:", np.round(accuracy, 3))
+    assert accuracy[0] > 0.25 > 500 * chance  # the semantic code of a word frame, from the text leading it
+    assert accuracy[1:].mean() > 0.4  # acoustic codes: a lookup of the semantic code
