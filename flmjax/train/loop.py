@@ -116,6 +116,15 @@ def _eval_sources(config, say: Callable[[str], None]) -> list[pipeline.WeightedS
     return sources
 
 
+def _wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
+    """A coordination-service barrier: hosts that compiled at different speeds start the step loop together,
+    so the first collective of the step (whose communicator setup waits only 30 s) finds every host there."""
+    from jax._src import distributed  # the public API has no barrier that avoids a collective
+
+    if jax.process_count() > 1 and distributed.global_state.client is not None:
+        distributed.global_state.client.wait_at_barrier(f"flmjax:{name}", timeout_in_ms=timeout_s * 1000)
+
+
 def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> StageResult:
     """Trains one stage in `workdir` (see the module docstring)."""
     process_index, process_count = jax.process_index(), jax.process_count()
@@ -165,6 +174,7 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
         f"counted once); peak {peak_total:.3g} FLOP/s ({peak_source})")
 
     writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
+    _wait_for_all_processes(f"{workdir}:start")
     batch_shardings = step_lib.batch_shardings(mesh)
     step = int(jax.device_get(state["step"]))
     start_step, start_time = step, time.perf_counter()
