@@ -83,3 +83,114 @@ def test_data_benchmark_defaults_to_the_issue_shape():
     args = bench.parse_args(["data"])
     assert (args.batch, args.frames, args.workers) == (8, 2048, (0, 2))
     assert bench.parse_args(["forward"]).batch == 4
+
+
+# ---------------------------------------------------------------------- train
+# 2 x 128 frames, not fewer: the FLOP formula leaves out the per-step optimizer update (about 20 FLOPs per param),
+# which at 2 x 16 frames is a third of tiny's step, so formula/XLA would sit near 0.7.
+TRAIN_BATCH, TRAIN_FRAMES, TRAIN_MESHES = 2, 128, (1, 2)
+TRAIN_ROW_KEYS = {"benchmark", "preset", "dtype", "param_dtype", "devices", "mesh_shape", "batch", "frames",
+                  "params_total", "skipped", "compile_s", "repeats", "times_s", "median_s", "min_s", "final_loss",
+                  "frames_per_s", "tokens_per_frame", "tokens_per_s", "temp_bytes", "argument_bytes", "output_bytes",
+                  "alias_bytes", "compiled_bytes", "peak_rss_bytes", "flops_formula", "flops_xla_unrolled",
+                  "xla_unrolled_compile_s", "xla_unrolled_while_loops", "flops_formula_over_xla",
+                  "flops_xla_scanned_per_device", "achieved_flops_per_s", "peak_flops_per_device",
+                  "peak_flops_source", "mfu"}
+
+
+@pytest.fixture(scope="module")
+def train_report(tmp_path_factory):
+    """The JSON written by one tiny train run (float32, meshes of 1 and 2 devices, 2 timed steps)."""
+    out = tmp_path_factory.mktemp("bench") / "train.json"
+    settings = bench.Settings(presets=("tiny",), dtypes=("float32",), meshes=TRAIN_MESHES, batch=TRAIN_BATCH,
+                              frames=TRAIN_FRAMES, repeats=2)
+    returned = bench.run_benchmark("train", settings, out, command="test")
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(returned))
+    return written
+
+
+def test_train_report_has_a_row_per_mesh_with_every_key(train_report):
+    assert HEADER_KEYS <= set(train_report["header"])
+    header = train_report["header"]
+    assert header["fake_cpu_devices"] is True and header["tokens_per_frame"] == 17
+    assert any("fake CPU devices" in note for note in header["notes"])
+    assert header["param_dtype_for"]["bfloat16"] == "float32"
+    rows = train_report["rows"]
+    assert [row["devices"] for row in rows] == list(TRAIN_MESHES)
+    for row in rows:
+        assert set(row) == TRAIN_ROW_KEYS
+        assert (row["preset"], row["dtype"], row["param_dtype"]) == ("tiny", "float32", "float32")
+        assert row["mesh_shape"] == {"data": 1, "fsdp": row["devices"], "tensor": 1}
+        assert (row["batch"], row["frames"], row["repeats"], len(row["times_s"])) == (TRAIN_BATCH, TRAIN_FRAMES,
+                                                                                       2, 2)
+
+
+def test_train_times_memory_and_loss_are_positive(train_report):
+    for row in train_report["rows"]:
+        for key in ("compile_s", "xla_unrolled_compile_s", "median_s", "min_s", "compiled_bytes", "peak_rss_bytes",
+                    "flops_formula", "flops_xla_unrolled", "achieved_flops_per_s", "peak_flops_per_device", "mfu"):
+            assert row[key] > 0, key
+        assert row["min_s"] <= row["median_s"]
+        assert row["compiled_bytes"] == row["temp_bytes"] + row["argument_bytes"] + row["output_bytes"]
+        assert 0 < row["final_loss"] < 100
+        assert row["skipped"] is None
+
+
+def test_train_rates_follow_from_the_median_step(train_report):
+    for row in train_report["rows"]:
+        frames_per_s = TRAIN_BATCH * TRAIN_FRAMES / row["median_s"]
+        assert row["frames_per_s"] == pytest.approx(frames_per_s, rel=1e-9)
+        assert row["tokens_per_s"] == pytest.approx(17 * row["frames_per_s"], rel=1e-9)
+        assert row["achieved_flops_per_s"] == pytest.approx(row["flops_formula"] / row["median_s"], rel=1e-9)
+        assert row["mfu"] == pytest.approx(
+            row["flops_formula"] / row["median_s"] / (row["peak_flops_per_device"] * row["devices"]), rel=1e-9)
+
+
+def test_train_flop_formula_is_within_10_percent_of_xla_unrolled(train_report):
+    from flmjax import config as config_lib
+    from flmjax.train import step as step_lib
+
+    for row in train_report["rows"]:
+        formula = step_lib.model_flops_per_frame(config_lib.tiny(), TRAIN_FRAMES) * TRAIN_BATCH * TRAIN_FRAMES
+        assert row["flops_formula"] == pytest.approx(formula, rel=1e-9)
+        assert row["flops_formula_over_xla"] == pytest.approx(row["flops_formula"] / row["flops_xla_unrolled"])
+        assert 0.9 <= row["flops_formula_over_xla"] <= 1.1
+        # The scanned program counts its layer loop's body once, and a partitioned one counts one device's share.
+        assert row["flops_xla_scanned_per_device"] < row["flops_xla_unrolled"]
+
+
+def test_train_cpu_peak_is_the_machine_split_over_the_mesh(train_report):
+    one, two = train_report["rows"]
+    assert one["peak_flops_per_device"] == pytest.approx(2 * two["peak_flops_per_device"], rel=1e-9)
+
+
+def test_train_cli_defaults_and_mesh_list():
+    args = bench.parse_args(["train"])
+    assert (args.presets, args.meshes, args.dtypes, args.batch, args.frames, args.repeats) == (
+        ("tiny", "small"), (1, 8), ("float32",), 8, 256, 5)
+    assert args.out == "bench_results/train.json"
+    assert bench.parse_args(["train", "--meshes", "1,2,4"]).meshes == (1, 2, 4)
+    assert bench.parse_args(["forward"]).dtypes == ("float32", "bfloat16")
+
+
+def test_train_rejects_meshes_the_batch_or_devices_cannot_fill():
+    settings = bench.Settings(presets=("tiny",), dtypes=("float32",), meshes=(3, 16), batch=4, frames=8)
+    with pytest.raises(ValueError, match="(?s)16-device mesh needs 16 devices.*batch 4 does not divide over a "
+                                         "3-device mesh"):
+        bench.run_train_bench(settings)
+
+
+def test_train_skips_a_case_whose_devices_would_not_fit_in_host_memory(monkeypatch, tmp_path, capsys):
+    """On CPU all fake devices live in host memory: a case that would be OOM-killed (losing every row) is
+    compiled but not run."""
+    monkeypatch.setattr(bench, "_available_host_bytes", lambda: 2**20)
+    settings = bench.Settings(presets=("tiny",), dtypes=("float32",), meshes=(1,), batch=TRAIN_BATCH,
+                              frames=TRAIN_FRAMES, repeats=2)  # the fixture's shapes: compiles come from the cache
+    [row] = bench.run_benchmark("train", settings, tmp_path / "train.json", command="test")["rows"]
+    assert row["skipped"].startswith("skipped: 1 device(s) x ")
+    assert (row["times_s"], row["median_s"], row["frames_per_s"], row["mfu"]) == ([], None, None, None)
+    assert row["compile_s"] > 0 and row["flops_formula_over_xla"] > 0
+    table = capsys.readouterr().out
+    assert "tiny float32 on 1 device(s) skipped:" in table
+    assert table.splitlines()[-1].split()[3:6] == [f"{row['compile_s']:.2f}", "-", "-"]
