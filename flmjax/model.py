@@ -179,8 +179,11 @@ class DepthTransformer(ConfiguredModule):
         pos_embed = declare(self, "pos_embed", (channels, width), ("codebook", "depth_embed"), init)
         x = jnp.einsum("nh,hcd->ncd", hidden.astype(dtype), linear_in[:, :positions].astype(dtype))
         x = x + token_embed[jnp.arange(positions), tokens].astype(dtype) + pos_embed[:positions].astype(dtype)
+        # Always stacked params; with scan_layers=False the loop is unrolled too (same numbers and params, no
+        # while loop: what XLA's cost analysis and debugging want).
         blocks = nn.scan(DepthBlock, variable_axes={"params": 0}, split_rngs={"params": True},
-                         length=cfg.depth_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+                         length=cfg.depth_layers, metadata_params={nn.PARTITION_NAME: "layers"},
+                         unroll=1 if cfg.scan_layers else cfg.depth_layers)
         x, _ = blocks(cfg, name="blocks")(x, None)
         x = depth_norm(cfg, "final_norm")(x)
         heads = declare(self, "heads", (channels, width, cfg.aud_vocab_size), ("codebook", "depth_embed", "audio_vocab"),

@@ -26,10 +26,9 @@ bytes, per device, and the process's peak RSS so far as a cross-check), and FLOP
 per preset x dtype with `scan_layers=False` on one device (XLA counts a scanned layer loop's body once), their
 ratio, achieved FLOP/s and MFU = formula FLOPs / step time / (peak per device x devices). The formula leaves out
 the optimizer update (about 20 FLOPs per param per step) and other elementwise work, so formula/XLA is near 1
-only with enough frames per step to amortise them (tiny: 0.68 at 2 x 16 frames, 0.96 at 2 x 128, 1.00 at 8 x 64).
-XLA's count is low where loops are left in the `scan_layers=False` step: the depth transformer's blocks are
-`nn.scan`ed whatever `scan_layers` says, so XLA counts one of `depth_layers` (the row's
-`xla_unrolled_while_loops` and a note above the table say so; small: formula/XLA 1.40 at 8 x 256).
+only with enough frames per step to amortise them (see `model_flops_per_frame`). Should a loop survive in the
+`scan_layers=False` step, XLA would count its body once: the row's `xla_unrolled_while_loops` and a note above
+the table say so.
 
 On a CPU-only machine `python -m launch.bench train` asks XLA for as many fake host devices as the largest mesh
 (`--xla_force_host_platform_device_count`, in `main`, before jax starts a backend): they share the same cores and
@@ -577,12 +576,10 @@ def _train_notes(settings: Settings, rows: list[dict[str, Any]]) -> dict[str, An
              "scan_layers=False, compiled on one device; MFU = formula FLOPs / median / (peak per device x "
              "devices)",
              *(f"peak: {source}" for source in sources),
-             *(f"{preset}: XLA GFLOP counts each of the {loops} while loops left in the scan_layers=False step once: "
-               f"the depth transformer's {layers} blocks are nn.scan'ed whatever scan_layers says (flmjax/model.py "
-               f"DepthTransformer), so XLA misses {layers - 1} of them, forward and backward"
-               for preset, loops, layers in sorted({(row["preset"], row["xla_unrolled_while_loops"],
-                                                     _train_config(row["preset"], "float32").depth_layers)
-                                                    for row in rows}) if loops),
+             *(f"{preset}: XLA GFLOP counts each of the {loops} while loops left in the scan_layers=False step "
+               "once: it is too low"
+               for preset, loops in sorted({(row["preset"], row["xla_unrolled_while_loops"]) for row in rows})
+               if loops),
              *(f"{row['preset']} {row['dtype']} on {row['devices']} device(s) {row['skipped']}"
                for row in rows if row["skipped"])]
     return {"notes": notes, "fake_cpu_devices": fake, "param_dtype_for": TRAIN_PARAM_DTYPE_FOR,

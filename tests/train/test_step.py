@@ -95,10 +95,10 @@ def test_batch_that_does_not_split_into_micro_batches_is_an_error():
 
 def test_flop_formula_is_within_10_percent_of_xla_on_an_unrolled_model():
     """XLA counts a scanned layer loop's body once; unrolled, its count must agree with the formula."""
-    config = CONFIG.replace(scan_layers=False)
+    config = CONFIG.replace(scan_layers=False, hidden_size=256, intermediate_size=768, head_dim=64, depth_dim=64)
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     tx = optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(warmup_steps=0, total_steps=10))
     shardings = step_lib.state_shardings(config, tx, mesh)
-    compiled = step_lib.compile_train_step(config, loss_lib.LossConfig(), tx, shardings, mesh, 4, 64)
-    formula = step_lib.model_flops_per_frame(config, 64) * 4 * 64
+    compiled = step_lib.compile_train_step(config, loss_lib.LossConfig(), tx, shardings, mesh, 8, 128)
+    formula = step_lib.model_flops_per_frame(config, 128) * 8 * 128
     assert compiled.flops == pytest.approx(formula, rel=0.10)
