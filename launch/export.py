@@ -33,12 +33,10 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None 
            max_shard_bytes: int = official.DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False) -> list[str]:
     """Writes checkpoint `step` (newest complete one by default) of `workdir` to `out`; returns the files written."""
     out = os.fspath(out)
-    if dtype not in EXPORT_DTYPES:
-        raise ExportError(f"--dtype {dtype!r} is not one of {list(EXPORT_DTYPES)}")
-    if os.path.isfile(out):
-        raise ExportError(f"{out} is a file, not a checkpoint folder")
-    if os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise ExportError(f"{out} is not empty; pass --overwrite to replace it")
+    try:  # before reading the checkpoint: refuse what save_official would refuse
+        official.check_export_target(out, dtype, overwrite)
+    except (ValueError, FileExistsError) as error:
+        raise ExportError(str(error).replace("overwrite=True", "--overwrite")) from None
     steps = ckpt_lib.complete_steps(workdir)
     if not steps:
         raise ExportError(f"no complete checkpoint under {ckpt_lib.checkpoint_dir(workdir)}")

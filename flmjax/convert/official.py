@@ -133,6 +133,17 @@ def _plan_shards(sizes: list[tuple[str, int]], max_shard_bytes: int) -> list[lis
     return shards + [current] if current else shards
 
 
+def check_export_target(path: str | os.PathLike, dtype: str, overwrite: bool) -> None:
+    """What `save_official` refuses, checked up front: an unknown dtype, a file, a non-empty folder."""
+    path = os.fspath(path)
+    if dtype not in _EXPORT_DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(_EXPORT_DTYPES)}")
+    if os.path.isfile(path):
+        raise FileExistsError(f"{path} is a file, not a checkpoint folder")
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise FileExistsError(f"{path} is not empty; pass overwrite=True to replace it")
+
+
 def save_official(path: str | os.PathLike, config: ModelConfig, params: dict, dtype: str = "bfloat16",
                   max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False) -> list[str]:
     """Writes `config.json` and safetensors in the released format; returns the files written.
@@ -143,12 +154,7 @@ def save_official(path: str | os.PathLike, config: ModelConfig, params: dict, dt
     `overwrite`; the folder is written beside it and swapped in whole, so a failure leaves the old one intact.
     """
     path = os.fspath(path)
-    if dtype not in _EXPORT_DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {sorted(_EXPORT_DTYPES)}")
-    if os.path.isfile(path):
-        raise FileExistsError(f"{path} is a file, not a checkpoint folder")
-    if os.path.isdir(path) and os.listdir(path) and not overwrite:
-        raise FileExistsError(f"{path} is not empty; pass overwrite=True to replace it")
+    check_export_target(path, dtype, overwrite)
     if "layers" not in params.get("temporal", {}):
         params = flm_model.stack_layers(params)
     shapes = _canonical_shapes(config)

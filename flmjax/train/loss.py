@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from flmjax import model
 from flmjax.config import ModelConfig
+from flmjax.train.config_fields import dataclass_kwargs
 
 Batch = Mapping[str, jax.Array]
 Sums = dict[str, jax.Array]
@@ -96,7 +97,7 @@ class LossConfig:
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | Any | None = None) -> LossConfig:
         """From a dict or an `ml_collections.ConfigDict` (missing keys keep their defaults; unknown keys fail)."""
-        fields = _fields_of(cls, config)
+        fields = dataclass_kwargs(cls, config, LossConfigError)
         return cls(**fields)
 
     def normalized_codebook_weights(self) -> tuple[float, ...]:
@@ -109,20 +110,6 @@ class LossConfig:
             raise LossConfigError(f"codebook_weights has {len(self.codebook_weights)} entries "
                                   f"{self.codebook_weights}, but the model has aud_channel="
                                   f"{model_config.aud_channel} codebooks: give one weight per codebook")
-
-
-def _fields_of(cls, config) -> dict[str, Any]:
-    """The dataclass fields given in a mapping or ConfigDict; an unknown key is an error naming the valid ones."""
-    if config is None:
-        return {}
-    if hasattr(config, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict
-        config = config.to_dict()
-    config = dict(config)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(config) - set(names))
-    if unknown:
-        raise LossConfigError(f"unknown {cls.__name__} keys {unknown}; valid keys are {names}")
-    return config
 
 
 # ---------------------------------------------------------------------- targets and their weights

@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from flmjax.train.config_fields import dataclass_kwargs
+
 PARAM_GROUPS = ("embeddings", "temporal", "text_head", "depth")
 SCHEDULES = ("cosine", "constant")
 _GROUP_OF_TOP_KEY = {"embedder": "embeddings", "temporal": "temporal", "text_head": "text_head", "depth": "depth"}
@@ -130,18 +132,7 @@ class OptimizerConfig:
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | Any | None = None) -> OptimizerConfig:
         """From a dict or an `ml_collections.ConfigDict` (missing keys keep their defaults; unknown keys fail)."""
-        if config is None:
-            return cls()
-        if hasattr(config, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict
-            config = config.to_dict()
-        config = dict(config)
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(config) - set(names))
-        if unknown:
-            raise OptimizerConfigError(f"unknown OptimizerConfig keys {unknown}; valid keys are {names}")
-        if config.get("lr_multipliers") is not None and hasattr(config["lr_multipliers"], "to_dict"):
-            config["lr_multipliers"] = config["lr_multipliers"].to_dict()
-        return cls(**config)
+        return cls(**dataclass_kwargs(cls, config, OptimizerConfigError))
 
     @property
     def trainable_groups(self) -> tuple[str, ...]:
