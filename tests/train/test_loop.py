@@ -234,3 +234,23 @@ def test_tiny_model_learns_the_corpus_text_to_audio_rule(data_dir, tmp_path):
     print("speech-frame accuracy per codebook:", np.round(accuracy, 3))
     assert accuracy[0] > 0.25 > 500 * chance  # the semantic code of a word frame, from the text leading it
     assert accuracy[1:].mean() > 0.4  # acoustic codes: a lookup of the semantic code
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(data_dir, tmp_path):
+    workdir = tmp_path / "preempted"
+    flags = stage_flags(data_dir, workdir, 10_000, "--config.train.save_every=5000")
+    with open(tmp_path / "preempted.log", "w") as log:
+        process = subprocess.Popen(train_command(flags), cwd=REPO_ROOT, env=environment(), stdout=log,
+                                   stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while len(read_metrics(workdir)) < 3 and time.time() < deadline:
+            assert process.poll() is None, (tmp_path / "preempted.log").read_text()[-3000:]
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    log = (tmp_path / "preempted.log").read_text()
+    assert process.returncode == 0, log[-3000:]
+    saved = checkpoint_lib.latest_complete_step(workdir)
+    assert saved is not None and 3 <= saved < 5000
+    assert f"SIGTERM: saved step {saved}, stopping" in log
+    assert max(read_metrics(workdir)) == saved
