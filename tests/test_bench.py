@@ -15,15 +15,20 @@ HEADER_KEYS = {"benchmark", "command", "date", "jax_version", "device_kind", "cp
                "persistent_compilation_cache"}
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    """The JSON written by one tiny forward run (float32, batch 1 x 8 frames, 2 timed runs)."""
-    out = tmp_path_factory.mktemp("bench") / "forward.json"
-    settings = bench.Settings(presets=("tiny",), dtypes=("float32",), batch=BATCH, frames=FRAMES, repeats=2)
-    returned = bench.run_benchmark("forward", settings, out, command="test")
+def run_and_read(name, settings, folder):
+    """Runs benchmark `name`; returns the JSON it wrote, checked equal to what it returned."""
+    out = folder / f"{name}.json"
+    returned = bench.run_benchmark(name, settings, out, command="test")
     written = json.loads(out.read_text())
     assert written == json.loads(json.dumps(returned))
     return written
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """The JSON written by one tiny forward run (float32, batch 1 x 8 frames, 2 timed runs)."""
+    settings = bench.Settings(presets=("tiny",), dtypes=("float32",), batch=BATCH, frames=FRAMES, repeats=2)
+    return run_and_read("forward", settings, tmp_path_factory.mktemp("bench"))
 
 
 def test_forward_report_has_one_row_per_case_with_every_key(report):
@@ -101,13 +106,9 @@ TRAIN_ROW_KEYS = {"benchmark", "preset", "dtype", "param_dtype", "devices", "mes
 @pytest.fixture(scope="module")
 def train_report(tmp_path_factory):
     """The JSON written by one tiny train run (float32, meshes of 1 and 2 devices, 2 timed steps)."""
-    out = tmp_path_factory.mktemp("bench") / "train.json"
     settings = bench.Settings(presets=("tiny",), dtypes=("float32",), meshes=TRAIN_MESHES, batch=TRAIN_BATCH,
                               frames=TRAIN_FRAMES, repeats=2)
-    returned = bench.run_benchmark("train", settings, out, command="test")
-    written = json.loads(out.read_text())
-    assert written == json.loads(json.dumps(returned))
-    return written
+    return run_and_read("train", settings, tmp_path_factory.mktemp("bench"))
 
 
 def test_train_report_has_a_row_per_mesh_with_every_key(train_report):

@@ -168,7 +168,7 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
     formula_flops = step_lib.model_flops_per_frame(model_config, config.data.sequence_length) * frames_per_step
     peak, peak_source = metrics_lib.peak_flops_per_device()
     peak_total = peak * jax.device_count()
-    say(f"{config.stage}: {model_config_lib_summary(model_config)}; mesh {dict(mesh.shape)}; "
+    say(f"{config.stage}: {_model_summary(model_config)}; mesh {dict(mesh.shape)}; "
         f"step compiled in {compiled.compile_seconds:.1f}s; memory {compiled.memory}; "
         f"FLOPs/step formula {formula_flops:.3g} (XLA {compiled.flops or float('nan'):.3g}, scanned layers "
         f"counted once); peak {peak_total:.3g} FLOP/s ({peak_source})")
@@ -219,7 +219,7 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
     return StageResult(step, stopped_early, last_metrics)
 
 
-def model_config_lib_summary(config: model_config_lib.ModelConfig) -> str:
+def _model_summary(config: model_config_lib.ModelConfig) -> str:
     return (f"hidden {config.hidden_size} x {config.num_hidden_layers} layers, depth {config.depth_dim} x "
             f"{config.depth_layers}, compute {config.dtype}, params {config.param_dtype}")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any, Callable
 
 import jax
@@ -63,11 +64,6 @@ def batch_shardings(mesh: Mesh, rules=sharding.DEFAULT_RULES) -> dict[str, Named
     return {key: sharding.batch_sharding(mesh, rules, ndim=3 if key in ("speak_ids", "listen_ids", "audio_targets",
                                                                          "audio_mask") else 2)
             for key in BATCH_KEYS}
-
-
-@dataclasses.dataclass(frozen=True)
-class StepSettings:
-    accumulation_steps: int = 1
 
 
 def _split(batch: Batch, parts: int) -> Batch:
@@ -129,8 +125,6 @@ def compile_train_step(config: ModelConfig, loss_config: loss_lib.LossConfig, tx
                        shardings: State, mesh: Mesh, global_batch_size: int, sequence_length: int,
                        accumulation_steps: int = 1, rules=sharding.DEFAULT_RULES) -> CompiledStep:
     """jit with explicit in/out shardings and the state donated, lowered and compiled ahead of time."""
-    import time
-
     check_batch_layout(mesh, global_batch_size, accumulation_steps)
     batch_sharding = batch_shardings(mesh, rules)
     metrics_sharding = NamedSharding(mesh, PartitionSpec())
