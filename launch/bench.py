@@ -56,97 +56,22 @@ import shlex
 import statistics
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 
 from flmjax import config as config_lib
 from flmjax import model
+from launch.bench_common import (PARAM_DTYPE_FOR, Benchmark, Column, Settings, fixed, format_table,
+                                  millions, progress, significant)
 
-# Compute dtype -> param dtype: bf16 compute runs on bf16 params (no f32 master copy); f32 is f32 throughout.
-PARAM_DTYPE_FOR = {"float32": "float32", "bfloat16": "bfloat16"}
 FLOPS_SOURCES = {
     "xla": "compiled cost_analysis() of the benchmarked program",
     "xla-unrolled": "cost_analysis() of the same forward lowered with scan_layers=False (XLA counts a scanned "
                     "layer loop's body once, so the compiled count of the scanned program is one layer's worth)",
     "analytic": "2 x matmul params x tokens + 4 x batch x frames^2 x heads x head_dim per layer",
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """What every benchmark is run over (a benchmark may ignore what does not apply to it)."""
-
-    presets: tuple[str, ...] = ("tiny", "small")
-    dtypes: tuple[str, ...] = ("float32", "bfloat16")
-    batch: int = 4
-    frames: int = 256
-    repeats: int = 5
-    seed: int = 0
-    workers: tuple[int, ...] = (0, 2)  # data: grain worker processes, one row each
-    records: int = 300  # data: synthetic records to build when no data_dir is given
-    stage: str = "stage4_duplex_leading"  # data: the stage config whose pipeline is timed
-    data_dir: str = ""  # data: a built data dir (with tokenizer.model); empty = build a synthetic one
-    meshes: tuple[int, ...] = (1,)  # train: mesh sizes (devices on the fsdp axis), one row each
-
-    def __post_init__(self):
-        problems = [f"unknown preset {p!r}; expected one of {sorted(config_lib.PRESETS)}"
-                    for p in self.presets if p not in config_lib.PRESETS]
-        problems += [f"unknown dtype {d!r}; expected one of {sorted(PARAM_DTYPE_FOR)}"
-                     for d in self.dtypes if d not in PARAM_DTYPE_FOR]
-        problems += [f"{name} must be a positive integer, got {getattr(self, name)}"
-                     for name in ("batch", "frames", "repeats", "records") if getattr(self, name) < 1]
-        problems += [f"workers must be >= 0, got {w}" for w in self.workers if w < 0]
-        problems += [f"mesh sizes must be positive, got {n}" for n in self.meshes if n < 1]
-        if not self.presets or not self.dtypes:
-            problems.append("need at least one preset and one dtype")
-        if problems:
-            raise ValueError("invalid bench settings:\n  " + "\n  ".join(problems))
-
-
-@dataclasses.dataclass(frozen=True)
-class Column:
-    """One table column: its heading, the row key it shows, and how a value is written."""
-
-    heading: str
-    key: str
-    fmt: Callable[[Any], str] = str
-
-
-@dataclasses.dataclass(frozen=True)
-class Benchmark:
-    run: Callable[[Settings], list[dict[str, Any]]]
-    columns: tuple[Column, ...]
-    defaults: tuple[tuple[str, Any], ...] = ()  # Settings fields this benchmark defaults differently
-    # (settings, rows) -> extra header fields; their "notes" (lines) are also printed above the table
-    notes: Callable[[Settings, list[dict[str, Any]]], dict[str, Any]] | None = None
-
-    def default_settings(self) -> Settings:
-        return dataclasses.replace(Settings(), **dict(self.defaults))
-
-
-def _millions(n: int) -> str:
-    return f"{n / 1e6:.2f}M"
-
-
-def _fixed(digits: int, scale: float = 1.0) -> Callable[[Any], str]:
-    return lambda value: "-" if value is None else f"{value * scale:,.{digits}f}"
-
-
-def _significant(digits: int, scale: float = 1.0) -> Callable[[Any], str]:
-    """`digits` significant figures (trailing zeros kept), never in exponent notation."""
-    def fmt(value):
-        if value is None:
-            return "-"
-        value *= scale
-        magnitude = int(np.floor(np.log10(abs(value)))) if value else 0
-        return f"{value:,.{max(0, digits - 1 - magnitude)}f}"
-    return fmt
-
-
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------- forward
@@ -242,7 +167,7 @@ def _bench_forward_case(preset: str, dtype: str, settings: Settings) -> dict[str
     start = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    _progress(f"  lower {lower_s:.2f} s, compile {compile_s:.2f} s; timing 1 warm-up + {settings.repeats} runs")
+    progress(f"  lower {lower_s:.2f} s, compile {compile_s:.2f} s; timing 1 warm-up + {settings.repeats} runs")
 
     jax.block_until_ready(compiled(params, *inputs))
     times = []
@@ -277,7 +202,7 @@ def run_forward_bench(settings: Settings) -> list[dict[str, Any]]:
             raise ValueError(f"{settings.frames} frames exceed {preset}'s max_position_embeddings {limit}")
     rows = []
     for i, (preset, dtype) in enumerate(cases, 1):
-        _progress(f"[forward {i}/{len(cases)}] {preset} {dtype} (params {PARAM_DTYPE_FOR[dtype]}), "
+        progress(f"[forward {i}/{len(cases)}] {preset} {dtype} (params {PARAM_DTYPE_FOR[dtype]}), "
                   f"batch {settings.batch} x {settings.frames} frames")
         rows.append(_bench_forward_case(preset, dtype, settings))
     return rows
@@ -285,12 +210,12 @@ def run_forward_bench(settings: Settings) -> list[dict[str, Any]]:
 
 FORWARD_COLUMNS = (
     Column("preset", "preset"), Column("compute", "dtype"), Column("params", "param_dtype"),
-    Column("temporal", "params_temporal", _millions), Column("total", "params_total", _millions),
-    Column("lower s", "lower_s", _fixed(2)), Column("compile s", "compile_s", _fixed(2)),
-    Column("median ms", "median_s", _fixed(1, 1e3)), Column("min ms", "min_s", _fixed(1, 1e3)),
-    Column("frames/s", "frames_per_s", _fixed(0)), Column("GFLOP/call", "flops_per_call", _significant(3, 1e-9)),
-    Column("GFLOP/s", "gflops_per_s", _fixed(1)), Column("flops from", "flops_source"),
-    Column("temp MiB", "temp_bytes", _fixed(1, 1 / 2**20)),
+    Column("temporal", "params_temporal", millions), Column("total", "params_total", millions),
+    Column("lower s", "lower_s", fixed(2)), Column("compile s", "compile_s", fixed(2)),
+    Column("median ms", "median_s", fixed(1, 1e3)), Column("min ms", "min_s", fixed(1, 1e3)),
+    Column("frames/s", "frames_per_s", fixed(0)), Column("GFLOP/call", "flops_per_call", significant(3, 1e-9)),
+    Column("GFLOP/s", "gflops_per_s", fixed(1)), Column("flops from", "flops_source"),
+    Column("temp MiB", "temp_bytes", fixed(1, 1 / 2**20)),
 )
 
 
@@ -300,7 +225,7 @@ def _bench_data_dir(settings: Settings, scratch: str) -> str:
         return settings.data_dir
     from launch import prepare_data
 
-    _progress(f"[data] building {settings.records} synthetic records in {scratch}")
+    progress(f"[data] building {settings.records} synthetic records in {scratch}")
     import contextlib
 
     with contextlib.redirect_stdout(sys.stderr):  # its summary is progress here, not the benchmark's table
@@ -331,7 +256,7 @@ def run_data_bench(settings: Settings) -> list[dict[str, Any]]:
         tokenizer = text.SentencePieceTokenizer(os.path.join(data_dir, "tokenizer.model"))
         ids = StreamIds(tokenizer.wait_id, config_lib.preset(config.model).aud_pad_id)
         for workers in settings.workers:
-            _progress(f"[data] {settings.stage}: batch {settings.batch} x {settings.frames} frames, "
+            progress(f"[data] {settings.stage}: batch {settings.batch} x {settings.frames} frames, "
                       f"{workers} workers, {settings.repeats} timed batches")
             iterator = pipeline.batch_iterator(pipeline.stage_pipeline(config, tokenizer, ids), num_workers=workers)
             try:
@@ -354,8 +279,8 @@ def run_data_bench(settings: Settings) -> list[dict[str, Any]]:
 
 DATA_COLUMNS = (
     Column("stage", "stage"), Column("workers", "workers"), Column("batch", "batch"), Column("frames", "frames"),
-    Column("first batch s", "first_batch_s", _fixed(2)), Column("batches/s", "batches_per_s", _fixed(2)),
-    Column("frames/s", "frames_per_s", _fixed(0)),
+    Column("first batch s", "first_batch_s", fixed(2)), Column("batches/s", "batches_per_s", fixed(2)),
+    Column("frames/s", "frames_per_s", fixed(0)),
 )
 
 # ---------------------------------------------------------------------- train
@@ -481,7 +406,7 @@ def _bench_train_case(preset: str, dtype: str, devices: int, settings: Settings,
     memory = {key: compiled.memory.get(key) for key in ("temp_bytes", "argument_bytes", "output_bytes",
                                                         "alias_bytes")}
     skipped = _host_memory_problem(memory, devices)
-    _progress(f"  compile (lower + compile) {compiled.compile_seconds:.2f} s; "
+    progress(f"  compile (lower + compile) {compiled.compile_seconds:.2f} s; "
               + (skipped if skipped else f"timing 1 warm-up + {settings.repeats} steps"))
     times, loss = [], None
     if not skipped:
@@ -550,11 +475,11 @@ def run_train_bench(settings: Settings) -> list[dict[str, Any]]:
     rows = []
     for preset in settings.presets:
         for dtype in settings.dtypes:
-            _progress(f"[train] {preset} {dtype}: compiling the unrolled step once for XLA's FLOP count")
+            progress(f"[train] {preset} {dtype}: compiling the unrolled step once for XLA's FLOP count")
             xla = _xla_unrolled_train_flops(_train_config(preset, dtype), settings, tx, loss_config)
-            _progress(f"  compile {xla[1]:.2f} s, {xla[0] or 0:.4g} FLOPs per step, {xla[2]} while loops left")
+            progress(f"  compile {xla[1]:.2f} s, {xla[0] or 0:.4g} FLOPs per step, {xla[2]} while loops left")
             for devices in settings.meshes:
-                _progress(f"[train {len(rows) + 1}/{cases}] {preset} {dtype} (params "
+                progress(f"[train {len(rows) + 1}/{cases}] {preset} {dtype} (params "
                           f"{TRAIN_PARAM_DTYPE_FOR[dtype]}), mesh of {devices} device(s), batch {settings.batch} x "
                           f"{settings.frames} frames")
                 rows.append(_bench_train_case(preset, dtype, devices, settings, tx, loss_config, *xla))
@@ -588,15 +513,15 @@ def _train_notes(settings: Settings, rows: list[dict[str, Any]]) -> dict[str, An
 
 TRAIN_COLUMNS = (
     Column("preset", "preset"), Column("compute", "dtype"), Column("devices", "devices"),
-    Column("compile s", "compile_s", _fixed(2)), Column("median s", "median_s", _fixed(3)),
-    Column("min s", "min_s", _fixed(3)), Column("frames/s", "frames_per_s", _fixed(1)),
-    Column("tokens/s", "tokens_per_s", _fixed(0)), Column("compiled MiB", "compiled_bytes", _fixed(1, 1 / 2**20)),
-    Column("peak RSS MiB", "peak_rss_bytes", _fixed(0, 1 / 2**20)),
-    Column("formula GFLOP", "flops_formula", _significant(4, 1e-9)),
-    Column("XLA GFLOP", "flops_xla_unrolled", _significant(4, 1e-9)),
-    Column("formula/XLA", "flops_formula_over_xla", _fixed(3)),
-    Column("GFLOP/s", "achieved_flops_per_s", _fixed(1, 1e-9)),
-    Column("peak GFLOP/s/dev", "peak_flops_per_device", _fixed(1, 1e-9)), Column("MFU %", "mfu", _fixed(1, 100)),
+    Column("compile s", "compile_s", fixed(2)), Column("median s", "median_s", fixed(3)),
+    Column("min s", "min_s", fixed(3)), Column("frames/s", "frames_per_s", fixed(1)),
+    Column("tokens/s", "tokens_per_s", fixed(0)), Column("compiled MiB", "compiled_bytes", fixed(1, 1 / 2**20)),
+    Column("peak RSS MiB", "peak_rss_bytes", fixed(0, 1 / 2**20)),
+    Column("formula GFLOP", "flops_formula", significant(4, 1e-9)),
+    Column("XLA GFLOP", "flops_xla_unrolled", significant(4, 1e-9)),
+    Column("formula/XLA", "flops_formula_over_xla", fixed(3)),
+    Column("GFLOP/s", "achieved_flops_per_s", fixed(1, 1e-9)),
+    Column("peak GFLOP/s/dev", "peak_flops_per_device", fixed(1, 1e-9)), Column("MFU %", "mfu", fixed(1, 100)),
 )
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -605,18 +530,6 @@ BENCHMARKS: dict[str, Benchmark] = {
     "train": Benchmark(run_train_bench, TRAIN_COLUMNS, notes=_train_notes,
                        defaults=(("dtypes", ("float32",)), ("batch", 8), ("meshes", TRAIN_DEFAULT_MESHES))),
 }
-
-
-# ---------------------------------------------------------------------- report
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
-    """Aligned text table: the first column left-aligned, the rest right-aligned."""
-    cells = [[c.heading for c in columns]] + [[c.fmt(row.get(c.key)) for c in columns] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-
-    def line(values):
-        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths)))
-
-    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(v) for v in cells[1:]])
 
 
 def _persistent_cache() -> str | None:
@@ -643,7 +556,7 @@ def run_benchmark(name: str, settings: Settings, out: str | os.PathLike, command
     benchmark = BENCHMARKS[name]
     command = shlex.join(sys.argv) if command is None else command
     if _persistent_cache():
-        _progress(f"warning: persistent compilation cache {_persistent_cache()} is on; compile times may be "
+        progress(f"warning: persistent compilation cache {_persistent_cache()} is on; compile times may be "
                   "cache loads")
     start = time.perf_counter()
     rows = benchmark.run(settings)
@@ -656,7 +569,7 @@ def run_benchmark(name: str, settings: Settings, out: str | os.PathLike, command
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    _progress(f"wrote {out} ({len(rows)} rows, {header['elapsed_s']:.1f} s)")
+    progress(f"wrote {out} ({len(rows)} rows, {header['elapsed_s']:.1f} s)")
     return report
 
 
@@ -691,6 +604,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         sub.add_argument("--data_dir", default=defaults.data_dir, help="data: a built data dir to read instead")
         sub.add_argument("--meshes", type=_counts, default=defaults.meshes,
                          help="train: comma-separated mesh sizes (devices on the fsdp axis)")
+        sub.add_argument("--batches", type=_counts, default=defaults.batches,
+                         help="stream, codec: comma-separated batch sizes (concurrent sessions)")
+        sub.add_argument("--seconds", type=float, default=defaults.seconds, help="codec: seconds of audio per call")
+        sub.add_argument("--steps", type=int, default=defaults.steps, help="stream: timed frames per case")
         sub.add_argument("--out", default=f"bench_results/{name}.json", help="JSON report path")
     return parser.parse_args(argv)
 
@@ -709,10 +626,10 @@ def _request_host_devices(count: int) -> None:
     except (ImportError, AttributeError):
         started = False
     if started:
-        _progress(f"warning: jax has already started its backends; cannot add {count} fake CPU devices")
+        progress(f"warning: jax has already started its backends; cannot add {count} fake CPU devices")
         return
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
-    _progress(f"XLA_FLAGS={os.environ['XLA_FLAGS']} ({count} fake CPU devices sharing this machine's cores)")
+    progress(f"XLA_FLAGS={os.environ['XLA_FLAGS']} ({count} fake CPU devices sharing this machine's cores)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -726,7 +643,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = Settings(presets=args.presets, dtypes=args.dtypes, batch=args.batch, frames=args.frames,
                             repeats=args.repeats, seed=args.seed, workers=args.workers, records=args.records,
-                            stage=args.stage, data_dir=args.data_dir, meshes=args.meshes)
+                            stage=args.stage, data_dir=args.data_dir, meshes=args.meshes,
+                            batches=args.batches, seconds=args.seconds, steps=args.steps)
     except ValueError as error:
         sys.exit(f"error: {error}")
     run_benchmark(args.benchmark, settings, args.out, command=shlex.join(["python", "-m", "launch.bench", *argv]))
