@@ -131,8 +131,9 @@ class Attention(nn.Module):
         """x: [batch, length, embed]; positions: [batch, length].
 
         `cache` (optional): {"k", "v": [batch, capacity, kv_heads, head_dim]}, slot `s` holding frame position
-        `s`; the new keys and values are written at `positions[:, 0]`, and each query attends to every slot
-        at or before its own position. Returns (output [batch, length, embed], updated cache or None).
+        `s` (or, once a one-frame-at-a-time stream passes the capacity, the latest position `= s mod capacity`);
+        the new keys and values are written at `positions[:, 0] % capacity`, and each query attends to every
+        slot at or before its own position (all of them, past the capacity). Returns (output [batch, length, embed], updated cache or None).
         """
         embed = x.shape[-1]
         init = normal_init(self.init_std)
@@ -153,7 +154,9 @@ class Attention(nn.Module):
             mask = positions[:, None, :] <= positions[:, :, None]
             new_cache = None
         else:
-            start = positions[:, 0]
+            # Modulo capacity: past the end a streaming cache is a ring (sliding window); below it this is
+            # `positions[:, 0]`. Keys are rotated before caching, so a ring's order does not matter.
+            start = positions[:, 0] % cache["k"].shape[1]
             new_cache = {"k": write_to_cache(cache["k"], key, start), "v": write_to_cache(cache["v"], value, start)}
             key, value = new_cache["k"].astype(self.dtype), new_cache["v"].astype(self.dtype)
             slots = jnp.arange(key.shape[1])
