@@ -15,9 +15,6 @@ import os
 import sys
 from typing import Sequence
 
-import jax
-
-from flmjax import model
 from flmjax.convert import official
 from flmjax.train import checkpoint as ckpt_lib
 
@@ -37,21 +34,10 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None 
         official.check_export_target(out, dtype, overwrite)
     except (ValueError, FileExistsError) as error:
         raise ExportError(str(error).replace("overwrite=True", "--overwrite")) from None
-    steps = ckpt_lib.complete_steps(workdir)
-    if not steps:
-        raise ExportError(f"no complete checkpoint under {ckpt_lib.checkpoint_dir(workdir)}")
-    if step is not None and step not in steps:
-        raise ExportError(f"no complete checkpoint for step {step} under {ckpt_lib.checkpoint_dir(workdir)}; "
-                          f"complete steps: {steps}")
-    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
     try:
-        config, _, step = checkpointer.read_meta(step)
-        abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=cpu),
-                                model.abstract_params(config))
-        params = checkpointer.restore_params(step, abstract_params=abstract)
-    finally:
-        checkpointer.close()
+        config, params, _ = ckpt_lib.restore_params_on_host(workdir, step)
+    except ckpt_lib.NoCheckpointError as error:
+        raise ExportError(str(error)) from None
     return official.save_official(out, config, params, dtype=dtype, max_shard_bytes=max_shard_bytes,
                                   overwrite=overwrite)
 

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from flmjax import model
 from flmjax.config import ModelConfig
 
 CHECKPOINT_DIR = "checkpoints"
@@ -67,6 +68,12 @@ class NoCheckpointError(CheckpointError):
 
 def checkpoint_dir(workdir: str | os.PathLike) -> str:
     return os.path.join(os.fspath(workdir), CHECKPOINT_DIR)
+
+
+def is_released_checkpoint(path: str | os.PathLike) -> bool:
+    """A released-format folder (config.json + safetensors), not a training workdir."""
+    return os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(
+        os.path.join(path, CHECKPOINT_DIR))
 
 
 def _is_complete(step_dir: str) -> bool:
@@ -374,3 +381,24 @@ class Checkpointer:
         target = jax.tree.map(_as_abstract, abstract_params)
         self._check_fits(step, {PARAMS: target})
         return self._restore_item(step, PARAMS, ocp.args.StandardRestore(target))
+
+
+def restore_params_on_host(workdir: str | os.PathLike, step: int | None = None
+                           ) -> tuple[ModelConfig, Any, int]:
+    """(model config, params, step) of checkpoint `step` (newest complete one by default) of `workdir`,
+    restored onto one CPU device: no training mesh, no accelerator memory (for export and inference)."""
+    steps = complete_steps(workdir)
+    if not steps:
+        raise NoCheckpointError(f"no complete checkpoint under {checkpoint_dir(workdir)}")
+    if step is not None and step not in steps:
+        raise NoCheckpointError(f"no complete checkpoint for step {step} under {checkpoint_dir(workdir)}; "
+                                f"complete steps: {steps}")
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    checkpointer = Checkpointer(workdir, read_only=True)
+    try:
+        config, _, step = checkpointer.read_meta(step)
+        abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=cpu),
+                                model.abstract_params(config))
+        return config, checkpointer.restore_params(step, abstract_params=abstract), step
+    finally:
+        checkpointer.close()

@@ -1,0 +1,152 @@
+"""Full-duplex streaming from the command line: the user's codes in, the model's frames (and monologue) out.
+
+    python -m launch.stream --checkpoint DIR --listen CODES.npy --out OUT.npz [--greedy] [--tokenizer TOK]
+                            [--max_frames N] [--sliding_window] [--seed 0] [--step N]
+    python -m launch.stream --checkpoint DIR --batch_file LIST --out OUT_DIR [...]
+
+DIR is a released-format folder (config.json + safetensors), a stage's training workdir, or the main job's
+workdir (its last stage). CODES.npy holds the user's Mimi codes, [8, T] or [1, 8, T] (what `launch.codec
+encode` writes for a mono file). LIST names one CODES.npy per line; those sessions run together as one batch
+and OUT_DIR gets one `<name>.npz` each.
+
+Each step feeds one user frame (80 ms) and gets back the model's frame of the step before, so T user frames
+give T - 1 model frames. OUT.npz holds `frames` [T-1, 9] (text id, speak codes 0..7), `text_ids` [T-1],
+`speak_codes` [8, T-1] (ready for `launch.codec decode`) and `step_ms` [T]. With `--tokenizer` (a
+tokenizer.model / tokenizer.json, or a folder holding one) the monologue is also written as `<name>.txt`, each
+run of `<wait>` shown as a line break. Prints per-frame latency percentiles and the real-time factor (median
+step time / 80 ms; below 1 keeps up with a live conversation). Decoding is the released generator's sampling
+unless `--greedy` (argmax with its repetition penalties).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+
+from flmjax.convert import official
+from flmjax.data import text as text_lib
+from flmjax.infer import SamplingConfig, StreamError
+from flmjax.infer import loading, sessions
+from flmjax.train import checkpoint as ckpt_lib
+
+
+class CliError(RuntimeError):
+    """A request the CLI cannot run; the message names the problem."""
+
+
+def read_listen_codes(path: str, channels: int) -> np.ndarray:
+    """CODES.npy ([C, T] or [1, C, T]) -> [T, C] int32, with clear errors for anything else."""
+    try:
+        codes = np.load(path)
+    except (OSError, ValueError) as error:
+        raise CliError(f"cannot read listen codes {path}: {error}") from None
+    if codes.ndim == 3 and codes.shape[0] == 1:
+        codes = codes[0]
+    if codes.ndim != 2 or codes.shape[0] != channels:
+        raise CliError(f"listen codes {path} have shape {list(codes.shape)}; expected [{channels}, frames] or "
+                       f"[1, {channels}, frames]")
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise CliError(f"listen codes {path} are {codes.dtype}, not integers")
+    if codes.shape[1] < 2:
+        raise CliError(f"listen codes {path} hold {codes.shape[1]} frame(s); need at least 2 to get a frame back")
+    return codes.T.astype(np.int32)
+
+
+def session_inputs(args: argparse.Namespace) -> list[str]:
+    if args.batch_file:
+        with open(args.batch_file) as lines:
+            paths = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        base = os.path.dirname(os.path.abspath(args.batch_file))
+        paths = [path if os.path.isabs(path) else os.path.join(base, path) for path in paths]
+        if not paths:
+            raise CliError(f"batch file {args.batch_file} lists no sessions")
+        return paths
+    return [args.listen]
+
+
+def output_paths(args: argparse.Namespace, inputs: list[str]) -> list[str]:
+    if not args.batch_file:
+        return [args.out]
+    names = [os.path.splitext(os.path.basename(path))[0] for path in inputs]
+    if len(set(names)) != len(names):
+        raise CliError("sessions of a batch file need distinct file names (outputs are named after them)")
+    return [os.path.join(args.out, f"{name}.npz") for name in names]
+
+
+def write_session(path: str, frames: np.ndarray, step_s: np.ndarray, monologue: str | None) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez(path, frames=frames, text_ids=frames[:, 0], speak_codes=frames[:, 1:].T,
+             step_ms=(step_s * 1e3).astype(np.float32))
+    if monologue is not None:
+        with open(os.path.splitext(path)[0] + ".txt", "w") as out:
+            out.write(monologue + "\n")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m launch.stream", description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="released-format folder or training workdir")
+    parser.add_argument("--step", type=int, help="training checkpoint step (default: newest complete)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--listen", help="the user's codes, .npy [8, T]")
+    source.add_argument("--batch_file", "--batch-file", help="a file listing one codes .npy per line")
+    parser.add_argument("--out", required=True, help="OUT.npz (one session) or a folder (--batch_file)")
+    parser.add_argument("--greedy", action="store_true", help="argmax decoding (with the repetition penalties)")
+    parser.add_argument("--tokenizer", help="write the monologue as text with this tokenizer")
+    parser.add_argument("--max_frames", type=int, help="KV cache frames per session (default: the longest input)")
+    parser.add_argument("--sliding_window", action="store_true",
+                        help="past max_frames, attend to the last max_frames frames instead of stopping")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    inputs = session_inputs(args)
+    outputs = output_paths(args, inputs)
+    existing = [path for path in outputs if os.path.exists(path)]
+    if existing and not args.overwrite:
+        raise CliError(f"output exists: {existing[0]} (use --overwrite to replace)")
+    config, params, loaded = loading.load_model(args.checkpoint, args.step)
+    print(f"model: {loaded}", file=sys.stderr)
+    tokenizer = None
+    if args.tokenizer:
+        tokenizer = text_lib.load_tokenizer(args.tokenizer, config.text_wait_id)
+        text_lib.check_compatible(tokenizer, config)
+    listen = [read_listen_codes(path, config.aud_channel) for path in inputs]
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 50 == 0:
+            print(f"\rstep {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    result = sessions.run_sessions(
+        config, params, listen, sampling=SamplingConfig.greedy() if args.greedy else SamplingConfig(),
+        max_frames=args.max_frames, sliding_window=args.sliding_window, seed=args.seed, progress=progress)
+    for path, frames in zip(outputs, result.frames):
+        monologue = None if tokenizer is None else sessions.monologue_text(frames[:, 0], tokenizer,
+                                                                           config.text_wait_id)
+        write_session(path, frames, result.step_s, monologue)
+        print(f"wrote {path} ({len(frames)} frames)" + ("" if monologue is None else " and its monologue"))
+    summary = result.latency_summary()
+    print(f"{len(listen)} session(s), {len(result.step_s)} steps; per-frame latency p50 {summary['p50_ms']:.2f} ms, "
+          f"p90 {summary['p90_ms']:.2f} ms, p99 {summary['p99_ms']:.2f} ms, max {summary['max_ms']:.2f} ms "
+          f"(first step, with compilation: {summary['first_step_ms']:.0f} ms); real-time factor "
+          f"{summary['real_time_factor']:.3f}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (CliError, StreamError, ckpt_lib.CheckpointError, official.CheckpointError, text_lib.ConfigError,
+            OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

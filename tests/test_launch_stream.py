@@ -1,0 +1,109 @@
+"""`python -m launch.stream`: golden tokens through the CLI, batch files, the monologue text, and its errors."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from flmjax import config as flm_config
+from flmjax import model
+from flmjax.convert import save_official
+from flmjax.data import text as text_lib
+from flmjax.infer import sessions
+from launch import stream as stream_cli
+from tests.conftest import golden_path
+
+WORDS = "hello there how are you doing today fine thanks what about the weather sunny and warm".split()
+
+
+def tokenizer_bytes() -> bytes:
+    return text_lib.train_sentencepiece([" ".join(WORDS[i:i + 5]) for i in range(len(WORDS) - 5)] * 20, 32)
+
+
+@pytest.fixture(scope="module")
+def golden_stream():
+    folder = golden_path("release_like")
+    return folder, dict(np.load(folder / "stream.npz"))
+
+
+def test_cli_reproduces_golden_greedy_frames(golden_stream, tmp_path):
+    folder, reference = golden_stream
+    np.save(tmp_path / "user.npy", reference["listen"])
+    out = tmp_path / "out.npz"
+    assert stream_cli.main(["--checkpoint", str(folder), "--listen", str(tmp_path / "user.npy"),
+                            "--out", str(out), "--greedy"]) == 0
+    written = np.load(out)
+    expected = reference["greedy/out_tokens"][1:]  # step s returns frame s-1: 60 steps, 59 frames
+    np.testing.assert_array_equal(written["frames"], expected)
+    np.testing.assert_array_equal(written["text_ids"], expected[:, 0])
+    np.testing.assert_array_equal(written["speak_codes"], expected[:, 1:].T)
+    assert written["step_ms"].shape == (60,) and (written["step_ms"] > 0).all()
+
+
+def test_batch_file_sessions_equal_each_alone(golden_stream, tmp_path):
+    folder, reference = golden_stream
+    listen = reference["listen"][0]  # [8, 60]
+    rng = np.random.default_rng(0)
+    users = {"long": listen, "short": rng.integers(0, 2048, (8, 25))}
+    for name, codes in users.items():
+        np.save(tmp_path / f"{name}.npy", codes)
+    (tmp_path / "sessions.txt").write_text("long.npy\n# a comment\nshort.npy\n")
+    assert stream_cli.main(["--checkpoint", str(folder), "--batch-file", str(tmp_path / "sessions.txt"),
+                            "--out", str(tmp_path / "out"), "--greedy"]) == 0
+    for name, codes in users.items():
+        alone = tmp_path / f"{name}_alone.npz"
+        assert stream_cli.main(["--checkpoint", str(folder), "--listen", str(tmp_path / f"{name}.npy"),
+                                "--out", str(alone), "--greedy"]) == 0
+        batched = np.load(tmp_path / "out" / f"{name}.npz")["frames"]
+        assert batched.shape == (codes.shape[1] - 1, 9)
+        np.testing.assert_array_equal(batched, np.load(alone)["frames"])
+
+
+def test_monologue_text_breaks_lines_at_wait(tmp_path):
+    tokenizer = text_lib.SentencePieceTokenizer(tokenizer_bytes())
+    wait = tokenizer.wait_id
+    hello, weather = tokenizer.encode("hello there"), tokenizer.encode("the weather")
+    ids = np.array([wait, wait, *hello, wait, wait, wait, *weather, wait])
+    assert sessions.monologue_text(ids, tokenizer, wait) == "hello there\nthe weather"
+
+
+def test_cli_writes_the_monologue_with_a_tokenizer(tmp_path):
+    (tmp_path / "tok.model").write_bytes(tokenizer_bytes())
+    tokenizer = text_lib.SentencePieceTokenizer(tokenizer_bytes())
+    config = dataclasses.replace(flm_config.preset("tiny"), vocab_size=tokenizer.vocab_size,
+                                 text_wait_id=tokenizer.wait_id)
+    save_official(tmp_path / "ckpt", config, model.init_params(config, jax.random.key(0)), dtype="float32")
+    np.save(tmp_path / "user.npy", np.random.default_rng(1).integers(0, 2048, (1, 8, 20)))
+    out = tmp_path / "session.npz"
+    assert stream_cli.main(["--checkpoint", str(tmp_path / "ckpt"), "--listen", str(tmp_path / "user.npy"),
+                            "--out", str(out), "--tokenizer", str(tmp_path / "tok.model"), "--seed", "3"]) == 0
+    frames = np.load(out)["frames"]
+    expected = sessions.monologue_text(frames[:, 0], tokenizer, tokenizer.wait_id)
+    assert (tmp_path / "session.txt").read_text() == expected + "\n"
+    assert (frames[:, 0] != tokenizer.wait_id).any()  # a random model writes some text: the file is not empty
+    assert expected.strip()
+
+
+def test_cli_errors_name_the_problem(golden_stream, tmp_path, capsys):
+    folder, reference = golden_stream
+    args = ["--checkpoint", str(folder), "--out", str(tmp_path / "out.npz")]
+    np.save(tmp_path / "wrong_shape.npy", np.zeros((4, 10), np.int64))
+    assert stream_cli.main(args + ["--listen", str(tmp_path / "wrong_shape.npy")]) == 1
+    assert "have shape [4, 10]; expected [8, frames]" in capsys.readouterr().err
+    bad = reference["listen"].copy()
+    bad[0, 5, 7] = 2048
+    np.save(tmp_path / "bad_codes.npy", bad)
+    assert stream_cli.main(args + ["--listen", str(tmp_path / "bad_codes.npy")]) == 1
+    assert "outside 0..2047" in capsys.readouterr().err
+    assert not (tmp_path / "out.npz").exists()
+    np.save(tmp_path / "ok.npy", reference["listen"][..., :5])
+    assert stream_cli.main(args + ["--listen", str(tmp_path / "ok.npy"), "--max_frames", "3"]) == 1
+    assert "context limit of 3 frames" in capsys.readouterr().err
+    (tmp_path / "out.npz").write_bytes(b"keep me")
+    assert stream_cli.main(args + ["--listen", str(tmp_path / "ok.npy")]) == 1
+    assert "output exists" in capsys.readouterr().err
+    assert (tmp_path / "out.npz").read_bytes() == b"keep me"
+    assert stream_cli.main(["--checkpoint", str(tmp_path), "--listen", str(tmp_path / "ok.npy"),
+                            "--out", str(tmp_path / "x.npz")]) == 1
+    assert "holds neither config.json" in capsys.readouterr().err
