@@ -63,8 +63,9 @@ import numpy as np
 
 from flmjax import config as config_lib
 from flmjax import model
+from launch.bench_stream import STREAM_COLUMNS, STREAM_DEFAULTS, run_stream_bench, stream_notes
 from launch.bench_common import (PARAM_DTYPE_FOR, Benchmark, Column, Settings, fixed, format_table,
-                                  millions, progress, significant)
+                                  millions, progress, random_params, significant)
 
 FLOPS_SOURCES = {
     "xla": "compiled cost_analysis() of the benchmarked program",
@@ -125,22 +126,6 @@ def _memory(compiled) -> dict[str, int | None]:
     return {ours: None if stats is None else int(getattr(stats, theirs)) for ours, theirs in fields.items()}
 
 
-def _random_params(config: config_lib.ModelConfig, seed: int) -> model.Params:
-    """Params of the right tree, shapes and dtype, drawn on the host: norm scales 1, the rest
-    normal(initializer_range). Timing does not depend on the values, and `init_params` alone takes 10+ s to
-    compile on a small CPU."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        if str(getattr(path[-1], "key", "")) == "scale":
-            values = np.ones(leaf.shape, np.float32)
-        else:
-            values = rng.standard_normal(leaf.shape, np.float32) * np.float32(config.initializer_range)
-        return jax.device_put(values.astype(leaf.dtype))
-
-    return jax.tree_util.tree_map_with_path(draw, model.abstract_params(config))
-
-
 def _random_inputs(config: config_lib.ModelConfig, batch: int, frames: int, seed: int):
     """Valid model inputs: text ids below the text vocabulary, audio ids below the codec's 2048 codes."""
     rng = np.random.default_rng(seed)
@@ -157,7 +142,7 @@ def _forward_config(preset: str, dtype: str) -> config_lib.ModelConfig:
 def _bench_forward_case(preset: str, dtype: str, settings: Settings) -> dict[str, Any]:
     batch, frames = settings.batch, settings.frames
     config = _forward_config(preset, dtype)
-    params = jax.block_until_ready(_random_params(config, settings.seed))
+    params = jax.block_until_ready(random_params(config, settings.seed))
     inputs = jax.block_until_ready(_random_inputs(config, batch, frames, settings.seed))
 
     jitted = jax.jit(functools.partial(model.forward, config))
@@ -412,7 +397,7 @@ def _bench_train_case(preset: str, dtype: str, devices: int, settings: Settings,
     if not skipped:
         # Params drawn on the host (init_params alone takes 10+ s to compile on a small CPU); timing does not
         # depend on their values.
-        params = _random_params(config, settings.seed)
+        params = random_params(config, settings.seed)
         state = step_lib.init_state_sharded(config, tx, jax.random.key(settings.seed), shardings, params=params)
         del params
         batch_arrays = jax.device_put(_random_train_batch(config, batch, frames, settings.seed),
@@ -529,6 +514,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "data": Benchmark(run_data_bench, DATA_COLUMNS, defaults=(("batch", 8), ("frames", 2048), ("repeats", 20))),
     "train": Benchmark(run_train_bench, TRAIN_COLUMNS, notes=_train_notes,
                        defaults=(("dtypes", ("float32",)), ("batch", 8), ("meshes", TRAIN_DEFAULT_MESHES))),
+    "stream": Benchmark(run_stream_bench, STREAM_COLUMNS, notes=stream_notes, defaults=STREAM_DEFAULTS),
 }
 
 

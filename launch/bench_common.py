@@ -10,9 +10,11 @@ import dataclasses
 import sys
 from typing import Any, Callable, Sequence
 
+import jax
 import numpy as np
 
 from flmjax import config as config_lib
+from flmjax import model
 
 # Compute dtype -> param dtype: bf16 compute runs on bf16 params (no f32 master copy); f32 is f32 throughout.
 PARAM_DTYPE_FOR = {"float32": "float32", "bfloat16": "bfloat16"}
@@ -106,3 +108,19 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> s
         return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths)))
 
     return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(v) for v in cells[1:]])
+
+
+def random_params(config: config_lib.ModelConfig, seed: int) -> Any:
+    """Params of the right tree, shapes and dtype, drawn on the host: norm scales 1, the rest
+    normal(initializer_range). Timing does not depend on the values, and `init_params` alone takes 10+ s to
+    compile on a small CPU."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        if str(getattr(path[-1], "key", "")) == "scale":
+            values = np.ones(leaf.shape, np.float32)
+        else:
+            values = rng.standard_normal(leaf.shape, np.float32) * np.float32(config.initializer_range)
+        return jax.device_put(values.astype(leaf.dtype))
+
+    return jax.tree_util.tree_map_with_path(draw, model.abstract_params(config))

@@ -86,13 +86,28 @@ def apply_repetition_penalty(logits: jax.Array, history: jax.Array, penalty: flo
 
 
 def _keep_top_p(probs: jax.Array, top_p: float) -> jax.Array:
-    """bool [B, V]: a token is kept while the probability mass strictly before it (in sorted order) is <= p."""
-    order = jnp.argsort(-probs, axis=-1)
-    sorted_probs = jnp.take_along_axis(probs, order, axis=-1)
-    mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
-    keep_sorted = mass_before <= top_p
-    rows = jnp.arange(probs.shape[0])[:, None]
-    return jnp.zeros_like(keep_sorted).at[rows, order].set(keep_sorted)
+    """bool [B, V]: a token is kept while the probability mass strictly before it (in sorted order) is <= p.
+
+    Equivalently, token i is kept iff the mass of the tokens more probable than it is <= p, which is monotone
+    in its probability: the cut is found by bisection over the float32 bit patterns of the probabilities
+    (ordered like the values, as they are >= 0), exactly, in 32 masked sums instead of a sort. XLA's sort on
+    CPU takes ~0.4 s for 8 rows of a 151k vocabulary; this takes ~7 ms.
+    """
+    bits = jax.lax.bitcast_convert_type(probs.astype(jnp.float32), jnp.int32)
+
+    def mass_above(threshold):  # [B, 1] -> [B, 1]
+        return jnp.sum(jnp.where(bits > threshold, probs, 0.0), axis=-1, keepdims=True)
+
+    def halve(_, bounds):  # invariant: mass_above(hi) <= top_p < mass_above(lo)
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        fits = mass_above(mid) <= top_p
+        return jnp.where(fits, lo, mid), jnp.where(fits, mid, hi)
+
+    lo = jnp.full(probs.shape[:-1] + (1,), -1, jnp.int32)
+    hi = jnp.max(bits, axis=-1, keepdims=True)  # nothing is above the top token
+    _, hi = jax.lax.fori_loop(0, 32, halve, (lo, hi))
+    return bits >= hi
 
 
 def _keep_top_k(probs: jax.Array, top_k: int) -> jax.Array:
