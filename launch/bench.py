@@ -63,6 +63,7 @@ import numpy as np
 
 from flmjax import config as config_lib
 from flmjax import model
+from launch.bench_codec import CODEC_COLUMNS, run_codec_bench
 from launch.bench_stream import STREAM_COLUMNS, STREAM_DEFAULTS, run_stream_bench, stream_notes
 from launch.bench_common import (PARAM_DTYPE_FOR, Benchmark, Column, Settings, fixed, format_table,
                                   millions, progress, random_params, significant)
@@ -515,6 +516,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "train": Benchmark(run_train_bench, TRAIN_COLUMNS, notes=_train_notes,
                        defaults=(("dtypes", ("float32",)), ("batch", 8), ("meshes", TRAIN_DEFAULT_MESHES))),
     "stream": Benchmark(run_stream_bench, STREAM_COLUMNS, notes=stream_notes, defaults=STREAM_DEFAULTS),
+    "codec": Benchmark(run_codec_bench, CODEC_COLUMNS, defaults=(("batches", (1, 8)),)),
 }
 
 
