@@ -2,27 +2,36 @@
 
     python -m launch.prepare_data --manifest M.jsonl --out DATA_DIR [--name dialogs] [--overwrite]
     python -m launch.prepare_data --synthetic N [--seed S] --out DATA_DIR [--name synthetic] [--overwrite]
+    python -m launch.prepare_data --audio-manifest M.jsonl --mimi MIMI_DIR --out DATA_DIR [--name recordings]
+        [--gap_s 0.8] [--sentence_end '.?!'] [--main_speaker SPEAKER_MAIN] [--mono_as reject|utterance]
+        [--batch_files 4] [--overwrite]
 
 The dataset lands in DATA_DIR/NAME/1.0.0 (read it with `flmjax.data.dataset.DialogSource(DATA_DIR, NAME, split)`
 or `tfds.data_source(NAME, data_dir=DATA_DIR, split=split)`). Records that fail validation are rejected and
 reported, not fatal. A finished dataset is reused when its manifest is unchanged; a changed manifest is an error
 unless --overwrite. `--synthetic N` writes N generated records as a manifest in DATA_DIR/synthetic_source first
 (splits `train_dialog`, `train_asr`, `train_tts`, `validation_*`) and trains DATA_DIR/tokenizer.model on its text.
+`--audio-manifest` reads recorded conversations in moshi-finetune's layout (stereo WAVs, left = assistant, right =
+user, with word alignments beside them; see `flmjax.data.recordings`), encodes them with the JAX Mimi of
+`--mimi` into DATA_DIR/NAME_source (codes and a manifest; files already encoded there are reused, so an
+interrupted run resumes) and builds that manifest (splits `train_dialog`, and `train_tts`/`train_asr` for mono
+files with `--mono_as utterance`). Its rejections (mono audio, no alignments, ...) are counted with the others.
 Prints a summary table on stdout; a progress bar on stderr. Exits non-zero with a message on errors.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Sequence
 
-from flmjax.data import dataset, synthetic, text
+from flmjax.data import dataset, recordings, synthetic, text
 from flmjax.data.manifest import read_manifest, write_manifest
 from flmjax.data.records import CHANNELS
 
-DEFAULT_NAMES = {"manifest": "dialogs", "synthetic": "synthetic"}
+DEFAULT_NAMES = {"manifest": "dialogs", "synthetic": "synthetic", "audio_manifest": "recordings"}
 MESSAGES_SHOWN = 3  # per rejection category
 TOKENIZER_FILE = "tokenizer.model"
 
@@ -32,10 +41,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", help="JSON-lines manifest (flmjax.data.manifest)")
     source.add_argument("--synthetic", type=int, metavar="N", help="build from N generated records instead")
+    source.add_argument("--audio-manifest", "--audio_manifest", dest="audio_manifest", metavar="M.jsonl",
+                        help="JSON lines {\"path\": \"x.wav\", \"duration\": s} of stereo recordings with x.json "
+                             "alignments beside them (moshi-finetune's layout)")
     parser.add_argument("--seed", type=int, help="seed of --synthetic (default 0)")
     parser.add_argument("--tokenizer_vocab_size", type=int, default=1000,
                         help="with --synthetic: most pieces of the SentencePiece model trained into "
                              "DATA_DIR/tokenizer.model (a small corpus gives fewer)")
+    recorded = parser.add_argument_group("with --audio-manifest")
+    recorded.add_argument("--mimi", help="Mimi folder: model.safetensors [+ mimi_config.json]")
+    recorded.add_argument("--gap_s", type=float, default=recordings.GAP_S,
+                          help="a silence longer than this (seconds) between words starts a new segment")
+    recorded.add_argument("--sentence_end", default=recordings.SENTENCE_END,
+                          help="characters that end a sentence (and a segment) when they end a word")
+    recorded.add_argument("--main_speaker", default=recordings.MAIN_SPEAKER,
+                          help="the alignments' speaker label of the assistant (left channel); any other "
+                               "label is the user")
+    recorded.add_argument("--mono-as", "--mono_as", dest="mono_as", choices=recordings.MONO_AS, default="reject",
+                          help="mono files: reject them, or keep them as single-speaker utterances "
+                               "(TTS-style if the speaker is the main one, else ASR-style)")
+    recorded.add_argument("--batch_files", type=int, default=4, help="files encoded together")
     parser.add_argument("--out", required=True, help="data dir: the dataset goes to OUT/NAME/1.0.0")
     parser.add_argument("--name", help="dataset name (default: dialogs; synthetic with --synthetic)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if a finished build exists")
@@ -45,8 +70,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--synthetic needs a positive number of records")
     if args.synthetic is None and args.seed is not None:
         parser.error("--seed goes with --synthetic")
+    if (args.audio_manifest is None) != (args.mimi is None):
+        parser.error("--audio-manifest and --mimi go together")
+    if args.batch_files <= 0 or args.gap_s < 0:
+        parser.error("--batch_files must be positive and --gap_s not negative")
     if args.name is None:
-        args.name = DEFAULT_NAMES["manifest" if args.manifest is not None else "synthetic"]
+        args.name = DEFAULT_NAMES[next(key for key in DEFAULT_NAMES if getattr(args, key) is not None)]
     if not dataset.DATASET_NAME.match(args.name):
         parser.error(f"--name {args.name!r}: expected lower-case letters, digits and _, starting with a letter")
     return args
@@ -78,6 +107,37 @@ def train_synthetic_tokenizer(manifest: str, out: str, vocab_size: int) -> str:
     tokenizer = text.SentencePieceTokenizer(path)
     print(f"tokenizer {path}: {tokenizer.vocab_size} pieces, <wait> = {tokenizer.wait_id}", file=sys.stderr)
     return path
+
+
+def prepare_recordings(args: argparse.Namespace) -> recordings.PreparedRecordings:
+    """Encodes --audio-manifest's recordings into OUT/NAME_source; raises `DatasetError` if none is usable."""
+    from launch import codec
+
+    def encoder():
+        config, params = codec.load_codec(args.mimi)
+        return recordings.make_encoder(config, params, batch_size=2 * args.batch_files)
+
+    rule = recordings.GroupingRule(args.gap_s, args.sentence_end, args.main_speaker)
+    prepared = recordings.prepare_recordings(
+        args.audio_manifest, os.path.join(args.out, f"{args.name}_source"), encoder,
+        codec.codec_fingerprint(args.mimi), rule, args.mono_as, args.batch_files, progress=not args.no_progress)
+    print(f"recordings: {prepared.records} usable, {prepared.encoded} encoded now, {prepared.reused} already "
+          f"encoded, {len(prepared.rejections)} rejected", file=sys.stderr)
+    if not prepared.records:
+        reasons = "; ".join(f"{category}: {message}" for category, message in prepared.rejections[:MESSAGES_SHOWN])
+        raise dataset.DatasetError(f"no usable recording in {args.audio_manifest} "
+                                   f"({len(prepared.rejections)} rejected; {reasons})")
+    return prepared
+
+
+def with_rejections(summary: dataset.BuildSummary, rejections: list[tuple[str, str]]) -> dataset.BuildSummary:
+    """The summary with rejections found before the build (audio, alignments) counted in it."""
+    merged: dict[str, list[str]] = {}
+    for category, message in rejections:
+        merged.setdefault(category, []).append(message)
+    for category, messages in summary.rejections.items():
+        merged.setdefault(category, []).extend(messages)
+    return dataclasses.replace(summary, rejections=merged)
 
 
 def format_table(rows: list[list[str]]) -> str:
@@ -116,10 +176,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.synthetic is not None:
             manifest = write_synthetic_manifest(args.synthetic, args.seed or 0, args.out)
             train_synthetic_tokenizer(manifest, args.out, args.tokenizer_vocab_size)
+        elif args.audio_manifest is not None:
+            prepared = prepare_recordings(args)
+            manifest = prepared.manifest
         else:
             manifest = args.manifest
         summary = dataset.build_dataset(manifest, args.out, name=args.name, progress=not args.no_progress,
                                         overwrite=args.overwrite)
+        if args.audio_manifest is not None:
+            summary = with_rejections(summary, prepared.rejections)
     except (dataset.DatasetError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

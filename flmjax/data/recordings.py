@@ -1,0 +1,465 @@
+"""Recorded conversations in moshi-finetune's layout, encoded with Mimi into a standard dialog manifest.
+
+The input (moshi-finetune's data format):
+
+    recordings.jsonl     {"path": "audio/0001.wav", "duration": 87.3}      one line per conversation
+    audio/0001.wav       stereo WAV: left channel = the assistant (speak), right = the user (listen)
+    audio/0001.json      {"alignments": [["Hello", [0.42, 0.71], "SPEAKER_MAIN"], ["there.", [0.71, 1.1], ...]]}
+
+`path` is relative to the manifest's folder, or absolute; `duration` (seconds) only orders the encoding; an
+optional `split` (default "train") names the split. A word belongs to the assistant when its speaker label is
+`main_speaker` ("SPEAKER_MAIN", the label moshi-finetune's `annotate.py` gives the left channel and its
+interleaver keeps) and to the user whatever else it says ("SPEAKER_OTHER", "SPEAKER_01", ...).
+
+Each channel's words become sentence segments (`group_segments`): words follow each other, sorted by start, and
+a segment ends after a word whose text ends in one of `sentence_end` (".?!", closing quotes and brackets after
+it allowed) or before a word that starts more than `gap_s` seconds after the previous words end. A word covers
+frames `[floor(start * 12.5), ceil(end * 12.5))`, at least one frame, moved to start no earlier than the
+previous segment's end; a segment spans its words, its text is their texts joined by spaces. Words that start
+after the audio's end are dropped; ends are clipped to it.
+
+Records: a stereo file is a dialog in split `SPLIT_dialog` (speak codes from the left channel, listen codes from
+the right). A mono file is rejected ("mono audio") unless `mono_as="utterance"`: then it is one speaker's
+utterances, a TTS-style record (speak channel only, split `SPLIT_tts`) when every word is `main_speaker`'s, an
+ASR-style record (listen only, `SPLIT_asr`) when none is, rejected ("mixed speakers") otherwise. The split names
+follow the synthetic corpus (`train_dialog`, `train_asr`, `train_tts`), so the stage configs read them alike.
+Files with more than two channels, unreadable audio, or no or malformed alignments are rejected with a reason.
+
+Encoding (`make_encoder`): both channels of `batch_files` files at a time, zero-padded to the longest, the rows
+sharded over the local devices, through Mimi's streaming step in jitted windows (`stream_encode`): memory stays
+bounded for recordings of any length (batch `encode` attends over the whole file), and the codes are those a
+live session computes, equal to batch `encode`'s for the first 10 s.
+
+The work folder holds `codes/KEY.{speak,listen}.npy` ([frames, 8] int16) and `codes/KEY.json`, written last,
+which records the audio file's size and mtime and the codec's identity: codes whose marker matches are reused,
+so an interrupted run resumes where it stopped and a second run encodes nothing. `manifest.jsonl` there is a
+standard `flmjax.data.manifest` manifest, built by `dataset.build_dataset` like any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import re
+from typing import Callable, Iterable, Iterator, Sequence
+
+import jax
+import numpy as np
+
+from flmjax import codec
+from flmjax.audio import AudioError, load_audio
+from flmjax.data.records import CHANNELS, FRAME_RATE, NUM_CODEBOOKS, Segment, Word
+
+MAIN_SPEAKER = "SPEAKER_MAIN"
+SENTENCE_END = ".?!"
+GAP_S = 0.8
+MONO_AS = ("reject", "utterance")
+DEFAULT_SPLIT = "train"
+CLOSERS = "\"')]}»”’"
+_EPSILON = 1e-6  # seconds * 12.5 that land a hair above a frame boundary stay on it
+
+
+class RecordingError(ValueError):
+    """A recording that cannot become a record; `category` names the reason (counted in the summary)."""
+
+    def __init__(self, category: str, message: str):
+        super().__init__(message)
+        self.category = category
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupingRule:
+    """How words become sentence segments, and which speaker label is the assistant's."""
+
+    gap_s: float = GAP_S
+    sentence_end: str = SENTENCE_END
+    main_speaker: str = MAIN_SPEAKER
+
+    def channel(self, speaker: str) -> str:
+        return "speak" if speaker == self.main_speaker else "listen"
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignedWord:
+    text: str
+    start_s: float
+    end_s: float
+    speaker: str
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Alignments and segments.
+
+def read_alignments(path: str | os.PathLike) -> list[AlignedWord]:
+    """The words of an alignment file; `RecordingError` ("no alignments", "malformed alignments") naming it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise RecordingError("no alignments", f"{path}: no alignment file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as error:
+        raise RecordingError("malformed alignments", f"{path}: not readable JSON ({error})") from None
+    items = data.get("alignments") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise RecordingError("malformed alignments", f"{path}: expected an object with an 'alignments' list")
+    words = []
+    for i, item in enumerate(items):
+        try:
+            text, (start, end), speaker = item
+            word = AlignedWord(str(text).strip(), float(start), float(end), str(speaker))
+        except (TypeError, ValueError):
+            raise RecordingError("malformed alignments", f"{path}: alignments[{i}] is {item!r}; expected "
+                                 "[word, [start_s, end_s], speaker]") from None
+        if not (math.isfinite(word.start_s) and math.isfinite(word.end_s)) or not 0 <= word.start_s <= word.end_s:
+            raise RecordingError("malformed alignments", f"{path}: alignments[{i}] ({word.text!r}) has times "
+                                 f"[{word.start_s}, {word.end_s}]; expected 0 <= start <= end")
+        if word.text:
+            words.append(word)
+    if not words:
+        raise RecordingError("no alignments", f"{path}: holds no words")
+    return words
+
+
+def ends_sentence(text: str, sentence_end: str = SENTENCE_END) -> bool:
+    stripped = text.rstrip(CLOSERS)
+    return bool(stripped) and stripped[-1] in sentence_end
+
+
+def group_segments(words: Iterable[AlignedWord], num_frames: int, gap_s: float = GAP_S,
+                   sentence_end: str = SENTENCE_END) -> tuple[Segment, ...]:
+    """Sentence segments (frames, with words) of one channel's words; see the module docstring for the rule."""
+    groups: list[list[AlignedWord]] = []
+    current: list[AlignedWord] = []
+    current_end = 0.0
+    for word in sorted(words, key=lambda w: (w.start_s, w.end_s)):
+        if current and word.start_s - current_end > gap_s:
+            groups.append(current)
+            current = []
+        current_end = max(current_end, word.end_s) if current else word.end_s
+        current.append(word)
+        if ends_sentence(word.text, sentence_end):
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)
+
+    segments = []
+    previous_end = 0
+    for group in groups:
+        frame_words = []
+        for word in group:
+            start = max(math.floor(word.start_s * FRAME_RATE + _EPSILON), previous_end)
+            end = min(max(math.ceil(word.end_s * FRAME_RATE - _EPSILON), start + 1), num_frames)
+            if start < end:
+                frame_words.append(Word(start, end, word.text))
+        if frame_words:
+            end = max(w.end for w in frame_words)
+            segments.append(Segment(frame_words[0].start, end, " ".join(w.text for w in frame_words),
+                                    tuple(frame_words)))
+            previous_end = end
+    return tuple(segments)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The audio manifest.
+
+@dataclasses.dataclass(frozen=True)
+class AudioEntry:
+    line_number: int
+    id: str  # the audio path relative to the manifest's folder, without its extension
+    path: str  # absolute
+    duration: float | None
+    split: str
+
+    @property
+    def alignment_path(self) -> str:
+        return os.path.splitext(self.path)[0] + ".json"
+
+    @property
+    def key(self) -> str:
+        """A file name for this entry's codes: readable, and unique by a hash of the id."""
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", self.id)[-80:]
+        return f"{safe}-{hashlib.sha1(self.id.encode()).hexdigest()[:10]}"
+
+
+def read_audio_manifest(path: str | os.PathLike) -> tuple[list[AudioEntry], list[tuple[str, str]]]:
+    """`(entries, rejections)`: the manifest's lines, and `(category, message)` for the lines that are not."""
+    path = os.fspath(path)
+    base_dir = os.path.dirname(os.path.abspath(path))
+    entries, rejections, seen = [], [], set()
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {number}"
+            try:
+                fields = json.loads(line)
+            except ValueError as error:
+                rejections.append(("malformed line", f"{where}: not valid JSON ({error})"))
+                continue
+            if not isinstance(fields, dict) or not isinstance(fields.get("path"), str) or not fields["path"]:
+                rejections.append(("malformed line", f"{where}: expected an object with a 'path'"))
+                continue
+            audio = os.path.normpath(os.path.join(base_dir, fields["path"]))
+            relative = os.path.relpath(audio, base_dir)
+            id = os.path.splitext(audio if relative.startswith("..") else relative)[0]
+            if id in seen:
+                rejections.append(("duplicate id", f"{where}: {fields['path']!r} is already listed"))
+                continue
+            seen.add(id)
+            duration = fields.get("duration")
+            entries.append(AudioEntry(number, id, audio, float(duration) if isinstance(duration, (int, float))
+                                      else None, str(fields.get("split", DEFAULT_SPLIT))))
+    return entries, rejections
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Encoding, with a cache of finished files.
+
+Encoder = Callable[[list[np.ndarray]], list[np.ndarray]]  # mono signals [n] at 24 kHz -> codes [8, frames]
+
+
+@dataclasses.dataclass
+class PreparedRecordings:
+    """What `prepare_recordings` did: the manifest it wrote, its records, and what it rejected and why."""
+
+    manifest: str
+    records: int
+    encoded: int  # files encoded by this run
+    reused: int  # files whose codes were already in the work folder
+    rejections: list[tuple[str, str]]  # (category, message)
+
+
+def _source_stamp(path: str) -> dict:
+    stat = os.stat(path)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _save_codes(work_dir: str, entry: AudioEntry, channel_codes: Sequence[np.ndarray], marker: dict) -> None:
+    base = os.path.join(work_dir, "codes", entry.key)
+    for channel, codes in zip(_channels_of(marker), channel_codes):
+        np.save(f"{base}.{channel}.tmp.npy", np.asarray(codes.T, np.int16))  # [frames, 8]
+        os.replace(f"{base}.{channel}.tmp.npy", f"{base}.{channel}.npy")
+    with open(base + ".json.tmp", "w") as f:
+        json.dump(marker, f)
+    os.replace(base + ".json.tmp", base + ".json")
+
+
+def _channels_of(marker: dict) -> tuple[str, ...]:
+    return CHANNELS if marker["channels"] == 2 else (marker["channel"],)
+
+
+def _cached(work_dir: str, entry: AudioEntry, codec_id: str) -> dict | None:
+    base = os.path.join(work_dir, "codes", entry.key)
+    try:
+        with open(base + ".json") as f:
+            marker = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if marker.get("codec") != codec_id or marker.get("source") != _source_stamp(entry.path):
+        return None
+    if not all(os.path.isfile(f"{base}.{channel}.npy") for channel in _channels_of(marker)):
+        return None
+    return marker
+
+
+def _utterance_channel(words: Sequence[AlignedWord], rule: GroupingRule, entry: AudioEntry) -> str:
+    channels = {rule.channel(word.speaker) for word in words}
+    if len(channels) > 1:
+        raise RecordingError("mixed speakers", f"{entry.path}: a mono file with words of {rule.main_speaker} "
+                             "and of other speakers; a mono utterance has one speaker")
+    return channels.pop()
+
+
+def _manifest_line(entry: AudioEntry, marker: dict, words: Sequence[AlignedWord], rule: GroupingRule) -> dict:
+    frames = marker["frames"]
+    line = {"id": entry.id, "num_frames": frames}
+    present = _channels_of(marker)
+    kind = "dialog" if len(present) == 2 else ("tts" if present == ("speak",) else "asr")
+    line["split"] = f"{entry.split}_{kind}"
+    for channel in CHANNELS:
+        line[f"{channel}_codes"] = f"codes/{entry.key}.{channel}.npy" if channel in present else None
+        segments = group_segments([w for w in words if rule.channel(w.speaker) == channel], frames, rule.gap_s,
+                                  rule.sentence_end)
+        line[f"{channel}_segments"] = [segment.to_dict() for segment in segments]
+    return line
+
+
+def prepare_recordings(audio_manifest: str | os.PathLike, work_dir: str | os.PathLike,
+                       encoder: Callable[[], Encoder], codec_id: str, rule: GroupingRule = GroupingRule(),
+                       mono_as: str = "reject", batch_files: int = 4, sample_rate: int = 24000,
+                       frame_size: int = 1920, progress: bool = True) -> PreparedRecordings:
+    """Encodes the manifest's recordings (those not already in `work_dir`) and writes WORK_DIR/manifest.jsonl.
+
+    `encoder()` gives the function that encodes a list of mono signals; it is called only when some file needs
+    encoding (so a finished folder does not load the codec). `codec_id` identifies the codec's weights: codes
+    made with another are encoded again. `batch_files` files are read and encoded together, in order of their
+    `duration`.
+    """
+    if mono_as not in MONO_AS:
+        raise ValueError(f"mono_as {mono_as!r}: expected one of {MONO_AS}")
+    work_dir = os.path.abspath(os.fspath(work_dir))
+    os.makedirs(os.path.join(work_dir, "codes"), exist_ok=True)
+    entries, rejections = read_audio_manifest(audio_manifest)
+    words_of: dict[str, list[AlignedWord]] = {}
+    markers: dict[str, dict] = {}
+    pending: list[AudioEntry] = []
+    for entry in entries:
+        try:
+            words_of[entry.id] = read_alignments(entry.alignment_path)
+            if not os.path.isfile(entry.path):
+                raise RecordingError("unreadable audio", f"{entry.path}: no such file")
+            marker = _cached(work_dir, entry, codec_id)
+            if marker is not None and marker["channels"] == 1:
+                if mono_as == "reject":
+                    raise RecordingError("mono audio", _mono_message(entry))
+                if _utterance_channel(words_of[entry.id], rule, entry) != marker["channel"]:
+                    marker = None  # the alignments changed speaker: its codes go to the other channel
+            if marker is None:
+                pending.append(entry)
+            else:
+                markers[entry.id] = marker
+        except RecordingError as error:
+            rejections.append((error.category, str(error)))
+    reused = len(markers)
+
+    bar = _progress_bar(len(entries), progress)
+    bar.update(len(entries) - len(pending))
+    encode = None
+    pending.sort(key=lambda e: (e.duration is None, e.duration or 0.0))
+    for batch in _batches(pending, batch_files):
+        signals, owners = [], []
+        for entry in batch:
+            try:
+                audio = _load(entry, sample_rate)
+                channels = audio.shape[0]
+                if channels > 2:
+                    raise RecordingError("too many channels", f"{entry.path}: {channels} channels; expected a "
+                                         "stereo file (left = assistant, right = user)")
+                marker = {"source": _source_stamp(entry.path), "codec": codec_id, "channels": channels,
+                          "frames": -(-audio.shape[1] // frame_size)}
+                if channels == 1:
+                    if mono_as == "reject":
+                        raise RecordingError("mono audio", _mono_message(entry))
+                    marker["channel"] = _utterance_channel(words_of[entry.id], rule, entry)
+            except RecordingError as error:
+                rejections.append((error.category, str(error)))
+                bar.update(1)
+                continue
+            owners.append((entry, marker, len(signals), channels))
+            signals.extend(audio)
+        if owners:
+            encode = encode or encoder()
+            codes = encode(signals)
+            for entry, marker, first, channels in owners:
+                _save_codes(work_dir, entry, codes[first:first + channels], marker)
+                markers[entry.id] = marker
+                bar.update(1)
+    bar.close()
+
+    manifest = os.path.join(work_dir, "manifest.jsonl")
+    lines = [_manifest_line(entry, markers[entry.id], words_of[entry.id], rule)
+             for entry in entries if entry.id in markers]
+    with open(manifest + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+    os.replace(manifest + ".tmp", manifest)
+    return PreparedRecordings(manifest, len(lines), len(markers) - reused, reused, rejections)
+
+
+def _mono_message(entry: AudioEntry) -> str:
+    return (f"{entry.path}: a mono file; expected stereo (left = assistant, right = user), or pass "
+            "--mono_as utterance to keep it as a single-speaker utterance")
+
+
+def _load(entry: AudioEntry, sample_rate: int) -> np.ndarray:
+    try:
+        return load_audio(entry.path, sample_rate)
+    except AudioError as error:
+        raise RecordingError("unreadable audio", str(error)) from None
+
+
+def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), max(1, size)):
+        yield items[start:start + size]
+
+
+def _progress_bar(total: int, enabled: bool):
+    import tqdm
+    return tqdm.tqdm(total=total, desc="encoding", unit="file", disable=not enabled, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The encoder: Mimi's streaming step over windows.
+
+DEFAULT_CHUNK_FRAMES = 50  # 4 s windows
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_window(config, params, state, pcm):
+    """pcm [B, 1, W * frame_size] -> (state, codes [B, 8, W]): W streaming steps of one frame, scanned."""
+    frames = pcm.reshape(pcm.shape[0], 1, -1, config.frame_size).transpose(2, 0, 1, 3)  # [W, B, 1, F]
+    state, codes = jax.lax.scan(lambda s, frame: codec.encode_step(config, params, s, frame), state, frames)
+    return state, codes[..., 0].transpose(1, 2, 0)  # [W, B, 8, 1] -> [B, 8, W]
+
+
+def stream_encode(config, params, audio, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+                  on_window: Callable[[int], None] | None = None, sharding=None) -> np.ndarray:
+    """Mono signals `audio [B, n]` -> int16 codes `[B, 8, ceil(n / 1920)]`, streaming in windows.
+
+    The codec's streaming step, one frame at a time under `lax.scan`, over windows of `chunk_frames` frames
+    with the stream state carried between them: one compiled window for any length, memory for one window.
+    The audio is zero-padded to whole windows (Mimi is causal: padding changes no earlier code). The codes are
+    moshi's streaming codes: equal to batch `encode` up to the transformers' 10 s context, and past it equal
+    to what the released code computes when streaming (../shared/golden/mimi_small/README.md). `on_window(k)`
+    is called after each window with its number of real frames; `sharding` places each window (rows sharded).
+    """
+    batch, n = audio.shape
+    frames = -(-n // config.frame_size)
+    window = chunk_frames * config.frame_size
+    padded = np.zeros((batch, 1, -(-frames // chunk_frames) * window), np.float32)
+    padded[:, 0, :n] = audio
+    state = codec.init_codec_stream(config, params, batch)
+    out = []
+    for start in range(0, padded.shape[-1], window):
+        pcm = padded[..., start:start + window]
+        state, codes = _encode_window(config, params, state, pcm if sharding is None else
+                                      jax.device_put(pcm, sharding))
+        out.append(np.asarray(codes))
+        if on_window is not None:
+            on_window(min(chunk_frames, frames - start // config.frame_size))
+    return np.concatenate(out, axis=-1)[..., :frames].astype(np.int16)
+
+
+def make_encoder(config, params, batch_size: int = 8, chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> Encoder:
+    """Encodes mono 24 kHz signals with `stream_encode`, `batch_size` at a time.
+
+    Each batch is zero-padded to its longest signal and to `batch_size` rows, rounded up to a multiple of the
+    local devices, over which the rows are sharded (data parallel; params replicated). The codes are cut back
+    to each signal's frames, `ceil(n / 1920)`.
+    """
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = jax.local_devices()
+    rows = -(-batch_size // len(devices)) * len(devices)
+    mesh = Mesh(np.array(devices), ("data",))
+    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+
+    def encode_signals(signals: list[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for start in range(0, len(signals), rows):
+            chunk = signals[start:start + rows]
+            audio = np.zeros((rows, max(len(signal) for signal in chunk)), np.float32)
+            for row, signal in enumerate(chunk):
+                audio[row, :len(signal)] = signal
+            codes = stream_encode(config, params, audio, chunk_frames, sharding=batch_sharding)
+            out.extend(codes[row, :NUM_CODEBOOKS, :-(-len(signal) // config.frame_size)]
+                       for row, signal in enumerate(chunk))
+        return out
+
+    return encode_signals
