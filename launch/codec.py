@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import os
 import sys
 import time
@@ -39,46 +38,9 @@ import jax
 import numpy as np
 
 from flmjax import codec
+from flmjax.codec import load_codec
 from flmjax.audio import AudioError, load_audio, write_wav
 from flmjax.data.recordings import DEFAULT_CHUNK_FRAMES, stream_encode
-
-CONFIG_FILE = "mimi_config.json"
-WEIGHTS_FILE = "model.safetensors"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Loading the codec.
-
-def _weights_and_config_paths(path: str) -> tuple[str, str]:
-    if os.path.isdir(path):
-        return os.path.join(path, WEIGHTS_FILE), os.path.join(path, CONFIG_FILE)
-    return path, os.path.join(os.path.dirname(path), CONFIG_FILE)
-
-
-def load_codec(path: str | os.PathLike):
-    """`(MimiConfig, params)` of a Mimi folder (or safetensors file); see the module docstring."""
-    weights, config_path = _weights_and_config_paths(os.fspath(path))
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"no Mimi weights at {weights}")
-    config = codec.MimiConfig.from_json(config_path) if os.path.isfile(config_path) else \
-        codec.MimiConfig.released()
-    return config, codec.load_mimi(weights, config)
-
-
-def codec_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 of the weights and the config file: identifies the codes a Mimi folder makes."""
-    weights, config_path = _weights_and_config_paths(os.fspath(path))
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"no Mimi weights at {weights}")
-    digest = hashlib.sha256()
-    for file in (weights, config_path):
-        if os.path.isfile(file):
-            with open(file, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    digest.update(block)
-        digest.update(b"\0")
-    return digest.hexdigest()
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Streaming in windows.

@@ -111,7 +111,7 @@ def train_synthetic_tokenizer(manifest: str, out: str, vocab_size: int) -> str:
 
 def prepare_recordings(args: argparse.Namespace) -> recordings.PreparedRecordings:
     """Encodes --audio-manifest's recordings into OUT/NAME_source; raises `DatasetError` if none is usable."""
-    from launch import codec
+    from flmjax import codec
 
     def encoder():
         config, params = codec.load_codec(args.mimi)

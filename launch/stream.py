@@ -3,15 +3,24 @@
     python -m launch.stream --checkpoint DIR --listen CODES.npy --out OUT.npz [--greedy] [--tokenizer TOK]
                             [--max_frames N] [--sliding_window] [--seed 0] [--step N]
     python -m launch.stream --checkpoint DIR --batch_file LIST --out OUT_DIR [...]
+    python -m launch.stream --checkpoint DIR --listen USER.wav --mimi MIMI --out OUT.npz [--out_wav OUT.wav]
+                            [--stereo] [...]
 
 DIR is a released-format folder (config.json + safetensors), a stage's training workdir, or the main job's
 workdir (its last stage). CODES.npy holds the user's Mimi codes, [8, T] or [1, 8, T] (what `launch.codec
 encode` writes for a mono file). LIST names one CODES.npy per line; those sessions run together as one batch
 and OUT_DIR gets one `<name>.npz` each.
 
+With `--mimi MIMI` (a Mimi folder: model.safetensors [+ mimi_config.json]) the inputs may be WAV files (any
+rate, mixed to mono, resampled to 24 kHz) that are encoded frame by frame with the streaming encoder, as a live
+microphone would be, and `--out_wav` writes the model's voice decoded frame by frame (in a batch, `--out_wav`
+names a folder getting `<name>.wav` each). The WAV is time-synchronous with the user: step s plays the frame
+it emitted, the model's frame s-1, in slot s. `--stereo` puts the user on the left and the model on the right.
+
 Each step feeds one user frame (80 ms) and gets back the model's frame of the step before, so T user frames
 give T - 1 model frames. OUT.npz holds `frames` [T-1, 9] (text id, speak codes 0..7), `text_ids` [T-1],
-`speak_codes` [8, T-1] (ready for `launch.codec decode`) and `step_ms` [T]. With `--tokenizer` (a
+`speak_codes` [8, T-1] (ready for `launch.codec decode`), `listen_codes` [8, T] (what the model heard) and
+`step_ms` [T]. With `--tokenizer` (a
 tokenizer.model / tokenizer.json, or a folder holding one) the monologue is also written as `<name>.txt`, each
 run of `<wait>` shown as a line break. Prints per-frame latency percentiles and the real-time factor (median
 step time / 80 ms; below 1 keeps up with a live conversation). Decoding is the released generator's sampling
@@ -27,9 +36,12 @@ from typing import Sequence
 
 import numpy as np
 
+from flmjax import audio as audio_lib
+from flmjax import codec
 from flmjax.convert import official
 from flmjax.data import text as text_lib
 from flmjax.infer import SamplingConfig, StreamError
+from flmjax.infer import audio as audio_sessions
 from flmjax.infer import loading, sessions
 from flmjax.train import checkpoint as ckpt_lib
 
@@ -77,10 +89,11 @@ def output_paths(args: argparse.Namespace, inputs: list[str]) -> list[str]:
     return [os.path.join(args.out, f"{name}.npz") for name in names]
 
 
-def write_session(path: str, frames: np.ndarray, step_s: np.ndarray, monologue: str | None) -> None:
+def write_session(path: str, frames: np.ndarray, step_s: np.ndarray, monologue: str | None,
+                  listen_codes: np.ndarray) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     np.savez(path, frames=frames, text_ids=frames[:, 0], speak_codes=frames[:, 1:].T,
-             step_ms=(step_s * 1e3).astype(np.float32))
+             listen_codes=listen_codes.T, step_ms=(step_s * 1e3).astype(np.float32))
     if monologue is not None:
         with open(os.path.splitext(path)[0] + ".txt", "w") as out:
             out.write(monologue + "\n")
@@ -91,8 +104,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", required=True, help="released-format folder or training workdir")
     parser.add_argument("--step", type=int, help="training checkpoint step (default: newest complete)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--listen", help="the user's codes, .npy [8, T]")
-    source.add_argument("--batch_file", "--batch-file", help="a file listing one codes .npy per line")
+    source.add_argument("--listen", help="the user's codes, .npy [8, T], or (with --mimi) a WAV file")
+    source.add_argument("--batch_file", "--batch-file", help="a file listing one codes .npy (or WAV) per line")
     parser.add_argument("--out", required=True, help="OUT.npz (one session) or a folder (--batch_file)")
     parser.add_argument("--greedy", action="store_true", help="argmax decoding (with the repetition penalties)")
     parser.add_argument("--tokenizer", help="write the monologue as text with this tokenizer")
@@ -100,14 +113,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sliding_window", action="store_true",
                         help="past max_frames, attend to the last max_frames frames instead of stopping")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--mimi", help="Mimi folder, to read WAV inputs and write --out_wav")
+    parser.add_argument("--out_wav", "--out-wav", help="the model's voice as WAV (a folder with --batch_file)")
+    parser.add_argument("--stereo", action="store_true", help="--out_wav: user left, model right")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return parser.parse_args(argv)
+
+
+def is_wav(path: str) -> bool:
+    return path.lower().endswith(".wav")
+
+
+def wav_paths(args: argparse.Namespace, outputs: list[str]) -> list[str]:
+    if not args.out_wav:
+        return []
+    if not args.batch_file:
+        return [args.out_wav]
+    return [os.path.join(args.out_wav, os.path.basename(os.path.splitext(path)[0]) + ".wav") for path in outputs]
 
 
 def run(args: argparse.Namespace) -> int:
     inputs = session_inputs(args)
     outputs = output_paths(args, inputs)
-    existing = [path for path in outputs if os.path.exists(path)]
+    wavs = wav_paths(args, outputs)
+    audio_in = [is_wav(path) for path in inputs]
+    if any(audio_in) and not all(audio_in):
+        raise CliError("a batch mixes WAV and codes inputs; use one kind")
+    audio_in = all(audio_in)
+    if (audio_in or wavs) and not args.mimi:
+        raise CliError("reading WAV input or writing --out_wav needs --mimi (a Mimi folder)")
+    if args.stereo and not wavs:
+        raise CliError("--stereo goes with --out_wav")
+    existing = [path for path in outputs + wavs if os.path.exists(path)]
     if existing and not args.overwrite:
         raise CliError(f"output exists: {existing[0]} (use --overwrite to replace)")
     config, params, loaded = loading.load_model(args.checkpoint, args.step)
@@ -116,26 +153,63 @@ def run(args: argparse.Namespace) -> int:
     if args.tokenizer:
         tokenizer = text_lib.load_tokenizer(args.tokenizer, config.text_wait_id)
         text_lib.check_compatible(tokenizer, config)
-    listen = [read_listen_codes(path, config.aud_channel) for path in inputs]
+    mimi_config = mimi_params = None
+    if args.mimi:
+        mimi_config, mimi_params = codec.load_codec(args.mimi)
 
     def progress(done: int, total: int) -> None:
         if done == total or done % 50 == 0:
             print(f"\rstep {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
-    result = sessions.run_sessions(
-        config, params, listen, sampling=SamplingConfig.greedy() if args.greedy else SamplingConfig(),
-        max_frames=args.max_frames, sliding_window=args.sliding_window, seed=args.seed, progress=progress)
-    for path, frames in zip(outputs, result.frames):
+    options = dict(sampling=SamplingConfig.greedy() if args.greedy else SamplingConfig(),
+                   max_frames=args.max_frames, sliding_window=args.sliding_window, seed=args.seed,
+                   progress=progress)
+    codec_s = None
+    if audio_in:
+        user_audio = [audio_lib.load_audio(path, mimi_config.sample_rate, mono=True)[0] for path in inputs]
+        heard = audio_sessions.run_audio_sessions(config, params, mimi_config, mimi_params, user_audio, **options)
+        result, model_audio, listen, codec_s = heard.sessions, heard.model_audio, heard.user_codes, heard.codec_s
+    else:
+        listen = [read_listen_codes(path, config.aud_channel) for path in inputs]
+        result = sessions.run_sessions(config, params, listen, **options)
+        if wavs:  # the frames, decoded as they came: frame s-1 in slot s, like the audio path
+            user_audio = [decoded[0] for decoded in (decode_frames(mimi_config, mimi_params, codes)
+                                                     for codes in listen)]
+            model_audio = [np.concatenate([np.zeros(mimi_config.frame_size, np.float32),
+                                           decode_frames(mimi_config, mimi_params, frames[:, 1:])[0]])
+                           for frames in result.frames]
+    for i, (path, frames) in enumerate(zip(outputs, result.frames)):
         monologue = None if tokenizer is None else sessions.monologue_text(frames[:, 0], tokenizer,
                                                                            config.text_wait_id)
-        write_session(path, frames, result.step_s, monologue)
+        write_session(path, frames, result.step_s, monologue, listen[i])
         print(f"wrote {path} ({len(frames)} frames)" + ("" if monologue is None else " and its monologue"))
+        if wavs:
+            voice = model_audio[i]
+            samples = np.stack([user_audio[i][:len(voice)], voice]) if args.stereo else voice[None]
+            os.makedirs(os.path.dirname(os.path.abspath(wavs[i])), exist_ok=True)
+            audio_lib.write_wav(wavs[i], samples, mimi_config.sample_rate)
+            print(f"wrote {wavs[i]} ({samples.shape[1] / mimi_config.sample_rate:.2f} s, "
+                  f"{'stereo: user left, model right' if args.stereo else 'mono'})")
     summary = result.latency_summary()
     print(f"{len(listen)} session(s), {len(result.step_s)} steps; per-frame latency p50 {summary['p50_ms']:.2f} ms, "
           f"p90 {summary['p90_ms']:.2f} ms, p99 {summary['p99_ms']:.2f} ms, max {summary['max_ms']:.2f} ms "
           f"(first step, with compilation: {summary['first_step_ms']:.0f} ms); real-time factor "
           f"{summary['real_time_factor']:.3f}")
+    if codec_s is not None and len(codec_s) > 1:
+        both = result.step_s[1:] + codec_s[1:]
+        print(f"with the streaming codec (encode + decode each frame): p50 {np.median(both) * 1e3:.2f} ms, "
+              f"real-time factor {np.median(both) / sessions.FRAME_S:.3f}")
     return 0
+
+
+def decode_frames(mimi_config, mimi_params, codes: np.ndarray) -> np.ndarray:
+    """[T, 8] codes -> [1, 1920 * T] pcm, decoded frame by frame with the streaming decoder."""
+    state = codec.init_codec_stream(mimi_config, mimi_params, 1)
+    pcm = []
+    for frame in codes:
+        state, chunk = codec.decode_step(mimi_config, mimi_params, state, np.asarray(frame, np.int32)[None, :, None])
+        pcm.append(np.asarray(chunk)[:, 0])
+    return np.concatenate(pcm, axis=-1) if pcm else np.zeros((1, 0), np.float32)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except (CliError, StreamError, ckpt_lib.CheckpointError, official.CheckpointError, text_lib.ConfigError,
-            OSError) as error:
+            codec.MimiCheckpointError, codec.MimiConfigError, audio_lib.AudioError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

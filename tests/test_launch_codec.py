@@ -12,7 +12,7 @@ from tests.conftest import golden_path
 @pytest.fixture(scope="module")
 def mimi():
     directory = golden_path("mimi_small")
-    config, params = codec_cli.load_codec(directory)
+    config, params = codec.load_codec(directory)
     return str(directory), config, params
 
 

@@ -6,8 +6,10 @@ import jax
 import numpy as np
 import pytest
 
+from flmjax import codec
 from flmjax import config as flm_config
 from flmjax import model
+from flmjax.audio import load_audio, read_wav, resample, write_wav
 from flmjax.convert import save_official
 from flmjax.data import text as text_lib
 from flmjax.infer import sessions
@@ -107,3 +109,52 @@ def test_cli_errors_name_the_problem(golden_stream, tmp_path, capsys):
     assert stream_cli.main(["--checkpoint", str(tmp_path), "--listen", str(tmp_path / "ok.npy"),
                             "--out", str(tmp_path / "x.npz")]) == 1
     assert "holds neither config.json" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- audio in and out (golden small Mimi)
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory):
+    """The golden 3 s speech clip as a 16 kHz WAV (so the CLI must resample), and the golden Mimi's codes."""
+    mimi = golden_path("mimi_small")
+    reference = np.load(mimi / "golden.npz")
+    path = tmp_path_factory.mktemp("audio") / "user.wav"
+    write_wav(path, resample(reference["speech/audio"][0], 24000, 16000), 16000)
+    return mimi, path
+
+
+def test_wav_session_hears_the_streaming_encoder_and_speaks_in_time(golden_stream, speech_wav, tmp_path):
+    folder, _ = golden_stream
+    mimi, user_wav = speech_wav
+    base = ["--checkpoint", str(folder), "--mimi", str(mimi), "--greedy"]
+    assert stream_cli.main(base + ["--listen", str(user_wav), "--out", str(tmp_path / "a.npz"),
+                                   "--out_wav", str(tmp_path / "a.wav"), "--stereo"]) == 0
+    written = np.load(tmp_path / "a.npz")
+    user = load_audio(user_wav, 24000, mono=True)
+    mimi_config, mimi_params = codec.load_codec(mimi)
+    state = codec.init_codec_stream(mimi_config, mimi_params, 1)
+    frames = -(-user.shape[1] // 1920)
+    padded = np.zeros((1, 1, frames * 1920), np.float32)
+    padded[0, 0, :user.shape[1]] = user[0]
+    _, expected_codes = codec.encode_step(mimi_config, mimi_params, state, padded)  # all frames in one call
+    np.testing.assert_array_equal(written["listen_codes"], np.asarray(expected_codes)[0])
+
+    # The same session from the heard codes gives the same frames, and the same voice.
+    np.save(tmp_path / "heard.npy", written["listen_codes"])
+    assert stream_cli.main(base + ["--listen", str(tmp_path / "heard.npy"), "--out", str(tmp_path / "b.npz"),
+                                   "--out_wav", str(tmp_path / "b.wav")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npz")["frames"], written["frames"])
+    stereo, rate = read_wav(tmp_path / "a.wav")
+    voice, _ = read_wav(tmp_path / "b.wav")
+    assert rate == 24000 and stereo.shape == (2, user.shape[1])  # as long as the input
+    np.testing.assert_allclose(stereo[0], user[0], atol=1 / 32767)  # user on the left (16-bit)
+    np.testing.assert_array_equal(stereo[1], voice[0][:user.shape[1]])  # the model on the right
+    assert np.abs(stereo[1, :1920]).max() == 0  # slot 0: nothing emitted yet
+    assert np.abs(stereo[1, 1920:]).max() > 0.01
+
+
+def test_audio_options_need_mimi(golden_stream, speech_wav, tmp_path, capsys):
+    folder, _ = golden_stream
+    _, user_wav = speech_wav
+    assert stream_cli.main(["--checkpoint", str(folder), "--listen", str(user_wav),
+                            "--out", str(tmp_path / "a.npz")]) == 1
+    assert "needs --mimi" in capsys.readouterr().err

@@ -14,6 +14,7 @@ reads, their torch shapes, where the result goes, and the layout change:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import pathlib
 import re
@@ -195,3 +196,39 @@ def load_mimi(path: str | os.PathLike, config: MimiConfig, num_codebooks: int = 
     mis-shaped tensor raises `MimiCheckpointError` naming all of them.
     """
     return params_from_tensors(load_file(checkpoint_file(path)), config, num_codebooks)
+
+
+CONFIG_FILE = "mimi_config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _weights_and_config_paths(path: str) -> tuple[str, str]:
+    if os.path.isdir(path):
+        return os.path.join(path, WEIGHTS_FILE), os.path.join(path, CONFIG_FILE)
+    return path, os.path.join(os.path.dirname(path), CONFIG_FILE)
+
+
+def load_codec(path: str | os.PathLike):
+    """`(MimiConfig, params)` of a Mimi folder (model.safetensors, and mimi_config.json if there: else the
+    released sizes) or of a safetensors file (mimi_config.json beside it, if any)."""
+    weights, config_path = _weights_and_config_paths(os.fspath(path))
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"no Mimi weights at {weights}")
+    config = MimiConfig.from_json(config_path) if os.path.isfile(config_path) else \
+        MimiConfig.released()
+    return config, load_mimi(weights, config)
+
+
+def codec_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of the weights and the config file: identifies the codes a Mimi folder makes."""
+    weights, config_path = _weights_and_config_paths(os.fspath(path))
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"no Mimi weights at {weights}")
+    digest = hashlib.sha256()
+    for file in (weights, config_path):
+        if os.path.isfile(file):
+            with open(file, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()

@@ -226,7 +226,7 @@ def golden_signals():
 
 def test_prepare_data_encodes_real_speech_with_mimi_into_a_dataset(tmp_path, capsys):
     from flmjax import codec
-    from launch.codec import load_codec
+    from flmjax.codec import load_codec
 
     mimi_dir = golden_path("mimi_small")
     long, speech = golden_signals()
