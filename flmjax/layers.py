@@ -189,31 +189,40 @@ class FeedForward(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
-    def _linear(self, name: str, x: jax.Array, features_in: int, features_out: int, axes_in_out: Axes):
+    def _linear(self, name: str, x: jax.Array, features_in: int, features_out: int, axes_in_out: Axes,
+                position: jax.Array | None):
         lead = () if self.num_positions is None else (self.num_positions,)
         lead_axes = () if self.num_positions is None else ("codebook",)
+
+        def positions_used(weights):  # the first x.shape[-2] positions, or the one at `position`
+            if position is None:
+                return weights[: x.shape[-2]]
+            return jax.lax.dynamic_slice_in_dim(weights, position, 1, axis=0)
+
         kernel = declare(self, f"{name}_kernel", (*lead, features_in, features_out), (*lead_axes, *axes_in_out),
                          normal_init(self.init_std)).astype(self.dtype)
         if self.num_positions is None:
             y = jnp.einsum("...i,io->...o", x, kernel)
         else:
-            y = jnp.einsum("...pi,pio->...po", x, kernel[: x.shape[-2]])
+            y = jnp.einsum("...pi,pio->...po", x, positions_used(kernel))
         if self.use_bias:
             bias = declare(self, f"{name}_bias", (*lead, features_out), (*lead_axes, axes_in_out[1]))
             bias = bias.astype(self.dtype)
-            y = y + (bias if self.num_positions is None else bias[: x.shape[-2]])
+            y = y + (bias if self.num_positions is None else positions_used(bias))
         return y
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, position: jax.Array | None = None) -> jax.Array:
+        """x [..., positions, embed]; with per-position weights and `position` (a scalar, traced or not), x holds
+        that one position ([..., 1, embed]) and uses its weights."""
         embed, act = x.shape[-1], ACTIVATIONS[self.activation]
         inner_axes, outer_axes = (self.embed_axis, self.mlp_axis), (self.mlp_axis, self.embed_axis)
         if self.gated:
-            hidden = act(self._linear("gate", x, embed, self.hidden_dim, inner_axes))
-            hidden = hidden * self._linear("up", x, embed, self.hidden_dim, inner_axes)
+            hidden = act(self._linear("gate", x, embed, self.hidden_dim, inner_axes, position))
+            hidden = hidden * self._linear("up", x, embed, self.hidden_dim, inner_axes, position)
         else:
-            hidden = act(self._linear("fc", x, embed, self.hidden_dim, inner_axes))
-        return self._linear("down", hidden, self.hidden_dim, embed, outer_axes)
+            hidden = act(self._linear("fc", x, embed, self.hidden_dim, inner_axes, position))
+        return self._linear("down", hidden, self.hidden_dim, embed, outer_axes, position)
 
 
 class FusedAttention(nn.Module):
@@ -229,7 +238,13 @@ class FusedAttention(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, position: jax.Array | None = None, cache: dict | None = None):
+        """Without a cache: causal attention over x's positions; returns the output.
+
+        With `cache` {"k","v": [batch, positions, heads, head_dim]} and `position` (a scalar): x is the one new
+        position [batch, 1, depth_embed]; its key and value are written at `position` and it attends to the
+        cached positions up to it. Returns (output, updated cache).
+        """
         width = x.shape[-1]
         head_dim = width // self.num_heads
         init = normal_init(self.init_std)
@@ -240,12 +255,18 @@ class FusedAttention(nn.Module):
             qkv = qkv + declare(self, "qkv_bias", (3, self.num_heads, head_dim),
                                 (None, "heads", "head_dim")).astype(self.dtype)
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        length = x.shape[1]
-        causal = jnp.tril(jnp.ones((length, length), dtype=bool))
-        attended = dot_product_attention(query, key, value, jnp.broadcast_to(causal, (x.shape[0], length, length)))
+        if cache is None:
+            length = x.shape[1]
+            mask = jnp.broadcast_to(jnp.tril(jnp.ones((length, length), dtype=bool)), (x.shape[0], length, length))
+        else:
+            cache = {"k": jax.lax.dynamic_update_slice_in_dim(cache["k"], key.astype(cache["k"].dtype), position, 1),
+                     "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], value.astype(cache["v"].dtype), position, 1)}
+            key, value = cache["k"].astype(self.dtype), cache["v"].astype(self.dtype)
+            mask = jnp.broadcast_to(jnp.arange(key.shape[1]) <= position, (x.shape[0], 1, key.shape[1]))
+        attended = dot_product_attention(query, key, value, mask)
         out_kernel = declare(self, "out_kernel", (self.num_heads, head_dim, width),
                              ("heads", "head_dim", "depth_embed"), init)
         out = jnp.einsum("bphd,hde->bpe", attended, out_kernel.astype(self.dtype))
         if self.use_bias:
             out = out + declare(self, "out_bias", (width,), ("depth_embed",)).astype(self.dtype)
-        return out
+        return out if cache is None else (out, cache)

@@ -152,23 +152,35 @@ class DepthBlock(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, _):
+    def __call__(self, x: jax.Array, cache: dict | None, position: jax.Array | None):
+        """x [N, positions, D] (all positions), or the one at `position` [N, 1, D] with this layer's `cache`."""
         cfg, dtypes = self.config, _module_dtypes(self.config)
-        x = x + FusedAttention(cfg.depth_heads, cfg.depth_bias, cfg.initializer_range, name="attn",
-                               **dtypes)(depth_norm(cfg, "attn_norm")(x))
+        attention = FusedAttention(cfg.depth_heads, cfg.depth_bias, cfg.initializer_range, name="attn", **dtypes)
+        normed = depth_norm(cfg, "attn_norm")(x)
+        if cache is None:
+            attended = attention(normed)
+        else:
+            attended, cache = attention(normed, position, cache)
+        x = x + attended
         mlp = FeedForward(hidden_dim=cfg.depth_mlp_dim, activation="silu" if cfg.depth_swiglu else "gelu",
                           gated=cfg.depth_swiglu, use_bias=cfg.depth_bias, init_std=cfg.initializer_range,
                           num_positions=cfg.aud_channel if cfg.depth_per_position_mlp else None,
                           embed_axis="depth_embed", mlp_axis="depth_mlp", name="mlp", **dtypes)
-        return x + mlp(depth_norm(cfg, "mlp_norm")(x)), None
+        return x + mlp(depth_norm(cfg, "mlp_norm")(x), position), cache
 
 
 class DepthTransformer(ConfiguredModule):
     """DepthGPT: predicts a frame's codebooks one after another from the temporal hidden state."""
 
     @nn.compact
-    def __call__(self, hidden: jax.Array, tokens: jax.Array) -> jax.Array:
-        """hidden [N,H], tokens [N,n] (`aud_emp` then codebooks 0..n-2) -> float32 logits [N,n,A]."""
+    def __call__(self, hidden: jax.Array, tokens: jax.Array, position: jax.Array | None = None,
+                 cache: dict | None = None):
+        """Teacher-forced: hidden [N,H], tokens [N,n] (`aud_emp` then codebooks 0..n-2) -> float32 logits [N,n,A].
+
+        One step (`position` j, a scalar, and `cache` {"k","v": [depth_layers, N, C, heads, head_dim]}):
+        tokens [N,1] (the token at position j) -> (float32 logits [N,1,A] of codebook j, updated cache). The same
+        numbers as position j of the teacher-forced pass, reading only position j's per-position weights.
+        """
         cfg, dtype = self.config, self.config.jnp_dtype
         init = normal_init(cfg.initializer_range)
         channels, width, positions = cfg.aud_channel, cfg.depth_dim, tokens.shape[-1]
@@ -177,19 +189,30 @@ class DepthTransformer(ConfiguredModule):
         token_embed = declare(self, "token_embed", (channels, cfg.aud_vocab_size, width),
                               ("codebook", "audio_vocab", "depth_embed"), init)
         pos_embed = declare(self, "pos_embed", (channels, width), ("codebook", "depth_embed"), init)
-        x = jnp.einsum("nh,hcd->ncd", hidden.astype(dtype), linear_in[:, :positions].astype(dtype))
-        x = x + token_embed[jnp.arange(positions), tokens].astype(dtype) + pos_embed[:positions].astype(dtype)
+        heads = declare(self, "heads", (channels, width, cfg.aud_vocab_size), ("codebook", "depth_embed", "audio_vocab"),
+                        init)
+        if position is None:
+            used = jnp.arange(positions)
+
+            def at_positions(weights, axis=0):
+                return jax.lax.slice_in_dim(weights, 0, positions, axis=axis)
+        else:
+            used = jnp.reshape(position, (1,))
+
+            def at_positions(weights, axis=0):
+                return jax.lax.dynamic_slice_in_dim(weights, position, 1, axis=axis)
+        x = jnp.einsum("nh,hcd->ncd", hidden.astype(dtype), at_positions(linear_in, axis=1).astype(dtype))
+        x = x + token_embed[used, tokens].astype(dtype) + at_positions(pos_embed).astype(dtype)
         # Always stacked params; with scan_layers=False the loop is unrolled too (same numbers and params, no
         # while loop: what XLA's cost analysis and debugging want).
         blocks = nn.scan(DepthBlock, variable_axes={"params": 0}, split_rngs={"params": True},
-                         length=cfg.depth_layers, metadata_params={nn.PARTITION_NAME: "layers"},
+                         in_axes=(0, nn.broadcast), length=cfg.depth_layers,
+                         metadata_params={nn.PARTITION_NAME: "layers"},
                          unroll=1 if cfg.scan_layers else cfg.depth_layers)
-        x, _ = blocks(cfg, name="blocks")(x, None)
+        x, cache = blocks(cfg, name="blocks")(x, cache, position)
         x = depth_norm(cfg, "final_norm")(x)
-        heads = declare(self, "heads", (channels, width, cfg.aud_vocab_size), ("codebook", "depth_embed", "audio_vocab"),
-                        init)
-        logits = jnp.einsum("npd,pda->npa", x, heads[:positions].astype(dtype))
-        return logits.astype(jnp.float32)
+        logits = jnp.einsum("npd,pda->npa", x, at_positions(heads).astype(dtype)).astype(jnp.float32)
+        return logits if position is None else (logits, cache)
 
 
 class FLMAudio(nn.Module):
@@ -212,6 +235,9 @@ class FLMAudio(nn.Module):
 
     def depth_logits(self, hidden, tokens):
         return self.depth(hidden, tokens)
+
+    def depth_step(self, hidden, token, position, cache):
+        return self.depth(hidden, token[:, None], position, cache)
 
     def initialize(self, text_ids, speak_ids, listen_ids, positions):
         """Touches every submodule once, so that `init` creates every parameter."""
@@ -310,6 +336,27 @@ def depth_forward(config: ModelConfig, params: Params, hidden: jax.Array, audio_
     tokens = jnp.concatenate([start, audio_prefix.reshape(flat_hidden.shape[0], prefix_len).astype(jnp.int32)], axis=-1)
     logits = FLMAudio(config).apply({"params": params}, flat_hidden, tokens, method=FLMAudio.depth_logits)
     return logits.reshape(*lead, prefix_len + 1, -1)
+
+
+def init_depth_cache(config: ModelConfig, batch_size: int, dtype: Any = None) -> KVCache:
+    """An empty depth-transformer KV cache for one frame's codebooks: {"k","v": [depth_layers, N, C, heads, hd]}."""
+    shape = (config.depth_layers, batch_size, config.aud_channel, config.depth_heads,
+             config.depth_dim // config.depth_heads)
+    dtype = config.jnp_dtype if dtype is None else dtype
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def depth_step(config: ModelConfig, params: Params, hidden: jax.Array, token: jax.Array, position: jax.Array,
+               cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """One position of the depth transformer against its KV cache (sequential codebook decoding).
+
+    hidden [N,H] (final-normed temporal state), token [N] (`aud_emp` at position 0, else codebook position-1),
+    position: a scalar 0..C-1 (may be traced) -> (float32 logits [N,A] of codebook `position`, updated cache).
+    Equals position `position` of `depth_forward` with the same prefix.
+    """
+    logits, cache = FLMAudio(config).apply({"params": params}, hidden, token.astype(jnp.int32),
+                                           jnp.asarray(position, jnp.int32), cache, method=FLMAudio.depth_step)
+    return logits[:, 0], cache
 
 
 # ---------------------------------------------------------------------- layer layouts

@@ -1,6 +1,7 @@
 """The Flax model against the released PyTorch model's outputs (../shared/golden), and its own invariants."""
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +92,38 @@ def test_depth_prefix_logits_match_released(golden):
     last_positions = [model.depth_forward(config, params, reference["depth_hidden"], audio[:, :k])[:, k]
                       for k in range(config.aud_channel)]
     assert max_diff(np.stack(last_positions, axis=1), reference["depth_logits_prefix"]) < TOLERANCE
+
+
+def test_depth_steps_with_kv_cache_match_released_prefix_logits(golden):
+    """Sequential decoding against a depth KV cache gives the released prefix-recomputing logits."""
+    config, params, reference = golden
+    hidden, audio = reference["depth_hidden"], reference["depth_audio"]
+    step = jax.jit(functools.partial(model.depth_step, config))
+    cache = model.init_depth_cache(config, hidden.shape[0])
+    tokens = np.concatenate([np.full((hidden.shape[0], 1), config.aud_emp_id), audio], axis=1)  # audio: 7 codebooks
+    logits = []
+    for position in range(config.aud_channel):
+        step_logits, cache = step(params, hidden, tokens[:, position], position, cache)
+        logits.append(step_logits)
+    assert max_diff(np.stack(logits, axis=1), reference["depth_logits_prefix"]) < TOLERANCE
+
+
+@pytest.mark.parametrize("switches", itertools.product([False, True], repeat=4),
+                         ids=lambda s: "cmlp{}-swiglu{}-rms{}-bias{}".format(*map(int, s)))
+def test_depth_steps_equal_teacher_forced_pass_for_every_variant(switches):
+    per_position, swiglu, rmsnorm, bias = switches
+    config = flm_config.tiny(depth_per_position_mlp=per_position, depth_swiglu=swiglu, depth_rmsnorm=rmsnorm,
+                             depth_bias=bias)
+    params = model.init_params(config, jax.random.key(3))
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((3, config.hidden_size)).astype(np.float32)
+    audio = rng.integers(0, 2048, (3, config.aud_channel - 1))
+    expected = model.depth_forward(config, params, hidden, audio)
+    cache = model.init_depth_cache(config, 3)
+    tokens = np.concatenate([np.full((3, 1), config.aud_emp_id), audio], axis=1)
+    for position in range(config.aud_channel):
+        logits, cache = model.depth_step(config, params, hidden, tokens[:, position], position, cache)
+        assert max_diff(logits, expected[:, position]) < 1e-5, position
 
 
 def test_depth_with_empty_prefix_matches_released(golden):

@@ -169,16 +169,14 @@ def _row_keys(rng: jax.Array, batch_size: int) -> jax.Array:
 
 
 def _sample_audio(state: StreamState, params: Params, hidden: jax.Array, keys: jax.Array):
-    """The 8 depth steps in one loop: hidden [B,H] -> (codes [B,C], raw depth logits [B,C,A])."""
+    """The 8 depth steps in one loop, against a depth KV cache: hidden [B,H] -> (codes [B,C], raw logits [B,C,A])."""
     config, sampling = state.config, state.sampling
     channels, penalised = config.aud_channel, sampling.audio_penalty_codebooks
     batch = hidden.shape[0]
 
     def codebook_step(j, carry):
-        codes, all_logits = carry
-        # Positions after j see filler codes, but attention is causal: position j's logits do not depend on them.
-        logits = model.depth_forward(config, params, hidden, codes[:, : channels - 1])
-        logits = jax.lax.dynamic_index_in_dim(logits, j, axis=1, keepdims=False)
+        codes, all_logits, cache, token = carry
+        logits, cache = model.depth_step(config, params, hidden, token, j, cache)
         scored = logits
         if penalised and sampling.audio.repetition_penalty != 1.0:
             history = jax.lax.dynamic_index_in_dim(state.audio_history, jnp.minimum(j, penalised - 1), axis=2,
@@ -189,11 +187,14 @@ def _sample_audio(state: StreamState, params: Params, hidden: jax.Array, keys: j
         token = sampling_lib.sample(scored, sampling.audio, sampling.do_sample, step_keys)
         codes = jax.lax.dynamic_update_index_in_dim(codes, token, j, axis=1)
         all_logits = jax.lax.dynamic_update_index_in_dim(all_logits, logits, j, axis=1)
-        return codes, all_logits
+        return codes, all_logits, cache, token
 
     codes = jnp.full((batch, channels), config.aud_pad_id, jnp.int32)
     all_logits = jnp.zeros((batch, channels, config.aud_vocab_size), jnp.float32)
-    return jax.lax.fori_loop(0, channels, codebook_step, (codes, all_logits))
+    start = jnp.full((batch,), config.aud_emp_id, jnp.int32)  # position 0 always embeds aud_emp
+    codes, all_logits, _, _ = jax.lax.fori_loop(
+        0, channels, codebook_step, (codes, all_logits, model.init_depth_cache(config, batch), start))
+    return codes, all_logits
 
 
 def _step(params: Params, state: StreamState, listen_codes: jax.Array, rng: jax.Array):
