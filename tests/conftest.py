@@ -6,6 +6,7 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import functools  # noqa: E402
 import pathlib  # noqa: E402
 
 import jax  # noqa: E402
@@ -28,6 +29,14 @@ def golden_path(*parts: str) -> pathlib.Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@functools.cache
+def golden_model(path: pathlib.Path):
+    """(config, params) of a golden released-format checkpoint, loaded once per test process."""
+    from flmjax.convert import load_official
+
+    return load_official(path)
 
 
 @pytest.fixture(params=GOLDEN_MODELS)

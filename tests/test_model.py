@@ -10,24 +10,15 @@ import pytest
 
 from flmjax import config as flm_config
 from flmjax import model
-from flmjax.convert import load_official
+from tests.conftest import golden_model
 
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module")
-def golden_cache():
-    return {}
-
-
 @pytest.fixture
-def golden(golden_dir, golden_cache):
-    """(config, params, forward.npz) of one golden checkpoint, loaded once per module."""
-    key = str(golden_dir)
-    if key not in golden_cache:
-        config, params = load_official(golden_dir)
-        golden_cache[key] = (config, params, dict(np.load(golden_dir / "forward.npz")))
-    return golden_cache[key]
+def golden(golden_dir):
+    """(config, params, forward.npz) of one golden checkpoint."""
+    return (*golden_model(golden_dir), dict(np.load(golden_dir / "forward.npz")))
 
 
 def inputs(reference):

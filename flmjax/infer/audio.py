@@ -4,6 +4,10 @@ Each 80 ms step: the streaming Mimi encoder turns the user's new 1920 samples in
 step, and the streaming Mimi decoder turns the frame the model emitted into 1920 samples. Step s emits the
 model's frame s-1 (REFERENCE.md 1.1), which is played in step s's slot: the output is time-synchronous with the
 input, as a live system would play it (nothing in slot 0), and exactly as long as the input.
+
+A frame whose speak codes hold one of the model's special ids (aud_pad, aud_emp: a sampled model may emit
+them) has no sound: it plays as silence, and the decoder is fed the codes clipped into range so that its
+streaming state stays finite and in step.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 
 from flmjax import codec
 from flmjax.config import ModelConfig
+from flmjax.infer import stream as stream_lib
 from flmjax.infer.sampling import SamplingConfig
 from flmjax.infer.sessions import SessionsResult, run_sessions
 
@@ -35,7 +40,7 @@ class AudioSessionsResult:
 def run_audio_sessions(config: ModelConfig, params: Any, mimi_config: codec.MimiConfig, mimi_params: Any,
                        user_audio: Sequence[np.ndarray], *, sampling: SamplingConfig | None = None,
                        max_frames: int | None = None, sliding_window: bool = False, seed: int = 0,
-                       progress: Callable[[int, int], None] | None = None) -> AudioSessionsResult:
+                       session_seeds: Sequence[int] | None = None, progress: Callable[[int, int], None] | None = None) -> AudioSessionsResult:
     """Streams every session of `user_audio` (each [n_i] float32 mono at 24 kHz) in one batch."""
     frame = mimi_config.frame_size
     lengths = [len(audio) for audio in user_audio]
@@ -50,6 +55,7 @@ def run_audio_sessions(config: ModelConfig, params: Any, mimi_config: codec.Mimi
     heard = np.zeros((len(user_audio), steps, config.aud_channel), np.int32)
     spoken = np.zeros_like(user)
     codec_s = np.zeros(steps)
+    codebook_size = stream_lib.codebook_size(config)
 
     def listen_hook(step: int, _: np.ndarray) -> np.ndarray:
         nonlocal state
@@ -64,13 +70,17 @@ def run_audio_sessions(config: ModelConfig, params: Any, mimi_config: codec.Mimi
         if not out_valid.any():  # a session's first step emits nothing; all sessions start together
             return
         start = time.perf_counter()
-        state, pcm = codec.decode_step(mimi_config, mimi_params, state, out_frame[:, 1:, None])
-        spoken[:, step * frame:(step + 1) * frame] = np.asarray(pcm)[:, 0]
+        speak = out_frame[:, 1:]
+        silent = np.any(speak >= codebook_size, axis=1)
+        state, pcm = codec.decode_step(mimi_config, mimi_params, state,
+                                       np.minimum(speak, codebook_size - 1)[:, :, None])
+        spoken[:, step * frame:(step + 1) * frame] = np.where(silent[:, None], 0.0, np.asarray(pcm)[:, 0])
         codec_s[step] += time.perf_counter() - start
 
     placeholder = [np.zeros((count, config.aud_channel), np.int32) for count in frames]  # the hook hears
     sessions = run_sessions(config, params, placeholder, sampling=sampling, max_frames=max_frames,
-                            sliding_window=sliding_window, seed=seed, listen_hook=listen_hook,
+                            sliding_window=sliding_window, seed=seed, session_seeds=session_seeds,
+                            listen_hook=listen_hook,
                             frame_hook=frame_hook, progress=progress)
     return AudioSessionsResult(model_audio=[spoken[i, :n] for i, n in enumerate(lengths)],
                                user_codes=[heard[i, :count] for i, count in enumerate(frames)],

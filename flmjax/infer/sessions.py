@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from flmjax.config import ModelConfig
@@ -42,15 +43,20 @@ class SessionsResult:
         return summary
 
 
-def session_keys(seed: int, sessions: int) -> jax.Array:
-    """One base key per session; step s uses fold_in(key, s), so a session samples the same tokens whatever
-    batch or slot it runs in."""
-    return jax.random.split(jax.random.key(seed), sessions)
+def session_keys(seed: int, sessions: int, session_seeds: Sequence[int] | None = None) -> jax.Array:
+    """One base key per session; step s uses fold_in(key, s). With `session_seeds` (one per session, e.g. from
+    a sample's name) a session samples the same tokens whatever batch or slot it runs in; without, session i
+    gets the i-th key split from `seed`."""
+    if session_seeds is None:
+        return jax.random.split(jax.random.key(seed), sessions)
+    if len(session_seeds) != sessions:
+        raise ValueError(f"{len(session_seeds)} session seeds for {sessions} sessions")
+    return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(seed), s))(jnp.asarray(session_seeds, jnp.uint32))
 
 
 def run_sessions(config: ModelConfig, params: Any, listen: Sequence[np.ndarray], *,
                  sampling: SamplingConfig | None = None, max_frames: int | None = None,
-                 sliding_window: bool = False, seed: int = 0,
+                 sliding_window: bool = False, seed: int = 0, session_seeds: Sequence[int] | None = None,
                  listen_hook: Callable[[int, np.ndarray], np.ndarray] | None = None,
                  frame_hook: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
                  progress: Callable[[int, int], None] | None = None) -> SessionsResult:
@@ -69,7 +75,7 @@ def run_sessions(config: ModelConfig, params: Any, listen: Sequence[np.ndarray],
     padded = np.stack([np.concatenate([codes, np.repeat(codes[-1:], steps - len(codes), axis=0)])
                        for codes in listen]).astype(np.int32)  # [B, steps, C]
     state = init_stream(config, params, len(listen), max_frames or steps, sampling, sliding_window)
-    keys = session_keys(seed, len(listen))
+    keys = session_keys(seed, len(listen), session_seeds)
     fold = jax.jit(jax.vmap(jax.random.fold_in, (0, None)))
     outputs, step_s = [], []
     for step in range(steps):

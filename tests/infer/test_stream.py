@@ -8,29 +8,21 @@ import pytest
 
 from flmjax import config as flm_config
 from flmjax import model
-from flmjax.convert import load_official
 from flmjax.infer import (ContextLimitError, SamplingConfig, StreamError, init_stream, reset_slots, stream_step,
                           stream_step_details)
 from flmjax.infer import stream as stream_lib
 from flmjax.infer.stream import codebook_size
+from tests.conftest import golden_model
 
 TOLERANCE = 1e-4
 FIELDS = ("model_inputs", "text_token", "audio_tokens", "text_logits", "hidden", "depth_logits", "out_frame",
           "out_valid")
 
 
-@pytest.fixture(scope="module")
-def loaded():
-    return {}
-
-
 @pytest.fixture
-def golden(golden_dir, loaded):
-    key = str(golden_dir)
-    if key not in loaded:
-        config, params = load_official(golden_dir)
-        loaded[key] = (config, params, dict(np.load(golden_dir / "stream.npz")))
-    return loaded[key]
+def golden(golden_dir):
+    """(config, params, stream.npz) of one golden checkpoint."""
+    return (*golden_model(golden_dir), dict(np.load(golden_dir / "stream.npz")))
 
 
 def run_details(params, state, listen_frames, rng=None):
