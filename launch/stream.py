@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -161,8 +162,10 @@ def run(args: argparse.Namespace) -> int:
         if done == total or done % 50 == 0:
             print(f"\rstep {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
+    # Each session samples from its own key (from --seed and its file name): the same tokens alone or in a batch.
     options = dict(sampling=SamplingConfig.greedy() if args.greedy else SamplingConfig(),
                    max_frames=args.max_frames, sliding_window=args.sliding_window, seed=args.seed,
+                   session_seeds=[zlib.crc32(os.path.basename(path).encode()) for path in inputs],
                    progress=progress)
     codec_s = None
     if audio_in:
