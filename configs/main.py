@@ -26,5 +26,9 @@ def get_config():
     config.learning_rate = 3e-3
     config.log_every = 10
     config.eval_every = 50
+    config.duplex_eval_dialogs = 8  # held-out dialogs streamed at each eval (token-level duplex metrics; 0: off)
+    # Sampled monologue (audio argmax): greedy text never starts talking on this short run (<wait> stays the
+    # single likeliest token while the mass on starting spreads over many first words).
+    config.duplex_eval_text_temperature = 1.0
     config.seed = 0
     return config

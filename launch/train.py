@@ -67,6 +67,8 @@ def stage_config(schedule, stage: str, previous_workdir: str):
     config.train.total_steps = schedule.steps_per_stage
     config.train.log_every = schedule.log_every
     config.train.eval_every = schedule.eval_every
+    config.train.duplex_eval_dialogs = schedule.get("duplex_eval_dialogs", 0)
+    config.train.duplex_eval_text_temperature = schedule.get("duplex_eval_text_temperature", 0.0)
     config.train.save_every = schedule.steps_per_stage
     return config
 

@@ -43,7 +43,12 @@ def base_config(stage: str, previous_stage: str | None, model: str = "tiny") -> 
     config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1: the rest of the devices
     config.train = ml_collections.ConfigDict(dict(
         total_steps=200, accumulation_steps=1, log_every=10, eval_every=100, eval_batches=4,
-        save_every=100, max_to_keep=3, async_checkpoints=True))
+        save_every=100, max_to_keep=3, async_checkpoints=True,
+        # Token-level duplex eval at every eval step (flmjax.eval.dialogs): the streaming model on the first
+        # `duplex_eval_dialogs` held-out dialogs of "DATASET/SPLIT" (0: off), each cut to `duplex_eval_frames`
+        # frames (0: data.sequence_length), logged as eval metrics `duplex/...`; text temperature 0: greedy.
+        duplex_eval_dialogs=0, duplex_eval_frames=0, duplex_eval_batch=8, duplex_eval_text_temperature=0.0,
+        duplex_eval_source="synthetic/validation_dialog"))
     config.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=3e-3, schedule="cosine", warmup_steps=20, end_lr_fraction=0.1, b1=0.9, b2=0.95,
         eps=1e-8, weight_decay=0.1, clip_norm=1.0, frozen=(),

@@ -27,6 +27,13 @@ def load_model(path: str | os.PathLike, step: int | None = None) -> tuple[ModelC
     `path`: a released-format folder (config.json + safetensors), a training workdir (checkpoints/, newest
     complete step unless `step`), or a folder of stage workdirs (the last one in name order).
     """
+    config, params, description, _ = load_model_and_stage(path, step)
+    return config, params, description
+
+
+def load_model_and_stage(path: str | os.PathLike, step: int | None = None
+                         ) -> tuple[ModelConfig, Any, str, dict | None]:
+    """`load_model` plus the stage config the checkpoint was trained with (None for a released folder)."""
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise ckpt_lib.NoCheckpointError(f"checkpoint {path!r} is not a folder")
@@ -34,7 +41,7 @@ def load_model(path: str | os.PathLike, step: int | None = None) -> tuple[ModelC
         if step is not None:
             raise ckpt_lib.NoCheckpointError(f"{path} is a released-format checkpoint: it has no steps to choose")
         config, params = official.load_official(path)
-        return config, params, f"released-format checkpoint {path}"
+        return config, params, f"released-format checkpoint {path}", None
     workdir = path
     if not os.path.isdir(os.path.join(path, ckpt_lib.CHECKPOINT_DIR)):
         stages = _stage_workdirs(path)
@@ -44,4 +51,9 @@ def load_model(path: str | os.PathLike, step: int | None = None) -> tuple[ModelC
                 "workdir), nor stage workdirs with checkpoints")
         workdir = stages[-1]
     config, params, step = ckpt_lib.restore_params_on_host(workdir, step)
-    return config, params, f"training checkpoint {workdir} step {step}"
+    checkpointer = ckpt_lib.Checkpointer(workdir, read_only=True)
+    try:
+        _, stage_config, _ = checkpointer.read_meta(step)
+    finally:
+        checkpointer.close()
+    return config, params, f"training checkpoint {workdir} step {step}", stage_config

@@ -9,7 +9,6 @@ process gets SIGTERM (a TPU preemption), then stops. Metrics go to WORKDIR/metri
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import time
 from typing import Any, Callable
@@ -40,15 +39,10 @@ class StageResult:
     last_metrics: dict[str, float]
 
 
-def is_released_checkpoint(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(
-        os.path.join(path, checkpoint_lib.CHECKPOINT_DIR))
-
-
 def stage_model_config(config) -> model_config_lib.ModelConfig:
     """The model of a stage: its preset, or the released checkpoint it starts from, with execution overrides."""
     overrides = dict(config.model_overrides)
-    if config.init_from and is_released_checkpoint(config.init_from):
+    if config.init_from and checkpoint_lib.is_released_checkpoint(config.init_from):
         return model_config_lib.ModelConfig.from_official(config.init_from, **overrides)
     if config.init_from and checkpoint_lib.latest_complete_step(config.init_from) is not None:
         previous, _, _ = checkpoint_lib.Checkpointer(config.init_from).read_meta()
@@ -92,7 +86,7 @@ def _initial_params(config, model_config, shardings):
     """Params an un-started stage begins from: None (fresh), an earlier stage's, or a released checkpoint's."""
     if not config.init_from:
         return None
-    if is_released_checkpoint(config.init_from):
+    if checkpoint_lib.is_released_checkpoint(config.init_from):
         return load_official(config.init_from, **dict(config.model_overrides))[1]
     if checkpoint_lib.latest_complete_step(config.init_from) is None:
         raise StageError(f"init_from {config.init_from!r} is neither a released checkpoint folder (config.json + "
@@ -114,6 +108,59 @@ def _eval_sources(config, say: Callable[[str], None]) -> list[pipeline.WeightedS
         raise StageError(f"eval is on (train.eval_every={config.train.eval_every}) but no source has its held-out "
                          "split; build one or set --config.train.eval_every=0")
     return sources
+
+
+def _duplex_eval_setup(config, model_config, tokenizer, say):
+    """The token-level duplex eval of `train.duplex_eval_*` (flmjax.eval.dialogs) as `params -> {"duplex/...":
+    figure}`, or None when it is off (`duplex_eval_dialogs = 0`). It streams the first `duplex_eval_dialogs`
+    records of `duplex_eval_source` ("DATASET/SPLIT" under `data.data_dir`), each cut to `duplex_eval_frames`
+    frames (0: the stage's sequence length), greedily, and scores the monologue quality in the stage's placement.
+    Every process gathers the params (a collective); the tiny models it is meant for fit on one host."""
+    train = config.train
+    count = train.get("duplex_eval_dialogs", 0)
+    if not count:
+        return None
+    from flmjax.data.dataset import DialogSource
+    from flmjax.eval import dialogs
+
+    name, _, split = train.get("duplex_eval_source", "synthetic/validation_dialog").partition("/")
+    try:
+        source = DialogSource(config.data.data_dir, name, split)
+    except (ValueError, FileNotFoundError) as error:
+        raise StageError(f"duplex eval (train.duplex_eval_dialogs={count}): {error}; set "
+                         "--config.train.duplex_eval_dialogs=0 to turn it off") from None
+    records = [source[i] for i in range(min(count, len(source)))]
+    frames = train.get("duplex_eval_frames", 0) or config.data.sequence_length
+    rule = dialogs.monologue_rule(config.data.sources.to_dict())
+    temperature = train.get("duplex_eval_text_temperature", 0.0)
+    say(f"duplex eval: {len(records)} dialogs of {name}/{split}, first {frames} frames, "
+        f"{'greedy' if temperature <= 0 else f'text temperature {temperature}'}, monologue quality "
+        f"{rule.placement if rule else 'off'}")
+
+    def evaluate(params) -> dict[str, float]:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            params = multihost_utils.process_allgather(params, tiled=True)
+        device = jax.local_devices()[0]
+        params = jax.device_put(jax.device_get(params), device)
+        # One device of its own, not the training mesh (the loop runs under it).
+        with sharding.activation_rules(sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, [device])):
+            result = dialogs.evaluate_dialogs(model_config, params, records, tokenizer, max_frames=frames,
+                                              batch_size=train.get("duplex_eval_batch", 8), quality_rule=rule,
+                                              sampling=dialogs.decoding(temperature), seed=config.seed)
+        return {f"duplex/{key}": value for key, value in result.metrics.items() if value is not None}
+
+    return evaluate
+
+
+def _duplex_summary(metrics: dict[str, float]) -> str:
+    names = {"speaking/turn_over_rate": "TOR", "speaking/turn_latency_s": "latency s",
+             "speaking/interruption_stop_rate": "stop rate", "speaking/stop_latency_s": "stop latency s",
+             "speaking/barge_in_rate": "barge-in rate", "speaking/active_fraction": "speaking",
+             "wer": "WER", "code_accuracy": "code acc"}
+    return " ".join(f"{label} {metrics[f'duplex/{key}']:.3f}" for key, label in names.items()
+                    if f"duplex/{key}" in metrics)
 
 
 def _wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
@@ -143,6 +190,7 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
     tx = optimizer_lib.make_optimizer(optimizer_config)
     shardings = step_lib.state_shardings(model_config, tx, mesh)
     eval_sources = _eval_sources(config, say) if train.eval_every else []
+    duplex_eval = _duplex_eval_setup(config, model_config, tokenizer, say) if train.eval_every else None
 
     checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=train.max_to_keep,
                                                async_save=train.async_checkpoints)
@@ -201,9 +249,13 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
                 eval_fn = eval_fn or _eval_function(model_config, loss_config, shardings, batch_shardings)
                 eval_metrics = _evaluate(eval_fn, state, eval_sources, tokenizer, ids, config, batch_shardings,
                                          process_index, process_count, local_batch)
-                writer.write(step, eval_metrics, split="eval")
                 say(f"eval at step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())
                                                       if k in ("loss", "text_loss", "audio_loss")))
+                if duplex_eval is not None:
+                    duplex_metrics = duplex_eval(state["params"])
+                    eval_metrics.update(duplex_metrics)
+                    say(f"duplex eval at step {step}: {_duplex_summary(duplex_metrics)}")
+                writer.write(step, eval_metrics, split="eval")
             if step % train.save_every == 0 or step == train.total_steps or preemption.requested:
                 checkpointer.save(step, state, model_config, data_iterator=iterator, stage_config=config.to_dict(),
                                   force=True)

@@ -1,0 +1,240 @@
+"""Evaluation of a model's full-duplex behaviour.
+
+    python -m launch.eval fdb --data DIR --checkpoint CKPT --mimi MIMI --out OUT [--batch 4] [--greedy]
+                              [--seed 0] [--no_score] [--no_asr] [--tokenizer TOK] [--timeline SAMPLE]
+    python -m launch.eval tokens --checkpoint CKPT [--untrained PRESET] --data_dir DATA
+                                 [--dataset synthetic] [--split validation_dialog] [--dialogs N] [--batch 8]
+                                 [--frames N] [--text_temperature 0] [--placement auto|leading|trailing|none]
+                                 [--out OUT.json]
+
+`fdb`: the Full-Duplex-Bench file contract (`flmjax.eval.fdb`): every sample folder under DIR holding
+`input.wav` and its task file (`turn_taking.json`, `pause.json`, `interrupt.json`, or v1.5 `metadata.json`) is
+streamed through the model frame by frame as live, several samples as parallel sessions, and gets a
+time-synchronous `output.wav` (the input's length and rate) under OUT at the same relative path, so the
+benchmark's own scripts can score it; finished samples are not redone. Then (unless `--no_score`) the outputs
+are scored here: Silero VAD speech activity, the benchmark's turn-taking, pause, interruption and backchannel
+metrics, `OUT/summary.md` + `summary.json` per task and overall, and `OUT/timeline.png` of one session.
+
+`tokens`: token-level duplex metrics without audio (`flmjax.eval.dialogs`). The streaming model hears the user
+channel of N held-out dialog records whose turns are known, several dialogs as parallel sessions, greedily
+(`--text_temperature T`: the monologue token sampled at T, audio still argmax; greedy text stays silent while
+`<wait>` is the single likeliest token, even when most of the mass is on starting to talk, as on the main job's
+tiny model). The user's activity comes from the records' listen segments, the model's from its own tokens
+(speaking: its speak codes are not the synthetic corpus's silence frame; thinking: its monologue token is not `<wait>`).
+Reported: turn-over rate and turn-taking latency (responsiveness), interruption stop rate and stop latency,
+barge-in rate (duplexity), the share of frames the model is active, and the monologue quality in the model's
+placement (trailing: WER of its free-running text with the audio forced; leading: teacher-forced speak-code
+accuracy where the assistant speaks). Each of `--checkpoint` (a training workdir, the main job's workdir
+(its last stage), or a released-format folder) and `--untrained PRESET` (fresh params of a preset: the
+baseline) is a column, beside the `reference` column: the records' own model channel scored the same way.
+Prints a table; `--out` writes every figure and the per-dialog details as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+TABLE_ROWS = (
+    ("speaking/turn_over_rate", "turn-over rate (higher better)"),
+    ("speaking/turn_latency_s", "turn-taking latency s"),
+    ("speaking/interruption_stop_rate", "interruption stop rate"),
+    ("speaking/stop_latency_s", "stop latency s"),
+    ("speaking/interruption_turn_over_rate", "interruption turn-over rate"),
+    ("speaking/interruption_response_latency_s", "interruption response latency s"),
+    ("speaking/barge_in_rate", "barge-in rate (lower better)"),
+    ("speaking/active_fraction", "speaking fraction of frames"),
+    ("speaking/n_user_turns", "user turns"),
+    ("speaking/n_interruptions", "interruptions (user starts over model)"),
+    ("speaking/n_model_onsets", "model speech onsets"),
+    ("thinking/turn_over_rate", "thinking: turn-over rate"),
+    ("thinking/turn_latency_s", "thinking: turn-taking latency s"),
+    ("thinking/interruption_stop_rate", "thinking: interruption stop rate"),
+    ("thinking/barge_in_rate", "thinking: barge-in rate"),
+    ("thinking/active_fraction", "thinking: text fraction of frames"),
+    ("wer", "monologue WER (trailing)"),
+    ("code_accuracy", "speak code accuracy (leading)"),
+    ("code_accuracy_c0", "semantic code accuracy (leading)"),
+)
+
+
+class EvalError(ValueError):
+    """A bad command line or input; main prints it and exits 1."""
+
+
+def load_checkpoint(path: str, step: int | None = None) -> tuple[Any, Any, dict | None, str]:
+    """(model config, params, stage config dict or None, description) of a checkpoint folder."""
+    from flmjax.infer import loading
+    from flmjax.train import checkpoint as ckpt_lib
+
+    try:
+        config, params, description, stage_config = loading.load_model_and_stage(path, step)
+    except ckpt_lib.NoCheckpointError as error:
+        raise EvalError(str(error)) from None
+    return config, params, stage_config, description
+
+
+def _placement_rule(args, stage_config: dict | None):
+    from flmjax.data.examples import SourceRule
+    from flmjax.eval import dialogs
+
+    if args.placement == "none":
+        return None
+    if args.placement == "auto":
+        rule = dialogs.monologue_rule((stage_config or {}).get("data", {}).get("sources"))
+        if rule is not None:
+            return rule
+        placement = "leading"  # the conversational model's (stage 4)
+    else:
+        placement = args.placement
+    return SourceRule("dialog", placement, args.lead_frames, args.trail_frames)
+
+
+def _format(value) -> str:
+    if value is None:
+        return "-"
+    if float(value).is_integer() and abs(value) >= 1:
+        return f"{int(value)}"
+    return f"{value:.3f}"
+
+
+def table(columns: dict[str, dict]) -> str:
+    """Rows of TABLE_ROWS (those any column has), one column per model plus `reference`."""
+    names = list(columns)
+    rows = [(label, [columns[n].get(key) for n in names]) for key, label in TABLE_ROWS
+            if any(key in columns[n] for n in names)]
+    width = max(len(label) for label, _ in rows)
+    widths = [max(12, len(n)) for n in names]
+    lines = [" " * width + "  " + "  ".join(n.rjust(w) for n, w in zip(names, widths))]
+    lines += [label.ljust(width) + "  " + "  ".join(_format(v).rjust(w) for v, w in zip(values, widths))
+              for label, values in rows]
+    return "\n".join(lines)
+
+
+def run_tokens(args) -> int:
+    import jax
+
+    from flmjax import config as config_lib
+    from flmjax import model
+    from flmjax.data import text
+    from flmjax.data.dataset import DialogSource
+    from flmjax.eval import dialogs
+
+    if not args.checkpoint and not args.untrained:
+        raise EvalError("give --checkpoint CKPT and/or --untrained PRESET")
+    try:
+        source = DialogSource(args.data_dir, args.dataset, args.split)
+    except (ValueError, FileNotFoundError) as error:
+        raise EvalError(str(error)) from None
+    records = [source[i] for i in range(min(args.dialogs, len(source)) if args.dialogs else len(source))]
+    records = [r for r in records if r.speak_codes is not None and r.listen_codes is not None]
+    if not records:
+        raise EvalError(f"{source!r} holds no dialog records (both channels) to evaluate")
+
+    models = []  # (column name, config, params, stage config, description)
+    if args.checkpoint:
+        config, params, stage_config, description = load_checkpoint(args.checkpoint, args.step)
+        models.append(("trained", config, params, stage_config, description))
+    if args.untrained:
+        try:
+            config = config_lib.preset(args.untrained)
+        except (KeyError, ValueError) as error:
+            raise EvalError(f"--untrained: {error}") from None
+        params = model.init_params(config, jax.random.key(args.seed))
+        models.append((f"untrained {args.untrained}", config, params, None,
+                       f"fresh {args.untrained} params (seed {args.seed})"))
+
+    tokenizer_path = args.tokenizer or os.path.join(args.data_dir, "tokenizer.model")
+    tokenizer = text.load_tokenizer(tokenizer_path) if os.path.exists(tokenizer_path) else None
+    report: dict[str, Any] = {"command": ["python", "-m", "launch.eval", *args.argv], "data": repr(source),
+                              "dialogs": len(records), "frames": args.frames or None,
+                              "text_temperature": args.text_temperature, "models": {}}
+    columns: dict[str, dict] = {}
+    reference = None
+    for name, config, params, stage_config, description in models:
+        if tokenizer is not None:
+            text.check_compatible(tokenizer, config)
+        rule = _placement_rule(args, stage_config) if tokenizer is not None else None
+        print(f"{name}: {description}; {len(records)} dialogs, "
+              f"{'first ' + str(args.frames) + ' frames' if args.frames else 'whole records'}, "
+              f"{'greedy' if args.text_temperature <= 0 else f'text temperature {args.text_temperature}'}, monologue "
+              f"{rule.placement if rule else 'not scored'}", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        result = dialogs.evaluate_dialogs(config, params, records, tokenizer, batch_size=args.batch,
+                                          max_frames=args.frames or None, seed=args.seed, quality_rule=rule,
+                                          sampling=dialogs.decoding(args.text_temperature))
+        seconds = time.perf_counter() - start
+        print(f"{name}: evaluated in {seconds:.1f}s", file=sys.stderr, flush=True)
+        columns[name] = result.metrics
+        reference = reference or result.reference
+        report["models"][name] = {"checkpoint": description, "placement": rule.placement if rule else None,
+                                  "seconds": seconds, **result.to_json()}
+    columns["reference"] = reference
+    report["reference"] = reference
+    print(table(columns))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m launch.eval", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    tokens = commands.add_parser("tokens", help="token-level duplex metrics of the streaming model on dialog "
+                                 "records with known turns (no audio)")
+    tokens.add_argument("--checkpoint", help="a training workdir, the main job's workdir, or a released folder")
+    tokens.add_argument("--step", type=int, help="checkpoint step (default: newest)")
+    tokens.add_argument("--untrained", metavar="PRESET", help="also evaluate fresh params of this preset")
+    tokens.add_argument("--data_dir", required=True, help="where launch.prepare_data built the datasets")
+    tokens.add_argument("--dataset", default="synthetic")
+    tokens.add_argument("--split", default="validation_dialog")
+    tokens.add_argument("--dialogs", type=int, default=0, help="first N records of the split (0: all)")
+    tokens.add_argument("--batch", type=int, default=8, help="dialogs streamed in parallel")
+    tokens.add_argument("--frames", type=int, default=0,
+                        help="evaluate each dialog's first N frames (0: whole records)")
+    tokens.add_argument("--placement", choices=("auto", "leading", "trailing", "none"), default="auto",
+                        help="monologue quality: auto = the checkpoint's stage (else leading)")
+    tokens.add_argument("--lead_frames", type=int, default=2)
+    tokens.add_argument("--trail_frames", type=int, default=1)
+    tokens.add_argument("--tokenizer", help="default: DATA_DIR/tokenizer.model")
+    tokens.add_argument("--text_temperature", type=float, default=0.0,
+                        help="0: greedy; else sample the monologue token at this temperature (audio argmax)")
+    tokens.add_argument("--seed", type=int, default=0, help="untrained params and sampling")
+    tokens.add_argument("--out", help="write the figures and per-dialog details as JSON")
+    from flmjax.eval import fdb
+
+    fdb.add_fdb_arguments(commands.add_parser(
+        "fdb", help="Full-Duplex-Bench file contract: stream each sample's input.wav, write a time-synchronous "
+        "output.wav, score the outputs (see flmjax.eval.fdb)"))
+    args = parser.parse_args(argv)
+    args.argv = list(argv)
+    return args
+
+
+def run_fdb(args) -> int:
+    from flmjax.eval import fdb
+
+    return fdb.run_fdb_command(args)
+
+
+COMMANDS = {"tokens": run_tokens, "fdb": run_fdb}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else list(argv))
+    try:
+        return COMMANDS[args.command](args)
+    except EvalError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
