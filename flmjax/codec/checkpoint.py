@@ -9,6 +9,8 @@ reads, their torch shapes, where the result goes, and the layout change:
   `out_proj.weight [d, d]` -> `[heads, head_dim, d]`
 - codebook `embedding_sum [bins, dim]`, `cluster_usage [bins]`, `_initialized [1]` -> centroids
   `embedding_sum / max(cluster_usage, 1e-5)[:, None]`
+
+The param paths are the ones the `Mimi` Linen module declares.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file
 
-from flmjax.codec import seanet
 from flmjax.codec.config import MimiConfig
 
 CODEBOOK_EPSILON = 1e-5  # moshi `EuclideanCodebook` epsilon
@@ -94,13 +95,64 @@ _EXTRA_CODEBOOK = re.compile(r"quantizer\.rvq_rest\.vq\.layers\.(\d+)\._codebook
                              r"_initialized)")
 
 
+@dataclasses.dataclass(frozen=True)
+class SEANetConv:
+    """One conv of a SEANet: its param path (under `encoder` / `decoder`), name in moshi's `model` Sequential
+    and sizes."""
+
+    path: tuple[str, ...]
+    torch_name: str
+    channels_in: int
+    channels_out: int
+    kernel_size: int
+    transposed: bool = False
+
+
+def seanet_convs(config: MimiConfig, part: str) -> list[SEANetConv]:
+    """Every conv of the `encoder` or `decoder` SEANet (see `seanet`), in moshi's order: a residual block
+    takes one `model` index, a resampling conv two (the ELU before it, then the conv)."""
+    top = config.n_filters * 2 ** len(config.ratios)  # channels between the SEANet and `dimension`
+    convs, index = [], 1
+
+    def residuals(block: int, channels: int):
+        nonlocal index
+        hidden = channels // config.compress
+        for j in range(config.n_residual_layers):
+            path, name = (f"blocks_{block}", f"residual_{j}"), f"model.{index}.block"
+            convs.append(SEANetConv(path + ("conv_a",), f"{name}.1.conv.conv", channels, hidden,
+                                    config.residual_kernel_size))
+            convs.append(SEANetConv(path + ("conv_b",), f"{name}.3.conv.conv", hidden, channels, 1))
+            index += 1
+
+    if part == "encoder":
+        channels = config.n_filters
+        convs.append(SEANetConv(("conv_in",), "model.0.conv.conv", 1, channels, config.kernel_size))
+        for block, ratio in enumerate(reversed(config.ratios)):
+            residuals(block, channels)
+            convs.append(SEANetConv((f"blocks_{block}", "down"), f"model.{index + 1}.conv.conv", channels,
+                                    2 * channels, 2 * ratio))
+            channels, index = 2 * channels, index + 2
+        convs.append(SEANetConv(("conv_out",), f"model.{index + 1}.conv.conv", channels, config.dimension,
+                                config.last_kernel_size))
+    else:
+        channels = top
+        convs.append(SEANetConv(("conv_in",), "model.0.conv.conv", config.dimension, channels, config.kernel_size))
+        for block, ratio in enumerate(config.ratios):
+            convs.append(SEANetConv((f"blocks_{block}", "up"), f"model.{index + 1}.convtr.convtr", channels,
+                                    channels // 2, 2 * ratio, transposed=True))
+            channels, index = channels // 2, index + 2
+            residuals(block, channels)
+        convs.append(SEANetConv(("conv_out",), f"model.{index + 1}.conv.conv", channels, 1, config.last_kernel_size))
+    return convs
+
+
 def name_map(config: MimiConfig, num_codebooks: int = 8) -> list[Entry]:
     """Every released tensor the params are built from, for `num_codebooks` codebooks in use."""
     entries: list[Entry] = []
     d, ffn, heads = config.dimension, config.dim_feedforward, config.num_heads
 
-    for part, plan in (("encoder", seanet.encoder_plan(config)), ("decoder", seanet.decoder_plan(config))):
-        for conv in seanet.convs(plan):
+    for part in ("encoder", "decoder"):
+        for conv in seanet_convs(config, part):
             name, path = f"{part}.{conv.torch_name}", (part, *conv.path)
             if conv.transposed:
                 entries.append(Entry((f"{name}.weight",), ((conv.channels_in, conv.channels_out, conv.kernel_size),),
@@ -125,7 +177,7 @@ def name_map(config: MimiConfig, num_codebooks: int = 8) -> list[Entry]:
                 ("linear2.weight", (d, ffn), ("mlp", "fc2"), _linear),
                 ("layer_scale_2.scale", (d,), ("layer_scale_2",), _same),
             ]
-            entries += [Entry((f"{name}.{key}",), (shape,), (part, i, *path), convert)
+            entries += [Entry((f"{name}.{key}",), (shape,), (part, f"layers_{i}", *path), convert)
                         for key, shape, path, convert in table]
 
     kernel = 2 * config.downsample_stride
@@ -139,7 +191,7 @@ def name_map(config: MimiConfig, num_codebooks: int = 8) -> list[Entry]:
         name, path = f"quantizer.rvq_{half}", ("quantizer", half)
         entries.append(Entry((f"{name}.input_proj.weight",), ((dim, d, 1),), path + ("input_proj",), _projection))
         entries.append(Entry((f"{name}.output_proj.weight",), ((d, dim, 1),), path + ("output_proj",), _projection))
-        entries += [Entry(_codebook_keys(half, level), ((bins, dim), (bins,), (1,)), path + ("codebooks", level),
+        entries += [Entry(_codebook_keys(half, level), ((bins, dim), (bins,), (1,)), path + (f"codebook_{level}",),
                           _centroids)
                     for level in range(levels)]
     return entries
@@ -185,8 +237,21 @@ def params_from_tensors(tensors: dict[str, np.ndarray], config: MimiConfig, num_
     params: dict = {}
     for entry in entries:
         value = entry.convert(*(np.asarray(tensors[key], np.float32) for key in entry.keys))
-        seanet.set_path(params, entry.path, jnp.asarray(np.ascontiguousarray(value)))
+        set_path(params, entry.path, jnp.asarray(np.ascontiguousarray(value)))
     return params
+
+
+def get_path(tree, path: tuple):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def set_path(tree: dict, path: tuple[str, ...], value) -> None:
+    """Sets `tree[path]`, creating the dicts on the way."""
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
 
 
 def load_mimi(path: str | os.PathLike, config: MimiConfig, num_codebooks: int = 8) -> dict:

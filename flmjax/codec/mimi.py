@@ -4,8 +4,9 @@
               -> split RVQ -> codes
     decoder:  codes -> split RVQ decode -> depthwise transposed-conv upsample (2x) -> transformer -> SEANet
 
-Param tree: {encoder, encoder_transformer, downsample, quantizer, upsample, decoder_transformer, decoder};
-see `seanet`, `transformer` and `quantizer` for each part. `checkpoint.load_mimi` reads the released file.
+`Mimi` is the Linen module; its param tree is {encoder, encoder_transformer, downsample, quantizer, upsample,
+decoder_transformer, decoder} (see `seanet`, `transformer` and `quantizer` for each part), which
+`checkpoint.load_mimi` reads from the released file.
 
 Public arrays keep moshi's layout (`[batch, channels, time]`); inside, activations are `[batch, time, channels]`.
 Every public function is a pure function jitted with the config static (`jax.jit(static_argnums=0)`), so it
@@ -25,67 +26,143 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen as nn
 
-from flmjax.codec import quantizer, seanet, transformer
 from flmjax.codec.config import MimiConfig
-from flmjax.codec.layers import causal_conv, conv_state_length, conv_transpose
+from flmjax.codec.layers import CausalConv, ConvTranspose, Normal
+from flmjax.codec.quantizer import SplitResidualVQ
+from flmjax.codec.seanet import SEANetDecoder, SEANetEncoder
+from flmjax.codec.transformer import Transformer
 
 Params = dict[str, Any]
 StreamState = dict[str, Any]
 _jit = functools.partial(jax.jit, static_argnums=0)
 
 
+class Mimi(nn.Module):
+    """The codec, channels-last. `num_codebooks` sets the codebooks in use (8 in Moshi)."""
+
+    config: MimiConfig
+    num_codebooks: int = 8
+
+    def setup(self):
+        cfg = self.config
+        stride = cfg.downsample_stride
+        self.encoder = SEANetEncoder(cfg)
+        self.encoder_transformer = Transformer(cfg)
+        self.downsample = CausalConv(cfg.dimension, 2 * stride, stride=stride, use_bias=False,
+                                     precision=cfg.precision)
+        self.quantizer = SplitResidualVQ(cfg, self.num_codebooks)
+        # Depthwise (groups = dimension): moshi's `upsample_channel_wise_bug=True`.
+        self.upsample = ConvTranspose(cfg.dimension, 2 * stride, stride=stride, groups=cfg.dimension,
+                                      use_bias=False, precision=cfg.precision)
+        self.decoder_transformer = Transformer(cfg)
+        self.decoder = SEANetDecoder(cfg)
+
+    def init_state(self, batch_size: int) -> StreamState:
+        """Fresh streaming state for `batch_size` sessions: {"encoder": ..., "decoder": ...}; needs no params."""
+        cfg = self.config
+        encoder = {
+            "seanet": self.encoder.init_state(batch_size),
+            "transformer": self.encoder_transformer.init_state(batch_size),
+            # `first`: the next call starts the stream, so the downsample conv replicates its first frame.
+            "downsample": {"previous": self.downsample.init_state(batch_size, cfg.dimension),
+                           "first": jnp.ones((batch_size,), bool)},
+        }
+        decoder = {
+            "upsample": {"tail": self.upsample.init_state(batch_size)},
+            "transformer": self.decoder_transformer.init_state(batch_size),
+            "seanet": self.decoder.init_state(batch_size),
+        }
+        return {"encoder": encoder, "decoder": decoder}
+
+    def encode(self, audio: jax.Array, state: StreamState | None = None,
+               streaming: bool = False) -> tuple[dict[str, jax.Array], StreamState]:
+        """audio [batch, samples, 1], a multiple of the frame size, from the encoder `state` (None: fresh) ->
+        (intermediates, channels-last; the new encoder state). Streaming uses the transformer's ring cache."""
+        if state is None:
+            state = self.init_state(audio.shape[0])["encoder"]
+        out = {}
+        x, seanet_state = self.encoder(audio, state["seanet"])
+        out["encoder_seanet"] = x
+        if streaming:
+            x, cache = self.encoder_transformer.step(x, state["transformer"])
+        else:
+            x, cache = self.encoder_transformer(x), state["transformer"]
+        out["encoder_transformer"] = x
+        down = state["downsample"]
+        x, previous = self.downsample(x, down["previous"], replicate_first=down["first"])
+        out["latent"] = x
+        out["codes"], projected = self.quantizer.encode(x)
+        out["quantizer_first_in"], out["quantizer_rest_in"] = projected["first_in"], projected["rest_in"]
+        new_state = {"seanet": seanet_state, "transformer": cache,
+                     "downsample": {"previous": previous, "first": jnp.zeros_like(down["first"])}}
+        return out, new_state
+
+    def decode(self, codes: jax.Array, state: StreamState | None = None,
+               streaming: bool = False) -> tuple[dict[str, jax.Array], StreamState]:
+        """codes [batch, codebooks, frames] from the decoder `state` (None: fresh) -> (intermediates,
+        channels-last, `pcm` [batch, frames * frame_size, 1]; the new decoder state)."""
+        if state is None:
+            state = self.init_state(codes.shape[0])["decoder"]
+        out = {}
+        x = self.quantizer.decode(codes)
+        out["quantized_latent"] = x
+        x, tail = self.upsample(x, state["upsample"]["tail"])
+        out["decoder_upsampled"] = x
+        if streaming:
+            x, cache = self.decoder_transformer.step(x, state["transformer"])
+        else:
+            x, cache = self.decoder_transformer(x), state["transformer"]
+        out["decoder_transformer"] = x
+        x, seanet_state = self.decoder(x, state["seanet"])
+        out["pcm"] = x
+        return out, {"upsample": {"tail": tail}, "transformer": cache, "seanet": seanet_state}
+
+    def decode_latent(self, codes: jax.Array) -> jax.Array:
+        """codes [batch, codebooks, frames] -> quantized latent [batch, frames, dimension]."""
+        return self.quantizer.decode(codes)
+
+    def __call__(self, audio: jax.Array) -> jax.Array:
+        """Batch encode then decode (declares every param): audio [batch, samples, 1] -> pcm, same shape."""
+        codes = self.encode(audio)[0]["codes"]
+        return self.decode(codes)[0]["pcm"]
+
+
+def _module(config: MimiConfig, params: Params) -> Mimi:
+    """`Mimi` for these params (their codebook count)."""
+    return Mimi(config, 1 + sum(name.startswith("codebook_") for name in params["quantizer"]["rest"]))
+
+
+def _boxed_init(config: MimiConfig, rng: jax.Array, num_codebooks: int) -> Params:
+    audio = jnp.zeros((1, config.frame_size, 1))  # one frame of silence runs every layer
+    return Mimi(config, num_codebooks).init(rng, audio)["params"]
+
+
+def mimi_init(config: MimiConfig, rng: jax.Array, num_codebooks: int = 8) -> Params:
+    """The Linen init of `Mimi`: the param tree `load_mimi` returns, drawn with jax.random."""
+    return nn.meta.unbox(_boxed_init(config, rng, num_codebooks))
+
+
 # ---------------------------------------------------------------------- random params
 def init_params(config: MimiConfig, seed: int = 0, num_codebooks: int = 8) -> Params:
     """Random params in the layout `load_mimi` returns (for benchmarks and shape checks).
 
-    Convs and linears are N(0, 1/fan_in), so activations keep roughly unit scale; layer scales start at 0.01
-    as in moshi; centroids are N(0, 1/dim). Drawn on the host with numpy: jax's threefry takes ~10 s for the
-    released codec's 83M params on a small CPU.
+    The tree and each param's distribution are `Mimi`'s (`mimi_init`): convs and linears N(0, 1/fan_in), so
+    activations keep roughly unit scale; layer scales 0.01 as in moshi; centroids N(0, 1/dim). Drawn on the
+    host with numpy: jax's threefry (compiled for ~200 shapes) takes ~10 s for the released codec's 83M params
+    on a small CPU.
     """
     rng = np.random.default_rng(seed)
+    boxed = jax.eval_shape(functools.partial(_boxed_init, config, num_codebooks=num_codebooks), jax.random.key(0))
 
-    def normal(shape, fan_in):
-        return jnp.asarray(rng.standard_normal(shape, np.float32) * np.float32(fan_in ** -0.5))
+    def draw(box: Normal) -> jax.Array:
+        value = np.full(box.value.shape, box.mean, np.float32)
+        if box.std:
+            value += rng.standard_normal(box.value.shape, np.float32) * np.float32(box.std)
+        return jnp.asarray(value)
 
-    def seanet_params(plan):
-        tree: dict = {}
-        for conv in seanet.convs(plan):
-            if conv.transposed:
-                kernel = normal((conv.channels_in, conv.kernel_size, conv.channels_out),
-                                conv.channels_in * conv.kernel_size // conv.stride)
-            else:
-                kernel = normal((conv.kernel_size, conv.channels_in, conv.channels_out),
-                                conv.channels_in * conv.kernel_size)
-            seanet.set_path(tree, conv.path, {"kernel": kernel, "bias": jnp.zeros((conv.channels_out,))})
-        return tree
-
-    d, heads, head_dim, ffn = config.dimension, config.num_heads, config.head_dim, config.dim_feedforward
-
-    def transformer_params():
-        def norm():
-            return {"scale": jnp.ones((d,)), "bias": jnp.zeros((d,))}
-        return [{"norm1": norm(), "norm2": norm(),
-                 "attn": {"qkv": normal((d, 3, heads, head_dim), d), "out": normal((heads, head_dim, d), d)},
-                 "mlp": {"fc1": normal((d, ffn), d), "fc2": normal((ffn, d), ffn)},
-                 "layer_scale_1": jnp.full((d,), 0.01), "layer_scale_2": jnp.full((d,), 0.01)}
-                for _ in range(config.num_layers)]
-
-    dim, stride = config.quantizer_dimension, config.downsample_stride
-
-    def half(levels):
-        return {"input_proj": normal((d, dim), d), "output_proj": normal((dim, d), dim),
-                "codebooks": [normal((config.bins, dim), dim) for _ in range(levels)]}
-
-    return {
-        "encoder": seanet_params(seanet.encoder_plan(config)),
-        "encoder_transformer": transformer_params(),
-        "downsample": {"kernel": normal((2 * stride, d, d), 2 * stride * d)},
-        "quantizer": {"first": half(1), "rest": half(num_codebooks - 1)},
-        "upsample": {"kernel": normal((d, 2 * stride, 1), 2)},
-        "decoder_transformer": transformer_params(),
-        "decoder": seanet_params(seanet.decoder_plan(config)),
-    }
+    return jax.tree.map(draw, boxed, is_leaf=lambda leaf: isinstance(leaf, Normal))
 
 
 # ---------------------------------------------------------------------- shared by batch and streaming
@@ -93,72 +170,22 @@ def _channels_first(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, 1, 2)
 
 
-def _encoder_fresh_state(config: MimiConfig, batch_size: int) -> StreamState:
-    stride = config.downsample_stride
-    return {
-        "seanet": seanet.init_state(seanet.encoder_plan(config), batch_size),
-        "transformer": transformer.init_cache(config, batch_size),
-        # `first`: the next call starts the stream, so the downsample conv replicates its first frame.
-        "downsample": {"previous": jnp.zeros((batch_size, conv_state_length(2 * stride, stride), config.dimension)),
-                       "first": jnp.ones((batch_size,), bool)},
-    }
-
-
-def _decoder_fresh_state(config: MimiConfig, batch_size: int) -> StreamState:
-    stride = config.downsample_stride
-    return {
-        "upsample": {"tail": jnp.zeros((batch_size, stride, config.dimension))},
-        "transformer": transformer.init_cache(config, batch_size),
-        "seanet": seanet.init_state(seanet.decoder_plan(config), batch_size),
-    }
-
-
-def _encode(config: MimiConfig, params: Params, audio: jax.Array, state: StreamState,
+def _encode(config: MimiConfig, params: Params, audio: jax.Array, state: StreamState | None,
             streaming: bool) -> tuple[dict[str, jax.Array], StreamState]:
     """audio [batch, 1, samples], a multiple of the frame size -> (intermediates, channels-last; new state)."""
     if audio.ndim != 3 or audio.shape[1] != 1 or audio.shape[2] % config.frame_size:
         raise ValueError(f"Mimi encodes audio [batch, 1, k * {config.frame_size}] (mono), got {audio.shape}")
-    precision = config.precision
-    x = _channels_first(audio.astype(jnp.float32))  # [batch, samples, 1]
-    out = {}
-    x, seanet_state = seanet.run(seanet.encoder_plan(config), params["encoder"], x, state["seanet"], precision)
-    out["encoder_seanet"] = x
-    if streaming:
-        x, cache = transformer.transform_step(config, params["encoder_transformer"], x, state["transformer"])
-    else:
-        x, cache = transformer.transform(config, params["encoder_transformer"], x), state["transformer"]
-    out["encoder_transformer"] = x
-    down = state["downsample"]
-    x, previous = causal_conv(params["downsample"], x, down["previous"], stride=config.downsample_stride,
-                              replicate_first=down["first"], precision=precision)
-    out["latent"] = x
-    out["codes"], projected = quantizer.encode(params["quantizer"], x, precision)
-    out["quantizer_first_in"], out["quantizer_rest_in"] = projected["first_in"], projected["rest_in"]
-    new_state = {"seanet": seanet_state, "transformer": cache,
-                 "downsample": {"previous": previous, "first": jnp.zeros_like(down["first"])}}
-    return out, new_state
+    return _module(config, params).apply({"params": params}, _channels_first(audio.astype(jnp.float32)), state,
+                                         streaming, method=Mimi.encode)
 
 
-def _decode(config: MimiConfig, params: Params, codes: jax.Array, state: StreamState,
+def _decode(config: MimiConfig, params: Params, codes: jax.Array, state: StreamState | None,
             streaming: bool) -> tuple[dict[str, jax.Array], StreamState]:
     """codes [batch, codebooks, frames] -> (intermediates, channels-last; new state)."""
     if codes.ndim != 3:
         raise ValueError(f"Mimi decodes codes [batch, codebooks, frames], got {codes.shape}")
-    precision = config.precision
-    out = {}
-    x = quantizer.decode(params["quantizer"], codes.astype(jnp.int32), precision)
-    out["quantized_latent"] = x
-    x, tail = conv_transpose(params["upsample"], x, state["upsample"]["tail"], stride=config.downsample_stride,
-                             groups=config.dimension, precision=precision)
-    out["decoder_upsampled"] = x
-    if streaming:
-        x, cache = transformer.transform_step(config, params["decoder_transformer"], x, state["transformer"])
-    else:
-        x, cache = transformer.transform(config, params["decoder_transformer"], x), state["transformer"]
-    out["decoder_transformer"] = x
-    x, seanet_state = seanet.run(seanet.decoder_plan(config), params["decoder"], x, state["seanet"], precision)
-    out["pcm"] = x
-    return out, {"upsample": {"tail": tail}, "transformer": cache, "seanet": seanet_state}
+    return _module(config, params).apply({"params": params}, codes.astype(jnp.int32), state, streaming,
+                                         method=Mimi.decode)
 
 
 # ---------------------------------------------------------------------- batch
@@ -177,7 +204,7 @@ def encode_intermediates(config: MimiConfig, params: Params, audio: jax.Array) -
     frames] int32. `frames` is ceil(samples / frame_size): the audio is zero-padded on the right first.
     """
     audio = pad_to_frames(config, audio)
-    out, _ = _encode(config, params, audio, _encoder_fresh_state(config, audio.shape[0]), streaming=False)
+    out, _ = _encode(config, params, audio, None, streaming=False)
     return {name: value if name == "codes" else _channels_first(value) for name, value in out.items()}
 
 
@@ -188,7 +215,7 @@ def decode_intermediates(config: MimiConfig, params: Params, codes: jax.Array) -
     quantized_latent [batch, dimension, frames]; decoder_upsampled, decoder_transformer [batch, dimension,
     2 * frames]; pcm [batch, 1, frame_size * frames].
     """
-    out, _ = _decode(config, params, codes, _decoder_fresh_state(config, codes.shape[0]), streaming=False)
+    out, _ = _decode(config, params, codes, None, streaming=False)
     return {name: _channels_first(value) for name, value in out.items()}
 
 
@@ -216,7 +243,8 @@ def decode(config: MimiConfig, params: Params, codes: jax.Array) -> jax.Array:
 @_jit
 def decode_latent(config: MimiConfig, params: Params, codes: jax.Array) -> jax.Array:
     """codes [batch, codebooks, frames] -> quantized latent [batch, dimension, frames]."""
-    return _channels_first(quantizer.decode(params["quantizer"], codes.astype(jnp.int32), config.precision))
+    latent = _module(config, params).apply({"params": params}, codes.astype(jnp.int32), method=Mimi.decode_latent)
+    return _channels_first(latent)
 
 
 # ---------------------------------------------------------------------- streaming
@@ -227,8 +255,7 @@ def init_codec_stream(config: MimiConfig, params: Params | None, batch_size: int
     `params` is unused (the state only depends on the config); it is taken so call sites read uniformly.
     """
     del params
-    return {"encoder": _encoder_fresh_state(config, batch_size),
-            "decoder": _decoder_fresh_state(config, batch_size)}
+    return Mimi(config).apply({}, batch_size, method=Mimi.init_state)
 
 
 @_jit

@@ -2,164 +2,144 @@
 
 Param tree (`[K, in, out]` conv kernels, `[in, K, out]` transposed-conv kernels, see `layers`):
 
-    encoder/{conv_in, blocks: [{residual: [{conv_a, conv_b}], down}], conv_out}
-    decoder/{conv_in, blocks: [{up, residual: [{conv_a, conv_b}]}], conv_out}
+    encoder/{conv_in, blocks_{i}/{residual_{j}/{conv_a, conv_b}, down}, conv_out}
+    decoder/{conv_in, blocks_{i}/{up, residual_{j}/{conv_a, conv_b}}, conv_out}
 
-The streaming state mirrors it: each conv holds `previous [batch, K_eff - stride, in]` and each transposed
-conv holds `tail [batch, K - stride, out]`. `encoder_plan` / `decoder_plan` list the layers once (with the
-index of each in moshi's `model` Sequential); params, state, the forward pass and the checkpoint name map
-are all built from them.
+The streaming state has the same tree: each conv holds `previous [batch, K_eff - stride, in]` and each
+transposed conv `tail [batch, K - stride, out]`. Every module maps (x [batch, time, channels], state) to
+(y, new state); an ELU precedes every conv but the first.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
-import jax.numpy as jnp
+from flax import linen as nn
 
 from flmjax.codec.config import MimiConfig
-from flmjax.codec.layers import causal_conv, conv_state_length, conv_transpose
+from flmjax.codec.layers import CausalConv, ConvTranspose
 
 
-@dataclasses.dataclass(frozen=True)
-class Conv:
-    """A causal conv (`transposed=False`) or transposed conv, and where it sits in both param trees."""
+class ResidualBlock(nn.Module):
+    """`x + conv_b(elu(conv_a(elu(x))))`: moshi `SEANetResnetBlock` with `true_skip`, x [batch, time, channels]."""
 
-    path: tuple  # path in our param tree, e.g. ("blocks", 0, "down")
-    torch_name: str  # e.g. "model.3.conv.conv"
-    channels_in: int
-    channels_out: int
-    kernel_size: int
-    stride: int = 1
-    dilation: int = 1
-    transposed: bool = False
-    elu_before: bool = True  # every SEANet conv but the first follows an ELU
+    config: MimiConfig
+    channels: int
+    dilation: int
 
-    @property
-    def state_length(self) -> int:
-        if self.transposed:
-            return self.kernel_size - self.stride
-        return conv_state_length(self.kernel_size, self.stride, self.dilation)
+    def setup(self):
+        cfg = self.config
+        self.conv_a = CausalConv(self.channels // cfg.compress, cfg.residual_kernel_size, dilation=self.dilation,
+                                 precision=cfg.precision)
+        self.conv_b = CausalConv(self.channels, 1, precision=cfg.precision)
 
-    @property
-    def state_channels(self) -> int:
-        return self.channels_out if self.transposed else self.channels_in
+    def init_state(self, batch_size: int) -> dict:
+        return {"conv_a": self.conv_a.init_state(batch_size, self.channels),
+                "conv_b": self.conv_b.init_state(batch_size, self.channels // self.config.compress)}
+
+    def __call__(self, x: jax.Array, state: dict) -> tuple[jax.Array, dict]:
+        h, conv_a = self.conv_a(nn.elu(x), state["conv_a"])
+        y, conv_b = self.conv_b(nn.elu(h), state["conv_b"])
+        return x + y, {"conv_a": conv_a, "conv_b": conv_b}
 
 
-@dataclasses.dataclass(frozen=True)
-class Residual:
-    """`x + conv_b(elu(conv_a(elu(x))))`: moshi `SEANetResnetBlock` with `true_skip`."""
-
-    conv_a: Conv
-    conv_b: Conv
+def _residuals(config: MimiConfig, channels: int) -> list[ResidualBlock]:
+    return [ResidualBlock(config, channels, config.dilation_base ** j) for j in range(config.n_residual_layers)]
 
 
-def _residual(config: MimiConfig, path: tuple, index: int, channels: int, dilation: int) -> Residual:
-    hidden = channels // config.compress
-    name = f"model.{index}.block"
-    return Residual(
-        Conv(path + ("conv_a",), f"{name}.1.conv.conv", channels, hidden, config.residual_kernel_size,
-             dilation=dilation),
-        Conv(path + ("conv_b",), f"{name}.3.conv.conv", hidden, channels, 1))
+class EncoderBlock(nn.Module):
+    """Residual blocks, then a strided conv: x [batch, time, channels] -> [batch, time / ratio, 2 * channels]."""
+
+    config: MimiConfig
+    channels: int
+    ratio: int
+
+    def setup(self):
+        self.residual = _residuals(self.config, self.channels)
+        self.down = CausalConv(2 * self.channels, 2 * self.ratio, stride=self.ratio, precision=self.config.precision)
+
+    def init_state(self, batch_size: int) -> dict:
+        state = {f"residual_{j}": block.init_state(batch_size) for j, block in enumerate(self.residual)}
+        return {**state, "down": self.down.init_state(batch_size, self.channels)}
+
+    def __call__(self, x: jax.Array, state: dict) -> tuple[jax.Array, dict]:
+        new_state = {}
+        for j, block in enumerate(self.residual):
+            x, new_state[f"residual_{j}"] = block(x, state[f"residual_{j}"])
+        x, new_state["down"] = self.down(nn.elu(x), state["down"])
+        return x, new_state
 
 
-def encoder_plan(config: MimiConfig) -> list[Conv | Residual]:
-    """The encoder's layers in order; an ELU precedes every `Conv` with `elu_before`."""
-    plan: list[Conv | Residual] = [
-        Conv(("conv_in",), "model.0.conv.conv", 1, config.n_filters, config.kernel_size, elu_before=False)]
-    channels, index = config.n_filters, 1
-    for block, ratio in enumerate(reversed(config.ratios)):
-        for j in range(config.n_residual_layers):
-            plan.append(_residual(config, ("blocks", block, "residual", j), index, channels, config.dilation_base ** j))
-            index += 1
-        plan.append(Conv(("blocks", block, "down"), f"model.{index + 1}.conv.conv", channels, channels * 2,
-                         ratio * 2, stride=ratio))
-        channels, index = channels * 2, index + 2
-    plan.append(Conv(("conv_out",), f"model.{index + 1}.conv.conv", channels, config.dimension,
-                     config.last_kernel_size))
-    return plan
+class DecoderBlock(nn.Module):
+    """A transposed conv, then residual blocks: x [batch, time, channels] -> [batch, time * ratio, channels / 2]."""
+
+    config: MimiConfig
+    channels: int
+    ratio: int
+
+    def setup(self):
+        self.up = ConvTranspose(self.channels // 2, 2 * self.ratio, stride=self.ratio, precision=self.config.precision)
+        self.residual = _residuals(self.config, self.channels // 2)
+
+    def init_state(self, batch_size: int) -> dict:
+        state = {f"residual_{j}": block.init_state(batch_size) for j, block in enumerate(self.residual)}
+        return {"up": self.up.init_state(batch_size), **state}
+
+    def __call__(self, x: jax.Array, state: dict) -> tuple[jax.Array, dict]:
+        x, up = self.up(nn.elu(x), state["up"])
+        new_state = {"up": up}
+        for j, block in enumerate(self.residual):
+            x, new_state[f"residual_{j}"] = block(x, state[f"residual_{j}"])
+        return x, new_state
 
 
-def decoder_plan(config: MimiConfig) -> list[Conv | Residual]:
-    channels = config.n_filters * 2 ** len(config.ratios)
-    plan: list[Conv | Residual] = [
-        Conv(("conv_in",), "model.0.conv.conv", config.dimension, channels, config.kernel_size, elu_before=False)]
-    index = 1
-    for block, ratio in enumerate(config.ratios):
-        plan.append(Conv(("blocks", block, "up"), f"model.{index + 1}.convtr.convtr", channels, channels // 2,
-                         ratio * 2, stride=ratio, transposed=True))
-        channels, index = channels // 2, index + 2
-        for j in range(config.n_residual_layers):
-            plan.append(_residual(config, ("blocks", block, "residual", j), index, channels, config.dilation_base ** j))
-            index += 1
-    plan.append(Conv(("conv_out",), f"model.{index + 1}.conv.conv", channels, 1, config.last_kernel_size))
-    return plan
+class SEANetEncoder(nn.Module):
+    """audio [batch, samples, 1] -> [batch, samples / hop_length, dimension] (the ratios applied reversed)."""
+
+    config: MimiConfig
+
+    def setup(self):
+        cfg = self.config
+        self.conv_in = CausalConv(cfg.n_filters, cfg.kernel_size, precision=cfg.precision)
+        self.blocks = [EncoderBlock(cfg, cfg.n_filters * 2 ** i, ratio) for i, ratio in enumerate(reversed(cfg.ratios))]
+        self.conv_out = CausalConv(cfg.dimension, cfg.last_kernel_size, precision=cfg.precision)
+
+    def init_state(self, batch_size: int) -> dict:
+        cfg = self.config
+        blocks = {f"blocks_{i}": block.init_state(batch_size) for i, block in enumerate(self.blocks)}
+        return {"conv_in": self.conv_in.init_state(batch_size, 1), **blocks,
+                "conv_out": self.conv_out.init_state(batch_size, cfg.n_filters * 2 ** len(cfg.ratios))}
+
+    def __call__(self, x: jax.Array, state: dict) -> tuple[jax.Array, dict]:
+        new_state = {}
+        x, new_state["conv_in"] = self.conv_in(x, state["conv_in"])
+        for i, block in enumerate(self.blocks):
+            x, new_state[f"blocks_{i}"] = block(x, state[f"blocks_{i}"])
+        x, new_state["conv_out"] = self.conv_out(nn.elu(x), state["conv_out"])
+        return x, new_state
 
 
-def convs(plan: list[Conv | Residual]) -> list[Conv]:
-    """Every conv of a plan, in order."""
-    out = []
-    for layer in plan:
-        out.extend([layer.conv_a, layer.conv_b] if isinstance(layer, Residual) else [layer])
-    return out
+class SEANetDecoder(nn.Module):
+    """x [batch, time, dimension] -> audio [batch, time * hop_length, 1]."""
 
+    config: MimiConfig
 
-# ---------------------------------------------------------------------- nested-path helpers
-def get_path(tree, path: tuple):
-    for key in path:
-        tree = tree[key]
-    return tree
+    def setup(self):
+        cfg = self.config
+        channels = cfg.n_filters * 2 ** len(cfg.ratios)
+        self.conv_in = CausalConv(channels, cfg.kernel_size, precision=cfg.precision)
+        self.blocks = [DecoderBlock(cfg, channels // 2 ** i, ratio) for i, ratio in enumerate(cfg.ratios)]
+        self.conv_out = CausalConv(1, cfg.last_kernel_size, precision=cfg.precision)
 
+    def init_state(self, batch_size: int) -> dict:
+        cfg = self.config
+        blocks = {f"blocks_{i}": block.init_state(batch_size) for i, block in enumerate(self.blocks)}
+        return {"conv_in": self.conv_in.init_state(batch_size, cfg.dimension), **blocks,
+                "conv_out": self.conv_out.init_state(batch_size, cfg.n_filters)}
 
-def set_path(tree: dict, path: tuple, value) -> None:
-    """Sets `tree[path]`, creating dicts for string keys and lists for int keys on the way."""
-    for key, next_key in zip(path[:-1], path[1:]):
-        empty = [] if isinstance(next_key, int) else {}
-        if isinstance(key, int):
-            while len(tree) <= key:
-                tree.append(None)
-            if tree[key] is None:
-                tree[key] = empty
-        else:
-            tree.setdefault(key, empty)
-        tree = tree[key]
-    if isinstance(path[-1], int):
-        while len(tree) <= path[-1]:
-            tree.append(None)
-    tree[path[-1]] = value
-
-
-# ---------------------------------------------------------------------- forward
-def init_state(plan: list[Conv | Residual], batch_size: int, dtype=jnp.float32) -> dict:
-    """Fresh (zero) streaming state: `previous` or `tail` per conv, at the conv's param path."""
-    state: dict = {}
-    for conv in convs(plan):
-        set_path(state, conv.path, jnp.zeros((batch_size, conv.state_length, conv.state_channels), dtype))
-    return state
-
-
-def _apply_conv(conv: Conv, params: dict, x: jax.Array, state: dict, new_state: dict,
-                precision: str) -> jax.Array:
-    if conv.elu_before:
-        x = jax.nn.elu(x)
-    p, s = get_path(params, conv.path), get_path(state, conv.path)
-    if conv.transposed:
-        y, s = conv_transpose(p, x, s, stride=conv.stride, precision=precision)
-    else:
-        y, s = causal_conv(p, x, s, stride=conv.stride, dilation=conv.dilation, precision=precision)
-    set_path(new_state, conv.path, s)
-    return y
-
-
-def run(plan: list[Conv | Residual], params: dict, x: jax.Array, state: dict,
-        precision: str = "highest") -> tuple[jax.Array, dict]:
-    """Runs an encoder or decoder plan on x [batch, time, channels] from `state`; returns (y, new state)."""
-    new_state: dict = {}
-    for layer in plan:
-        if isinstance(layer, Residual):
-            h = _apply_conv(layer.conv_a, params, x, state, new_state, precision)
-            x = x + _apply_conv(layer.conv_b, params, h, state, new_state, precision)
-        else:
-            x = _apply_conv(layer, params, x, state, new_state, precision)
-    return x, new_state
+    def __call__(self, x: jax.Array, state: dict) -> tuple[jax.Array, dict]:
+        new_state = {}
+        x, new_state["conv_in"] = self.conv_in(x, state["conv_in"])
+        for i, block in enumerate(self.blocks):
+            x, new_state[f"blocks_{i}"] = block(x, state[f"blocks_{i}"])
+        x, new_state["conv_out"] = self.conv_out(nn.elu(x), state["conv_out"])
+        return x, new_state

@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from flmjax import codec
-from flmjax.codec import checkpoint, seanet
+from flmjax.codec import checkpoint, mimi
 from tests.conftest import golden_path
 
 SIGNALS = ("speech", "chirp", "long")
@@ -161,7 +161,7 @@ def test_load_ignores_codebooks_past_num_codebooks(tmp_path, config, params, gol
         tensors[f"{prefix}._initialized"] = np.ones(1, np.float32)
     save_file(tensors, tmp_path / "model.safetensors")
     loaded = codec.load_mimi(tmp_path, config, num_codebooks=8)  # a folder holding model.safetensors
-    assert len(loaded["quantizer"]["rest"]["codebooks"]) == 7
+    assert sorted(loaded["quantizer"]["rest"]) == [f"codebook_{i}" for i in range(7)] + ["input_proj", "output_proj"]
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
     codes = codec.encode_intermediates(config, loaded, golden["chirp/audio"])["codes"]
     np.testing.assert_array_equal(codes, golden["chirp/codes"])
@@ -172,7 +172,7 @@ def test_load_computes_centroids_from_usage(params, golden_tensors):
     usage = golden_tensors[f"{prefix}.cluster_usage"]
     assert not np.allclose(usage, 1.0)  # the golden file's usage is U(0.5, 2): dividing matters
     want = golden_tensors[f"{prefix}.embedding_sum"] / np.maximum(usage, 1e-5)[:, None]
-    np.testing.assert_allclose(params["quantizer"]["rest"]["codebooks"][2], want, rtol=1e-6)
+    np.testing.assert_allclose(params["quantizer"]["rest"]["codebook_2"], want, rtol=1e-6)
 
 
 def _load_error(tmp_path, config, tensors) -> str:
@@ -213,7 +213,7 @@ def test_released_params_match_the_name_map_and_count():
     for entry in entries:
         converted = entry.convert(*(np.zeros(shape, np.float32) for shape in entry.shapes))
         mapped[entry.path] = converted.shape
-        assert seanet.get_path(abstract, entry.path).shape == converted.shape, entry.keys[0]
+        assert checkpoint.get_path(abstract, entry.path).shape == converted.shape, entry.keys[0]
     assert len(mapped) == len(jax.tree.leaves(abstract))  # every param comes from the file
 
     # Counted by hand from the released architecture (8 of the 32 codebooks).
@@ -237,6 +237,41 @@ def test_released_params_match_the_name_map_and_count():
     total = encoder + decoder + 2 * transformer + resample + quantizer
     assert sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(abstract)) == total
     assert sum(math.prod(shape) for shape in mapped.values()) == total
+
+
+def _shapes(tree):
+    return jax.tree.map(lambda leaf: (leaf.shape, leaf.dtype), tree)
+
+
+@pytest.mark.parametrize("num_codebooks", [1, 8])
+def test_init_params_is_the_linen_init_tree(num_codebooks):
+    """`init_params` (numpy draws) gives exactly the tree, shapes and dtypes the `Mimi` Linen init declares."""
+    config = codec.MimiConfig.released()
+    linen = jax.eval_shape(lambda: mimi.mimi_init(config, jax.random.key(0), num_codebooks))
+    drawn = codec.init_params(config, seed=0, num_codebooks=num_codebooks)
+    assert _shapes(drawn) == _shapes(linen)
+    rest = drawn["quantizer"]["rest"]
+    assert sorted(rest) == [f"codebook_{i}" for i in range(num_codebooks - 1)] + ["input_proj", "output_proj"]
+
+
+def test_loaded_params_are_the_linen_init_tree(config, params):
+    linen = jax.eval_shape(lambda: mimi.mimi_init(config, jax.random.key(0)))
+    assert _shapes(params) == _shapes(linen)
+
+
+def test_linen_init_runs_and_matches_init_params_statistics(config):
+    """The Linen init draws what `init_params` draws: same means (layer scale 0.01, norm scale 1, zero bias)
+    and N(0, 1/fan_in) kernels."""
+    linen = mimi.mimi_init(config, jax.random.key(0))
+    drawn = codec.init_params(config, seed=0)
+    layer = linen["encoder_transformer"]["layers_0"]
+    np.testing.assert_array_equal(layer["layer_scale_1"], drawn["encoder_transformer"]["layers_0"]["layer_scale_1"])
+    np.testing.assert_array_equal(layer["norm1"]["scale"], np.ones(config.dimension, np.float32))
+    for tree in (linen, drawn):
+        kernel = np.asarray(tree["decoder_transformer"]["layers_1"]["mlp"]["fc1"])
+        assert abs(kernel.std() * config.dimension ** 0.5 - 1) < 0.05
+    codes = codec.encode(config, linen, np.zeros((1, 1, FRAME), np.float32))
+    assert codes.shape == (1, 8, 1)
 
 
 def test_config_from_json_reads_the_golden_sizes(config):
