@@ -99,7 +99,7 @@ def test_depth_steps_with_kv_cache_match_released_prefix_logits(golden):
     assert max_diff(np.stack(logits, axis=1), reference["depth_logits_prefix"]) < TOLERANCE
 
 
-@pytest.mark.parametrize("switches", itertools.product([False, True], repeat=4),
+@pytest.mark.parametrize("switches", list(itertools.product([False, True], repeat=4)),
                          ids=lambda s: "cmlp{}-swiglu{}-rms{}-bias{}".format(*map(int, s)))
 def test_depth_steps_equal_teacher_forced_pass_for_every_variant(switches):
     per_position, swiglu, rmsnorm, bias = switches
