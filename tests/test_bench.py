@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import pytest
 
 from launch import bench
@@ -195,3 +196,69 @@ def test_train_skips_a_case_whose_devices_would_not_fit_in_host_memory(monkeypat
     table = capsys.readouterr().out
     assert "tiny float32 on 1 device(s) skipped:" in table
     assert table.splitlines()[-1].split()[3:6] == [f"{row['compile_s']:.2f}", "-", "-"]
+
+
+# ---------------------------------------------------------------------- stream
+@pytest.fixture(scope="module")
+def stream_report(tmp_path_factory):
+    """One tiny streaming run: batch 1 and 2, an 8-frame cache, 3 timed steps."""
+    settings = bench.Settings(presets=("tiny",), dtypes=("float32",), batches=(1, 2), frames=8, steps=3)
+    return run_and_read("stream", settings, tmp_path_factory.mktemp("bench_stream"))
+
+
+def test_stream_rows_follow_from_their_times_and_sizes(stream_report):
+    from flmjax import config as flm_config
+    from launch import bench_stream
+
+    config = flm_config.preset("tiny")
+    rows = stream_report["rows"]
+    assert [row["batch"] for row in rows] == [1, 2]
+    for row in rows:
+        assert len(row["times_s"]) == 3 and row["first_step_s"] > 0
+        assert row["p50_ms"] == pytest.approx(sorted(row["times_s"])[1] * 1e3)
+        assert row["real_time_factor"] == pytest.approx(row["p50_ms"] / 80.0)
+        assert row["cache_mib"] * 2 ** 20 == bench_stream.cache_bytes(config, row["batch"], 8, "float32")
+        assert row["bound_ms"] == pytest.approx(row["bytes_needed"] / (row["read_bandwidth_gbs"] * 1e9) * 1e3)
+        assert row["x_bound"] == pytest.approx(row["p50_ms"] / row["bound_ms"])
+    # More sessions read the same weights once but more embedding rows and cache.
+    assert rows[0]["weight_bytes_read"] < rows[1]["weight_bytes_read"] < rows[0]["weight_bytes_read"] * 1.1
+
+
+def test_stream_weight_bytes_count_embedding_rows_not_tables():
+    from flmjax import config as flm_config
+    from flmjax import model
+    from launch import bench_stream
+
+    config = flm_config.preset("tiny")
+    params = model.abstract_params(config)
+    total = sum(leaf.size * 4 for leaf in jax.tree.leaves(params))
+    width, depth_width = config.hidden_size, config.depth_dim
+    tables = (config.vocab_size + 2 * config.aud_channel * config.aud_vocab_size) * width + \
+        config.aud_channel * config.aud_vocab_size * depth_width
+    rows = (1 + 2 * config.aud_channel) * width + (config.aud_channel - 1) * depth_width
+    assert bench_stream.weight_bytes_per_frame(config, params, 1) == total - 4 * tables + 4 * rows
+
+
+def test_stream_notes_give_the_7b_bound_per_chip(stream_report):
+    analytic = stream_report["header"]["analytic_7b"]
+    assert {row["chip"] for row in analytic} == {"TPU v5e", "H100 SXM"}
+    by_chip = {}
+    for row in analytic:
+        by_chip.setdefault(row["chip"], []).append(row)
+        assert row["bound_ms"] == pytest.approx(row["bytes"] / stream_report["header"]["hbm_bandwidth"][row["chip"]]
+                                                * 1e3)
+    # The same bytes on a faster memory take proportionally less time.
+    for v5e, h100 in zip(by_chip["TPU v5e"], by_chip["H100 SXM"]):
+        assert v5e["bytes"] == h100["bytes"] and v5e["bound_ms"] > h100["bound_ms"]
+    assert any("flm_audio_7b" in note for note in stream_report["header"]["notes"])
+
+
+# ---------------------------------------------------------------------- codec
+def test_codec_report_rates_follow_from_median_times(tmp_path):
+    settings = bench.Settings(batches=(1,), seconds=0.16, repeats=1)
+    [row] = run_and_read("codec", settings, tmp_path)["rows"]
+    assert (row["batch"], row["frames"]) == (1, 2)
+    assert row["encode_realtime"] == pytest.approx(row["seconds"] / row["encode_median_s"])
+    assert row["decode_realtime"] == pytest.approx(row["seconds"] / row["decode_median_s"])
+    assert 0 < row["frame_p50_ms"] <= row["frame_p99_ms"]
+    assert row["step_compile_s"] == pytest.approx(row["encode_step_compile_s"] + row["decode_step_compile_s"])
