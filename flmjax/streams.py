@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+FRAME_S = 0.08  # one frame: 1920 samples of Mimi at 24 kHz, 12.5 frames/s
 NUM_CODEBOOKS = 8
 NUM_ROWS = 1 + 2 * NUM_CODEBOOKS
 TEXT_ROW = 0

@@ -25,7 +25,7 @@ import numpy as np
 from flmjax import config as config_lib
 from flmjax import model
 from flmjax.infer import SamplingConfig, init_stream, stream_step
-from flmjax.infer.sessions import FRAME_S
+from flmjax.streams import FRAME_S
 from launch.bench_common import PARAM_DTYPE_FOR, Column, Settings, fixed, progress, random_params, significant
 
 # Peak HBM bandwidth per chip, bytes/s (vendor figures).

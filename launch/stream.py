@@ -44,6 +44,7 @@ from flmjax.data import text as text_lib
 from flmjax.infer import SamplingConfig, StreamError
 from flmjax.infer import audio as audio_sessions
 from flmjax.infer import loading, sessions
+from flmjax.streams import FRAME_S
 from flmjax.train import checkpoint as ckpt_lib
 
 
@@ -201,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     if codec_s is not None and len(codec_s) > 1:
         both = result.step_s[1:] + codec_s[1:]
         print(f"with the streaming codec (encode + decode each frame): p50 {np.median(both) * 1e3:.2f} ms, "
-              f"real-time factor {np.median(both) / sessions.FRAME_S:.3f}")
+              f"real-time factor {np.median(both) / FRAME_S:.3f}")
     return 0
 
 

@@ -94,7 +94,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-FRAME_S = 0.08
+from flmjax.streams import FRAME_S
+
 MODEL_RATE = 24_000
 OUTPUT_WAV, FRAMES_NPZ, INPUT_WAV = "output.wav", "frames.npz", "input.wav"
 # Task file -> metric family (v1.5's metadata.json: the family is its category, from the folder names).

@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from flmjax.streams import FRAME_S
+
 Segment = tuple[float, float]
 
 VAD_SAMPLE_RATE = 16_000
@@ -117,7 +119,7 @@ def speech_segments(samples: np.ndarray, sample_rate: int, *, merge_gap_s: float
     return merge_segments(segments, merge_gap_s)
 
 
-def segments_from_activity(frame_activity: np.ndarray, frame_s: float = 0.08) -> list[Segment]:
+def segments_from_activity(frame_activity: np.ndarray, frame_s: float = FRAME_S) -> list[Segment]:
     """bool [T] per-frame activity -> [(start_s, end_s)] for each run of active frames; frame t spans
     [t * frame_s, (t + 1) * frame_s)."""
     active = np.asarray(frame_activity, dtype=bool).reshape(-1)

@@ -19,8 +19,8 @@ import numpy as np
 from flmjax.config import ModelConfig
 from flmjax.infer.sampling import SamplingConfig
 from flmjax.infer.stream import init_stream, stream_step
+from flmjax.streams import FRAME_S
 
-FRAME_S = 0.08  # one frame of Mimi at 12.5 Hz
 
 
 @dataclasses.dataclass

@@ -31,7 +31,7 @@ from flmjax import model
 from flmjax.config import ModelConfig
 from flmjax.infer import sampling as sampling_lib
 from flmjax.infer.sampling import SamplingConfig
-from flmjax.streams import AUDIO_DELAYS
+from flmjax.streams import AUDIO_DELAYS, FRAME_S
 
 Params = Any
 
@@ -262,7 +262,7 @@ def _raise_on(problems: jax.Array, state: StreamState, listen_codes: jax.Array) 
     if full:
         raise ContextLimitError(
             f"slot(s) {full} reached the context limit of {state.max_frames} frames "
-            f"({state.max_frames * 0.08:.1f} s); start them afresh with reset_slots, or make the stream with "
+            f"({state.max_frames * FRAME_S:.1f} s); start them afresh with reset_slots, or make the stream with "
             "a larger max_frames or sliding_window=True")
     bad = np.flatnonzero(problems == 2).tolist()
     limit = codebook_size(state.config)
