@@ -177,10 +177,10 @@ def run(args: argparse.Namespace) -> int:
         listen = [read_listen_codes(path, config.aud_channel) for path in inputs]
         result = sessions.run_sessions(config, params, listen, **options)
         if wavs:  # the frames, decoded as they came: frame s-1 in slot s, like the audio path
-            user_audio = [decoded[0] for decoded in (decode_frames(mimi_config, mimi_params, codes)
-                                                     for codes in listen)]
+            user_audio = [audio_sessions.decode_voice(config, mimi_config, mimi_params, codes) for codes in listen]
             model_audio = [np.concatenate([np.zeros(mimi_config.frame_size, np.float32),
-                                           decode_frames(mimi_config, mimi_params, frames[:, 1:])[0]])
+                                           audio_sessions.decode_voice(config, mimi_config, mimi_params,
+                                                                       frames[:, 1:])])
                            for frames in result.frames]
     for i, (path, frames) in enumerate(zip(outputs, result.frames)):
         monologue = None if tokenizer is None else sessions.monologue_text(frames[:, 0], tokenizer,
@@ -204,16 +204,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"with the streaming codec (encode + decode each frame): p50 {np.median(both) * 1e3:.2f} ms, "
               f"real-time factor {np.median(both) / FRAME_S:.3f}")
     return 0
-
-
-def decode_frames(mimi_config, mimi_params, codes: np.ndarray) -> np.ndarray:
-    """[T, 8] codes -> [1, 1920 * T] pcm, decoded frame by frame with the streaming decoder."""
-    state = codec.init_codec_stream(mimi_config, mimi_params, 1)
-    pcm = []
-    for frame in codes:
-        state, chunk = codec.decode_step(mimi_config, mimi_params, state, np.asarray(frame, np.int32)[None, :, None])
-        pcm.append(np.asarray(chunk)[:, 0])
-    return np.concatenate(pcm, axis=-1) if pcm else np.zeros((1, 0), np.float32)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,10 +37,32 @@ class AudioSessionsResult:
     codec_s: np.ndarray
 
 
+def voice_step(config: ModelConfig, mimi_config: codec.MimiConfig, mimi_params: Any, state: Any,
+               speak: np.ndarray) -> tuple[Any, np.ndarray]:
+    """One frame of the model's voice: speak codes [B, C] -> (codec state, pcm [B, 1920]); a frame holding a
+    special id plays as silence (see the module docstring)."""
+    size = stream_lib.codebook_size(config)
+    silent = np.any(speak >= size, axis=1)
+    state, pcm = codec.decode_step(mimi_config, mimi_params, state, np.minimum(speak, size - 1)[:, :, None])
+    return state, np.where(silent[:, None], 0.0, np.asarray(pcm)[:, 0])
+
+
+def decode_voice(config: ModelConfig, mimi_config: codec.MimiConfig, mimi_params: Any,
+                 codes: np.ndarray) -> np.ndarray:
+    """Codes [T, C] (the model's speak codes, or a user's) -> pcm [1920 T], frame by frame with `voice_step`."""
+    state = codec.init_codec_stream(mimi_config, mimi_params, 1)
+    pcm = np.zeros(len(codes) * mimi_config.frame_size, np.float32)
+    for step, frame in enumerate(np.asarray(codes, np.int32)):
+        state, chunk = voice_step(config, mimi_config, mimi_params, state, frame[None])
+        pcm[step * mimi_config.frame_size:(step + 1) * mimi_config.frame_size] = chunk[0]
+    return pcm
+
+
 def run_audio_sessions(config: ModelConfig, params: Any, mimi_config: codec.MimiConfig, mimi_params: Any,
                        user_audio: Sequence[np.ndarray], *, sampling: SamplingConfig | None = None,
                        max_frames: int | None = None, sliding_window: bool = False, seed: int = 0,
-                       session_seeds: Sequence[int] | None = None, progress: Callable[[int, int], None] | None = None) -> AudioSessionsResult:
+                       session_seeds: Sequence[int] | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> AudioSessionsResult:
     """Streams every session of `user_audio` (each [n_i] float32 mono at 24 kHz) in one batch."""
     frame = mimi_config.frame_size
     lengths = [len(audio) for audio in user_audio]
@@ -55,7 +77,6 @@ def run_audio_sessions(config: ModelConfig, params: Any, mimi_config: codec.Mimi
     heard = np.zeros((len(user_audio), steps, config.aud_channel), np.int32)
     spoken = np.zeros_like(user)
     codec_s = np.zeros(steps)
-    codebook_size = stream_lib.codebook_size(config)
 
     def listen_hook(step: int, _: np.ndarray) -> np.ndarray:
         nonlocal state
@@ -70,11 +91,8 @@ def run_audio_sessions(config: ModelConfig, params: Any, mimi_config: codec.Mimi
         if not out_valid.any():  # a session's first step emits nothing; all sessions start together
             return
         start = time.perf_counter()
-        speak = out_frame[:, 1:]
-        silent = np.any(speak >= codebook_size, axis=1)
-        state, pcm = codec.decode_step(mimi_config, mimi_params, state,
-                                       np.minimum(speak, codebook_size - 1)[:, :, None])
-        spoken[:, step * frame:(step + 1) * frame] = np.where(silent[:, None], 0.0, np.asarray(pcm)[:, 0])
+        state, spoken[:, step * frame:(step + 1) * frame] = voice_step(config, mimi_config, mimi_params, state,
+                                                                       out_frame[:, 1:])
         codec_s[step] += time.perf_counter() - start
 
     placeholder = [np.zeros((count, config.aud_channel), np.int32) for count in frames]  # the hook hears
