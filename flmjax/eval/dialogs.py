@@ -49,6 +49,7 @@ from flmjax.data.examples import SourceRule, StreamIds, text_row_for, training_a
 from flmjax.data.records import DialogRecord, Segment
 from flmjax.eval import quality as quality_lib
 from flmjax.eval import tokens as tokens_lib
+from flmjax.infer import sessions as sessions_lib
 
 VIEWS = ("speaking", "thinking")
 # token_duplex_metrics keys pooled over dialogs, with the count each one is a rate or mean over.
@@ -167,11 +168,6 @@ def decoding(text_temperature: float = 0.0):
                                 audio=StreamSampling(temperature=0.0), do_sample=True)
 
 
-@jax.jit
-def _session_keys(seed_key: jax.Array, sessions: jax.Array, steps: jax.Array) -> jax.Array:
-    return jax.vmap(lambda s, t: jax.random.fold_in(jax.random.fold_in(seed_key, s), t))(sessions, steps)
-
-
 def stream_sessions(config: ModelConfig, params, listen_codes: Sequence[np.ndarray], *, batch_size: int = 8,
                     sampling=None, seed: int = 0, idle_codes: np.ndarray | None = None,
                     ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -189,7 +185,7 @@ def stream_sessions(config: ModelConfig, params, listen_codes: Sequence[np.ndarr
     batch_size = max(1, min(batch_size, len(lengths)))
     idle = np.asarray(listen_codes[0][0] if idle_codes is None else idle_codes, np.int32)
     state = infer.init_stream(config, params, batch_size, max(lengths) + 1, sampling)
-    seed_key = jax.random.key(seed)
+    keys = sessions_lib.session_keys(seed, len(lengths), range(len(lengths)))  # session i: fold_in(seed, i)
     outputs = [np.zeros((n, 1 + config.aud_channel), np.int32) for n in lengths]
     slot_session = np.full(batch_size, -1)  # which session each slot runs (-1: idle)
     slot_step = np.zeros(batch_size, np.int64)
@@ -212,9 +208,8 @@ def stream_sessions(config: ModelConfig, params, listen_codes: Sequence[np.ndarr
             codes = listen_codes[slot_session[b]]
             if slot_step[b] < len(codes):
                 listen[b] = codes[slot_step[b]]
-        keys = _session_keys(seed_key, jnp.asarray(np.maximum(slot_session, 0), jnp.int32),
-                             jnp.asarray(slot_step, jnp.int32))
-        state, out_frame, out_valid = infer.stream_step(params, state, listen, keys)
+        slot_keys = sessions_lib.step_keys(keys[np.maximum(slot_session, 0)], slot_step.astype(np.uint32))
+        state, out_frame, out_valid = infer.stream_step(params, state, listen, slot_keys)
         out_frame, out_valid = np.asarray(out_frame), np.asarray(out_valid)
         for b in np.flatnonzero(slot_session >= 0):
             if out_valid[b]:

@@ -54,6 +54,12 @@ def session_keys(seed: int, sessions: int, session_seeds: Sequence[int] | None =
     return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(seed), s))(jnp.asarray(session_seeds, jnp.uint32))
 
 
+@jax.jit
+def step_keys(session_keys_: jax.Array, steps: jax.Array) -> jax.Array:
+    """Keys [B] of one step: fold_in(session key, that session's step), per slot."""
+    return jax.vmap(jax.random.fold_in)(session_keys_, steps)
+
+
 def run_sessions(config: ModelConfig, params: Any, listen: Sequence[np.ndarray], *,
                  sampling: SamplingConfig | None = None, max_frames: int | None = None,
                  sliding_window: bool = False, seed: int = 0, session_seeds: Sequence[int] | None = None,
@@ -76,14 +82,14 @@ def run_sessions(config: ModelConfig, params: Any, listen: Sequence[np.ndarray],
                        for codes in listen]).astype(np.int32)  # [B, steps, C]
     state = init_stream(config, params, len(listen), max_frames or steps, sampling, sliding_window)
     keys = session_keys(seed, len(listen), session_seeds)
-    fold = jax.jit(jax.vmap(jax.random.fold_in, (0, None)))
     outputs, step_s = [], []
     for step in range(steps):
         codes = padded[:, step]
         if listen_hook is not None:
             codes = listen_hook(step, codes)
         start = time.perf_counter()
-        state, out_frame, out_valid = stream_step(params, state, codes, fold(keys, step))
+        state, out_frame, out_valid = stream_step(params, state, codes,
+                                                  step_keys(keys, np.full(len(listen), step, np.uint32)))
         out_frame, out_valid = np.asarray(out_frame), np.asarray(out_valid)
         step_s.append(time.perf_counter() - start)
         if frame_hook is not None:
