@@ -41,6 +41,7 @@ from flmjax import codec
 from flmjax.codec import load_codec
 from flmjax.audio import AudioError, load_audio, write_wav
 from flmjax.data.recordings import DEFAULT_CHUNK_FRAMES, stream_encode
+from flmjax.files import write_atomically
 
 # ---------------------------------------------------------------------------------------------------------------
 # Streaming in windows.
@@ -122,17 +123,6 @@ def _read_codes(path: str) -> np.ndarray:
     return codes
 
 
-def _replace(output: str, write) -> None:
-    base, extension = os.path.splitext(output)
-    temporary = f"{base}.tmp{os.getpid()}{extension}"  # np.save adds .npy to a name without it
-    try:
-        write(temporary)
-        os.replace(temporary, output)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if os.path.exists(args.output) and not args.overwrite:
@@ -151,10 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     if args.command == "encode":
         codes = encode_audio(config, params, audio, args.chunk_frames, progress=not args.no_progress)
-        _replace(args.output, lambda path: np.save(path, codes))
+        write_atomically(args.output, lambda path: np.save(path, codes))
     else:
         pcm = decode_codes(config, params, codes, args.chunk_frames, progress=not args.no_progress)
-        _replace(args.output, lambda path: write_wav(path, pcm, config.sample_rate, args.dtype))
+        write_atomically(args.output, lambda path: write_wav(path, pcm, config.sample_rate, args.dtype))
     seconds = time.perf_counter() - started
     channels, _, frames = codes.shape
     duration = frames / config.frame_rate

@@ -53,6 +53,7 @@ import numpy as np
 from flmjax import codec
 from flmjax.audio import AudioError, load_audio
 from flmjax.data.records import CHANNELS, FRAME_RATE, NUM_CODEBOOKS, Segment, Word
+from flmjax.files import write_atomically
 
 MAIN_SPEAKER = "SPEAKER_MAIN"
 SENTENCE_END = ".?!"
@@ -240,14 +241,22 @@ def _source_stamp(path: str) -> dict:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def _write_json(path: str, value) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f)
+
+
+def _write_lines(path: str, lines: Sequence[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+
+
 def _save_codes(work_dir: str, entry: AudioEntry, channel_codes: Sequence[np.ndarray], marker: dict) -> None:
     base = os.path.join(work_dir, "codes", entry.key)
     for channel, codes in zip(_channels_of(marker), channel_codes):
-        np.save(f"{base}.{channel}.tmp.npy", np.asarray(codes.T, np.int16))  # [frames, 8]
-        os.replace(f"{base}.{channel}.tmp.npy", f"{base}.{channel}.npy")
-    with open(base + ".json.tmp", "w") as f:
-        json.dump(marker, f)
-    os.replace(base + ".json.tmp", base + ".json")
+        write_atomically(f"{base}.{channel}.npy",
+                         lambda tmp, codes=codes: np.save(tmp, np.asarray(codes.T, np.int16)))  # [frames, 8]
+    write_atomically(base + ".json", lambda tmp: _write_json(tmp, marker))
 
 
 def _channels_of(marker: dict) -> tuple[str, ...]:
@@ -365,9 +374,7 @@ def prepare_recordings(audio_manifest: str | os.PathLike, work_dir: str | os.Pat
     manifest = os.path.join(work_dir, "manifest.jsonl")
     lines = [_manifest_line(entry, markers[entry.id], words_of[entry.id], rule)
              for entry in entries if entry.id in markers]
-    with open(manifest + ".tmp", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-    os.replace(manifest + ".tmp", manifest)
+    write_atomically(manifest, lambda tmp: _write_lines(tmp, lines))
     return PreparedRecordings(manifest, len(lines), len(markers) - reused, reused, rejections)
 
 

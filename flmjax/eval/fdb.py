@@ -94,6 +94,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from flmjax.files import write_atomically
 from flmjax.streams import FRAME_S
 
 MODEL_RATE = 24_000
@@ -259,29 +260,18 @@ def is_complete(sample: Sample, out_dir) -> bool:
     return (n_out, rate_out) == (n_in, rate_in)
 
 
-def _atomic(path: pathlib.Path, write: Callable[[str], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(os.fspath(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_npz_atomic(path: pathlib.Path, **arrays) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as out:  # a file object: np.savez adds no ".npz" suffix
             np.savez(out, **arrays)
 
-    _atomic(path, write)
+    write_atomically(path, write)
 
 
 def write_wav_atomic(path: pathlib.Path, samples: np.ndarray, rate: int) -> None:
     from flmjax import audio as audio_lib
 
-    _atomic(path, lambda tmp: audio_lib.write_wav(tmp, samples, rate))
+    write_atomically(path, lambda tmp: audio_lib.write_wav(tmp, samples, rate))
 
 
 def read_input(path) -> tuple[np.ndarray, int, int]:
