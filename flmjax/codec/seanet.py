@@ -92,22 +92,20 @@ class DecoderBlock(nn.Module):
         return x, new_state
 
 
-class SEANetEncoder(nn.Module):
-    """audio [batch, samples, 1] -> [batch, samples / hop_length, dimension] (the ratios applied reversed)."""
+class _SEANetStack(nn.Module):
+    """conv_in, the blocks, ELU, conv_out; subclasses build them (`setup`) and name the channels that
+    conv_in and conv_out read (`state_channels`), which size their carried left context."""
 
     config: MimiConfig
 
-    def setup(self):
-        cfg = self.config
-        self.conv_in = CausalConv(cfg.n_filters, cfg.kernel_size, precision=cfg.precision)
-        self.blocks = [EncoderBlock(cfg, cfg.n_filters * 2 ** i, ratio) for i, ratio in enumerate(reversed(cfg.ratios))]
-        self.conv_out = CausalConv(cfg.dimension, cfg.last_kernel_size, precision=cfg.precision)
+    def state_channels(self) -> tuple[int, int]:
+        raise NotImplementedError
 
     def init_state(self, batch_size: int) -> dict:
-        cfg = self.config
+        conv_in_channels, conv_out_channels = self.state_channels()
         blocks = {f"blocks_{i}": block.init_state(batch_size) for i, block in enumerate(self.blocks)}
-        return {"conv_in": self.conv_in.init_state(batch_size, 1), **blocks,
-                "conv_out": self.conv_out.init_state(batch_size, cfg.n_filters * 2 ** len(cfg.ratios))}
+        return {"conv_in": self.conv_in.init_state(batch_size, conv_in_channels), **blocks,
+                "conv_out": self.conv_out.init_state(batch_size, conv_out_channels)}
 
     def __call__(self, x: jax.Array, state: dict) -> tuple[jax.Array, dict]:
         new_state = {}
@@ -118,10 +116,21 @@ class SEANetEncoder(nn.Module):
         return x, new_state
 
 
-class SEANetDecoder(nn.Module):
-    """x [batch, time, dimension] -> audio [batch, time * hop_length, 1]."""
+class SEANetEncoder(_SEANetStack):
+    """audio [batch, samples, 1] -> [batch, samples / hop_length, dimension] (the ratios applied reversed)."""
 
-    config: MimiConfig
+    def setup(self):
+        cfg = self.config
+        self.conv_in = CausalConv(cfg.n_filters, cfg.kernel_size, precision=cfg.precision)
+        self.blocks = [EncoderBlock(cfg, cfg.n_filters * 2 ** i, ratio) for i, ratio in enumerate(reversed(cfg.ratios))]
+        self.conv_out = CausalConv(cfg.dimension, cfg.last_kernel_size, precision=cfg.precision)
+
+    def state_channels(self) -> tuple[int, int]:
+        return 1, self.config.n_filters * 2 ** len(self.config.ratios)
+
+
+class SEANetDecoder(_SEANetStack):
+    """x [batch, time, dimension] -> audio [batch, time * hop_length, 1]."""
 
     def setup(self):
         cfg = self.config
@@ -130,16 +139,5 @@ class SEANetDecoder(nn.Module):
         self.blocks = [DecoderBlock(cfg, channels // 2 ** i, ratio) for i, ratio in enumerate(cfg.ratios)]
         self.conv_out = CausalConv(1, cfg.last_kernel_size, precision=cfg.precision)
 
-    def init_state(self, batch_size: int) -> dict:
-        cfg = self.config
-        blocks = {f"blocks_{i}": block.init_state(batch_size) for i, block in enumerate(self.blocks)}
-        return {"conv_in": self.conv_in.init_state(batch_size, cfg.dimension), **blocks,
-                "conv_out": self.conv_out.init_state(batch_size, cfg.n_filters)}
-
-    def __call__(self, x: jax.Array, state: dict) -> tuple[jax.Array, dict]:
-        new_state = {}
-        x, new_state["conv_in"] = self.conv_in(x, state["conv_in"])
-        for i, block in enumerate(self.blocks):
-            x, new_state[f"blocks_{i}"] = block(x, state[f"blocks_{i}"])
-        x, new_state["conv_out"] = self.conv_out(nn.elu(x), state["conv_out"])
-        return x, new_state
+    def state_channels(self) -> tuple[int, int]:
+        return self.config.dimension, self.config.n_filters
