@@ -39,6 +39,11 @@ StreamState = dict[str, Any]
 _jit = functools.partial(jax.jit, static_argnums=0)
 
 
+def _transform(transformer, x: jax.Array, cache, streaming: bool):
+    """Streaming: a step against the ring cache; batch: the windowed pass, the cache passed through."""
+    return transformer.step(x, cache) if streaming else (transformer(x), cache)
+
+
 class Mimi(nn.Module):
     """The codec, channels-last. `num_codebooks` sets the codebooks in use (8 in Moshi)."""
 
@@ -85,10 +90,7 @@ class Mimi(nn.Module):
         out = {}
         x, seanet_state = self.encoder(audio, state["seanet"])
         out["encoder_seanet"] = x
-        if streaming:
-            x, cache = self.encoder_transformer.step(x, state["transformer"])
-        else:
-            x, cache = self.encoder_transformer(x), state["transformer"]
+        x, cache = _transform(self.encoder_transformer, x, state["transformer"], streaming)
         out["encoder_transformer"] = x
         down = state["downsample"]
         x, previous = self.downsample(x, down["previous"], replicate_first=down["first"])
@@ -110,10 +112,7 @@ class Mimi(nn.Module):
         out["quantized_latent"] = x
         x, tail = self.upsample(x, state["upsample"]["tail"])
         out["decoder_upsampled"] = x
-        if streaming:
-            x, cache = self.decoder_transformer.step(x, state["transformer"])
-        else:
-            x, cache = self.decoder_transformer(x), state["transformer"]
+        x, cache = _transform(self.decoder_transformer, x, state["transformer"], streaming)
         out["decoder_transformer"] = x
         x, seanet_state = self.decoder(x, state["seanet"])
         out["pcm"] = x
