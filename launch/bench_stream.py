@@ -88,8 +88,8 @@ def _bench_case(preset: str, dtype: str, batch: int, settings: Settings, bandwid
     first_s, steady = times[0], times[1:]
     p50 = statistics.median(steady)
     mean_fill = (1 + settings.steps + 1) / 2  # frames in the cache, averaged over the timed steps
-    needed = weight_bytes_per_frame(config, params, batch) + \
-        cache_bytes(config, batch, int(np.ceil(mean_fill)), config.jnp_dtype)
+    weights = weight_bytes_per_frame(config, params, batch)
+    needed = weights + cache_bytes(config, batch, int(np.ceil(mean_fill)), config.jnp_dtype)
     bound_s = needed / bandwidth
     return {
         "benchmark": "stream", "preset": preset, "dtype": dtype, "batch": batch, "max_frames": settings.frames,
@@ -97,7 +97,7 @@ def _bench_case(preset: str, dtype: str, batch: int, settings: Settings, bandwid
         "times_s": steady, "p50_ms": p50 * 1e3, "p99_ms": float(np.percentile(steady, 99)) * 1e3,
         "real_time_factor": p50 / FRAME_S, "frames_per_s": batch / p50,
         "cache_mib": _nbytes({"k": state.cache["k"], "v": state.cache["v"]}) / 2 ** 20,
-        "weight_bytes_read": weight_bytes_per_frame(config, params, batch), "bytes_needed": needed,
+        "weight_bytes_read": weights, "bytes_needed": needed,
         "read_bandwidth_gbs": bandwidth / 1e9, "bound_ms": bound_s * 1e3, "x_bound": p50 / bound_s,
     }
 
