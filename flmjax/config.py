@@ -43,7 +43,7 @@ _MM_TOKEN_FIELDS = {"text_wait_token_id": "text_wait_id", "aud_pad_token_id": "a
 _DEPTH_FIELDS = {"n_layer": "depth_layers", "n_head": "depth_heads", "n_embd": "depth_dim",
                  "dropout": "depth_dropout", "bias": "depth_bias", "use_cmlp": "depth_per_position_mlp",
                  "use_rmsnorm": "depth_rmsnorm", "use_swiglu": "depth_swiglu"}
-_EXECUTION_FIELDS = ("param_dtype", "dtype", "scan_layers", "remat_policy")
+_EXECUTION_FIELDS = ("param_dtype", "dtype", "scan_layers", "remat_policy", "attention_chunk", "scan_unroll")
 
 
 class ConfigError(ValueError):
@@ -103,6 +103,13 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations and matmuls
     scan_layers: bool = True  # temporal layers under nn.scan (params stacked on a leading `layers` axis)
     remat_policy: str = "none"
+    # Queries per block of the full-sequence (training) attention: each block attends only to the keys at or
+    # before its last position and is rematerialised, so no [length, length] scores outlive one block.
+    # 0: one block (dense). Same numbers either way, up to float32 summation order.
+    attention_chunk: int = 0
+    # Temporal layers per iteration of the scanned layer loop (it must divide num_hidden_layers). Only the
+    # ahead-of-time estimates use 2, to see one layer's cost: XLA's cost analysis counts a loop body once.
+    scan_unroll: int = 1
 
     def __post_init__(self):
         self.validate()
@@ -206,6 +213,12 @@ class ModelConfig:
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in DTYPES:
                 problems.append(f"{name} {getattr(self, name)!r} is not one of {DTYPES}")
+        if not isinstance(self.attention_chunk, int) or self.attention_chunk < 0:
+            problems.append(f"attention_chunk must be a non-negative integer (0: dense), got {self.attention_chunk!r}")
+        if not isinstance(self.scan_unroll, int) or self.scan_unroll < 1 or \
+                self.num_hidden_layers % self.scan_unroll:
+            problems.append(f"scan_unroll must be a positive divisor of num_hidden_layers "
+                            f"({self.num_hidden_layers}), got {self.scan_unroll!r}")
         if self.remat_policy not in REMAT_POLICIES:
             problems.append(f"unknown remat_policy {self.remat_policy!r}; expected one of {REMAT_POLICIES}")
         if problems:
@@ -220,7 +233,8 @@ class ModelConfig:
     def from_official(cls, dict_or_path: Mapping[str, Any] | str | os.PathLike, **execution) -> ModelConfig:
         """Builds a config from a released `config.json` (a dict, the file, or its folder).
 
-        `execution` sets flmjax-only fields (`param_dtype`, `dtype`, `scan_layers`, `remat_policy`).
+        `execution` sets flmjax-only fields (`param_dtype`, `dtype`, `scan_layers`, `remat_policy`,
+        `attention_chunk`, `scan_unroll`).
         A field the released loader needs that is missing is an error (the released code would silently
         fall back to 7B-sized defaults).
         """

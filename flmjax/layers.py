@@ -106,6 +106,43 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, ma
     return out.reshape(batch, q_len, heads, head_dim)
 
 
+def chunked_causal_attention(query: jax.Array, key: jax.Array, value: jax.Array, positions: jax.Array,
+                             chunk: int) -> jax.Array:
+    """`dot_product_attention` with the causal mask of `positions`, one block of `chunk` queries at a time.
+
+    Block i attends only to the keys up to its own last position (positions must not decrease along the
+    sequence, as in a training pass or a prefill), so the masked upper triangle is never computed, and each
+    block is rematerialised: the backward pass recomputes its scores instead of keeping [q_len, kv_len]
+    scores per layer. Shapes as `dot_product_attention`; positions [batch, length].
+    """
+    length = query.shape[1]
+    attend = jax.checkpoint(dot_product_attention)
+    blocks = []
+    for start in range(0, length, chunk):  # a Python loop: each block has its own key length
+        end = min(start + chunk, length)
+        mask = positions[:, None, :end] <= positions[:, start:end, None]
+        blocks.append(attend(query[:, start:end], key[:, :end], value[:, :end], mask))
+    return jnp.concatenate(blocks, axis=1)
+
+
+def few_position_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array) -> jax.Array:
+    """`dot_product_attention` (same numbers, one kv head per query head) for a handful of positions.
+
+    The depth transformer attends over 8 positions: as matmuls, every (row, head) pair is an 8 x 64 by 64 x 8
+    product that a TPU pads to its 128 x 128 matrix unit, which costs more than the rest of the depth model.
+    Written as broadcast products summed in float32 (what the matrix unit accumulates in), it stays on the
+    vector units. query [batch, q_len, heads, head_dim]; key, value [batch, kv_len, heads, head_dim];
+    mask [batch, q_len, kv_len] -> [batch, q_len, heads, head_dim].
+    """
+    f32 = jnp.float32
+    head_dim = query.shape[-1]
+    scores = jnp.sum(query.astype(f32)[:, :, None] * key.astype(f32)[:, None], axis=-1)  # [b, q, s, heads]
+    scores = jnp.where(mask[..., None], scores * (head_dim ** -0.5), jnp.finfo(f32).min)
+    probs = jax.nn.softmax(scores, axis=2).astype(value.dtype)
+    out = jnp.sum(probs.astype(f32)[..., None] * value.astype(f32)[:, None], axis=2)  # [b, q, heads, head_dim]
+    return out.astype(value.dtype)
+
+
 def write_to_cache(cache: jax.Array, update: jax.Array, start: jax.Array) -> jax.Array:
     """Writes `update [batch, length, ...]` into `cache [batch, capacity, ...]` at per-row `start [batch]`."""
     def write_row(row, new, index):
@@ -123,6 +160,7 @@ class Attention(nn.Module):
     qkv_bias: bool
     out_bias: bool
     init_std: float
+    chunk: int = 0  # queries per block of a cache-less pass (0: one block); see `chunked_causal_attention`
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -150,8 +188,12 @@ class Attention(nn.Module):
         key = apply_rope(project("k", self.num_kv_heads, "kv_heads"), positions, self.rope_theta)
         value = project("v", self.num_kv_heads, "kv_heads")
 
-        if cache is None:
+        if cache is None and 0 < self.chunk < x.shape[1]:
+            attended = chunked_causal_attention(query, key, value, positions, self.chunk)
+            new_cache = None
+        elif cache is None:
             mask = positions[:, None, :] <= positions[:, :, None]
+            attended = dot_product_attention(query, key, value, mask)
             new_cache = None
         else:
             # Modulo capacity: past the end a streaming cache is a ring (sliding window); below it this is
@@ -161,8 +203,8 @@ class Attention(nn.Module):
             key, value = new_cache["k"].astype(self.dtype), new_cache["v"].astype(self.dtype)
             slots = jnp.arange(key.shape[1])
             mask = slots[None, None, :] <= positions[:, :, None]
+            attended = dot_product_attention(query, key, value, mask)
 
-        attended = dot_product_attention(query, key, value, mask)
         out_kernel = declare(self, "o_kernel", (self.num_heads, self.head_dim, embed),
                              ("heads", "head_dim", "embed"), init)
         out = jnp.einsum("blhd,hde->ble", attended, out_kernel.astype(self.dtype))
@@ -249,11 +291,11 @@ class FusedAttention(nn.Module):
         head_dim = width // self.num_heads
         init = normal_init(self.init_std)
         qkv_kernel = declare(self, "qkv_kernel", (width, 3, self.num_heads, head_dim),
-                             ("depth_embed", None, "heads", "head_dim"), init)
+                             ("depth_embed", None, "depth_heads", "head_dim"), init)
         qkv = jnp.einsum("bpe,ethd->bpthd", x, qkv_kernel.astype(self.dtype))
         if self.use_bias:
             qkv = qkv + declare(self, "qkv_bias", (3, self.num_heads, head_dim),
-                                (None, "heads", "head_dim")).astype(self.dtype)
+                                (None, "depth_heads", "head_dim")).astype(self.dtype)
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if cache is None:
             length = x.shape[1]
@@ -263,9 +305,9 @@ class FusedAttention(nn.Module):
                      "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], value.astype(cache["v"].dtype), position, 1)}
             key, value = cache["k"].astype(self.dtype), cache["v"].astype(self.dtype)
             mask = jnp.broadcast_to(jnp.arange(key.shape[1]) <= position, (x.shape[0], 1, key.shape[1]))
-        attended = dot_product_attention(query, key, value, mask)
+        attended = few_position_attention(query, key, value, mask)
         out_kernel = declare(self, "out_kernel", (self.num_heads, head_dim, width),
-                             ("heads", "head_dim", "depth_embed"), init)
+                             ("depth_heads", "head_dim", "depth_embed"), init)
         out = jnp.einsum("bphd,hde->bpe", attended, out_kernel.astype(self.dtype))
         if self.use_bias:
             out = out + declare(self, "out_bias", (width,), ("depth_embed",)).astype(self.dtype)

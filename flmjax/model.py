@@ -85,7 +85,7 @@ class DecoderLayer(nn.Module):
         attn_out, cache = Attention(
             num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
             rope_theta=cfg.rope_theta, qkv_bias=cfg.attention_bias, out_bias=cfg.o_proj_bias,
-            init_std=cfg.initializer_range, name="attn", **dtypes,
+            init_std=cfg.initializer_range, chunk=cfg.attention_chunk, name="attn", **dtypes,
         )(RMSNorm(cfg.rms_norm_eps, name="input_norm", **pdtype)(x), positions, cache)
         x = x + attn_out
         mlp = FeedForward(hidden_dim=cfg.intermediate_size, activation=cfg.hidden_act, gated=True,
@@ -94,10 +94,11 @@ class DecoderLayer(nn.Module):
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
 
 
-def _layer_class(config: ModelConfig, scanned: bool):
+def _rematted(config: ModelConfig, layer: type[nn.Module], scanned: bool) -> type[nn.Module]:
+    """`layer` under the config's remat policy (`none`: as it is)."""
     if config.remat_policy == "none":
-        return DecoderLayer
-    return nn.remat(DecoderLayer, policy=_REMAT_POLICIES[config.remat_policy], prevent_cse=not scanned)
+        return layer
+    return nn.remat(layer, policy=_REMAT_POLICIES[config.remat_policy], prevent_cse=not scanned)
 
 
 class TemporalTransformer(nn.Module):
@@ -109,11 +110,11 @@ class TemporalTransformer(nn.Module):
     def __call__(self, x: jax.Array, positions: jax.Array, cache: dict | None = None):
         """x [B,T,H], positions [B,T], cache {"k","v": [L,B,S,kv,hd]} or None -> (final-normed [B,T,H], cache)."""
         cfg = self.config
-        layer = _layer_class(cfg, cfg.scan_layers)
+        layer = _rematted(cfg, DecoderLayer, cfg.scan_layers)
         if cfg.scan_layers:
             stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
                             in_axes=(0, nn.broadcast), length=cfg.num_hidden_layers,
-                            metadata_params={nn.PARTITION_NAME: "layers"})
+                            metadata_params={nn.PARTITION_NAME: "layers"}, unroll=cfg.scan_unroll)
             x, cache = stack(cfg, name="layers")(x, cache, positions)
         else:
             new_layers = []
@@ -166,7 +167,8 @@ class DepthBlock(nn.Module):
                           gated=cfg.depth_swiglu, use_bias=cfg.depth_bias, init_std=cfg.initializer_range,
                           num_positions=cfg.aud_channel if cfg.depth_per_position_mlp else None,
                           embed_axis="depth_embed", mlp_axis="depth_mlp", name="mlp", **dtypes)
-        return x + mlp(depth_norm(cfg, "mlp_norm")(x), position), cache
+        x = x + mlp(depth_norm(cfg, "mlp_norm")(x), position)
+        return nn.with_logical_constraint(x, ("depth_batch", None, None)), cache
 
 
 class DepthTransformer(ConfiguredModule):
@@ -203,15 +205,19 @@ class DepthTransformer(ConfiguredModule):
                 return jax.lax.dynamic_slice_in_dim(weights, position, 1, axis=axis)
         x = jnp.einsum("nh,hcd->ncd", hidden.astype(dtype), at_positions(linear_in, axis=1).astype(dtype))
         x = x + token_embed[used, tokens].astype(dtype) + at_positions(pos_embed).astype(dtype)
-        # Always stacked params; with scan_layers=False the loop is unrolled too (same numbers and params, no
-        # while loop: what XLA's cost analysis and debugging want).
-        blocks = nn.scan(DepthBlock, variable_axes={"params": 0}, split_rngs={"params": True},
-                         in_axes=(0, nn.broadcast), length=cfg.depth_layers,
-                         metadata_params={nn.PARTITION_NAME: "layers"},
-                         unroll=1 if cfg.scan_layers else cfg.depth_layers)
+        # N is the flattened [batch, frames] (or the stream's slots). Split it over every device that shares
+        # the batch (`depth_batch`), or the partitioner replicates the depth activations of the global batch
+        # on each chip, or recomputes them on every tensor-parallel chip.
+        x = nn.with_logical_constraint(x, ("depth_batch", None, None))
+        # Stacked params, but the loop fully unrolled: its few small blocks compile quickly, and XLA's cost
+        # analysis, which counts a loop body once, then sees every block.
+        blocks = nn.scan(_rematted(cfg, DepthBlock, scanned=True), variable_axes={"params": 0},
+                         split_rngs={"params": True}, in_axes=(0, nn.broadcast), length=cfg.depth_layers,
+                         metadata_params={nn.PARTITION_NAME: "layers"}, unroll=cfg.depth_layers)
         x, cache = blocks(cfg, name="blocks")(x, cache, position)
         x = depth_norm(cfg, "final_norm")(x)
         logits = jnp.einsum("npd,pda->npa", x, at_positions(heads).astype(dtype)).astype(jnp.float32)
+        logits = nn.with_logical_constraint(logits, ("depth_batch", None, None))
         return logits if position is None else (logits, cache)
 
 
@@ -232,6 +238,12 @@ class FLMAudio(nn.Module):
 
     def embed(self, text_ids, speak_ids, listen_ids):
         return self.embedder(text_ids, speak_ids, listen_ids)
+
+    def hidden_states(self, text_ids, speak_ids, listen_ids, positions):
+        return self.temporal(self.embedder(text_ids, speak_ids, listen_ids), positions)[0]
+
+    def text_logits(self, hidden):
+        return self.text_head(hidden)
 
     def depth_logits(self, hidden, tokens):
         return self.depth(hidden, tokens)
@@ -285,6 +297,19 @@ def forward(config: ModelConfig, params: Params, text_ids: jax.Array, speak_ids:
     text_logits, hidden, _ = FLMAudio(config).apply(
         {"params": params}, text_ids, speak_ids, listen_ids, _positions(batch, frames))
     return text_logits, hidden
+
+
+def hidden_states(config: ModelConfig, params: Params, text_ids: jax.Array, speak_ids: jax.Array,
+                  listen_ids: jax.Array) -> jax.Array:
+    """`forward` without the text head: the final-normed temporal state [B,T,H] alone."""
+    batch, frames = text_ids.shape
+    return FLMAudio(config).apply({"params": params}, text_ids, speak_ids, listen_ids, _positions(batch, frames),
+                                  method=FLMAudio.hidden_states)
+
+
+def text_logits(config: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
+    """The text head alone: final-normed hidden [B,T,H] -> float32 text logits [B,T,V]."""
+    return FLMAudio(config).apply({"params": params}, hidden, method=FLMAudio.text_logits)
 
 
 def embed(config: ModelConfig, params: Params, text_ids: jax.Array, speak_ids: jax.Array,

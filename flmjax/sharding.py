@@ -41,6 +41,9 @@ Rules = Sequence[tuple[str, MeshAxes]]
 # int(8 D / 3): 2730 for the 7B, 85 for tiny) stay replicated: they divide no typical tensor size.
 DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("batch", ("data", "fsdp")),
+    # The depth transformer's rows (frames of the batch, flattened): small weights, many rows, so every
+    # device takes its own rows, tensor-parallel ones included (no chip repeats another's depth work).
+    ("depth_batch", ("data", "fsdp", "tensor")),
     ("length", None),
     ("embed", "fsdp"),
     ("vocab", "tensor"),
@@ -52,6 +55,7 @@ DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("audio_vocab", None),
     ("codebook", None),
     ("depth_embed", "fsdp"),
+    ("depth_heads", None),  # the depth model is data-parallel over every device (see depth_batch)
     ("depth_mlp", None),
 )
 

@@ -61,6 +61,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from flmjax import compiled as compiled_lib
 from flmjax import config as config_lib
 from flmjax import model
 from launch.bench_codec import CODEC_COLUMNS, run_codec_bench
@@ -97,14 +98,7 @@ def _analytic_flops(config: config_lib.ModelConfig, params: model.Params, batch:
 
 def _cost_flops(stage) -> float | None:
     """The `flops` of a lowered or compiled stage's `cost_analysis()`, or None where XLA gives none."""
-    try:
-        analysed = stage.cost_analysis()
-    except Exception:  # noqa: BLE001 - not every backend implements it
-        return None
-    if isinstance(analysed, (list, tuple)):  # one dict per device program in older jax
-        analysed = analysed[0] if analysed else None
-    flops = (analysed or {}).get("flops")
-    return float(flops) if flops and flops > 0 else None
+    return compiled_lib.cost(stage)["flops"]
 
 
 def _xla_flops(config, compiled, abstract_inputs) -> tuple[float | None, str]:
@@ -117,14 +111,9 @@ def _xla_flops(config, compiled, abstract_inputs) -> tuple[float | None, str]:
     return _cost_flops(lowered), "xla-unrolled"
 
 
-def _memory(compiled) -> dict[str, int | None]:
-    try:
-        stats = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - not every backend implements it
-        stats = None
-    fields = {"temp_bytes": "temp_size_in_bytes", "argument_bytes": "argument_size_in_bytes",
-              "output_bytes": "output_size_in_bytes"}
-    return {ours: None if stats is None else int(getattr(stats, theirs)) for ours, theirs in fields.items()}
+def _memory(memory: dict[str, int | None]) -> dict[str, int | None]:
+    """`flmjax.compiled.memory` figures under this report's names (`temp_bytes`, ...)."""
+    return {f"{key}_bytes": memory[key] for key in ("temp", "argument", "output", "alias")}
 
 
 def _random_inputs(config: config_lib.ModelConfig, batch: int, frames: int, seed: int):
@@ -175,7 +164,7 @@ def _bench_forward_case(preset: str, dtype: str, settings: Settings) -> dict[str
         "flops_per_call": flops, "flops_source": source, "gflops_per_s": flops / median_s / 1e9,
         "flops_analytic": _analytic_flops(config, params, batch, frames),
         "flops_xla_compiled": _cost_flops(compiled),
-        **_memory(compiled),
+        **{key: value for key, value in _memory(compiled_lib.memory(compiled)).items() if key != "alias_bytes"},
     }
 
 
@@ -389,8 +378,7 @@ def _bench_train_case(preset: str, dtype: str, devices: int, settings: Settings,
     mesh = _train_mesh(devices)
     shardings = step_lib.state_shardings(config, tx, mesh)
     compiled = step_lib.compile_train_step(config, loss_config, tx, shardings, mesh, batch, frames)
-    memory = {key: compiled.memory.get(key) for key in ("temp_bytes", "argument_bytes", "output_bytes",
-                                                        "alias_bytes")}
+    memory = _memory(compiled.memory)
     skipped = _host_memory_problem(memory, devices)
     progress(f"  compile (lower + compile) {compiled.compile_seconds:.2f} s; "
               + (skipped if skipped else f"timing 1 warm-up + {settings.repeats} steps"))

@@ -23,13 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from flmjax import config as config_lib
+from flmjax import hardware
 from flmjax import model
 from flmjax.infer import SamplingConfig, init_stream, stream_step
 from flmjax.streams import FRAME_S
 from launch.bench_common import PARAM_DTYPE_FOR, Column, Settings, fixed, progress, random_params, significant
 
-# Peak HBM bandwidth per chip, bytes/s (vendor figures).
-HBM_BANDWIDTH = {"TPU v5e": 819e9, "H100 SXM": 3.35e12}
+# Peak HBM bandwidth per chip, bytes/s (flmjax.hardware's table of vendor figures).
+HBM_BANDWIDTH = {"TPU v5e": hardware.CHIPS["v5e"].hbm_bandwidth, "H100 SXM": hardware.CHIPS["h100"].hbm_bandwidth}
 EMBEDDING_TABLES = (("embedder", "text"), ("embedder", "speak"), ("embedder", "listen"), ("depth", "token_embed"))
 ANALYTIC_BATCHES = (1, 8, 32)
 ANALYTIC_CONTEXTS = (750, 3750)  # 1 and 5 minutes of conversation, in frames

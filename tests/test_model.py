@@ -229,4 +229,4 @@ def test_every_param_has_logical_axis_names():
     assert leaves and all(hasattr(leaf, "names") and len(leaf.names) == leaf.value.ndim for leaf in leaves)
     named = {name for leaf in leaves for name in leaf.names if name is not None}
     assert named <= {"vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "layers", "audio_vocab",
-                     "codebook", "depth_embed", "depth_mlp"}
+                     "codebook", "depth_embed", "depth_heads", "depth_mlp"}

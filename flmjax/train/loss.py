@@ -67,9 +67,15 @@ class LossConfig:
     wait_weight: float = 0.5
     codebook_weights: tuple[float, ...] = (1.0,) + (0.1,) * 7
     mask_aud_emp: bool = True
+    # Frames per chunk in which the text and audio logits are computed, scored and rematerialised (0: the
+    # whole sequence at once). Memory only: a [batch, frames, 151668] float32 text logit tensor never exists
+    # whole. The numbers are the same up to float32 summation order.
+    chunk_frames: int = 0
 
     def __post_init__(self):
         problems = []
+        if isinstance(self.chunk_frames, bool) or not isinstance(self.chunk_frames, int) or self.chunk_frames < 0:
+            problems.append(f"chunk_frames must be a non-negative integer (0: no chunks), got {self.chunk_frames!r}")
         for name in ("text_weight", "audio_weight", "wait_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
@@ -225,6 +231,27 @@ def loss_from_sums(sums: Sums, normalizers: Mapping[str, jax.Array]) -> jax.Arra
 
 
 # ---------------------------------------------------------------------- public loss functions
+def _chunked_metric_sums(model_config: ModelConfig, params, batch: Batch, loss_config: LossConfig) -> Sums:
+    """`metric_sums_from_logits(model_logits(...))`, the logits made and scored `chunk_frames` frames at a time,
+    each chunk rematerialised in the backward pass."""
+    hidden = model.hidden_states(model_config, params, batch["text_ids"], batch["speak_ids"], batch["listen_ids"])
+
+    @jax.checkpoint
+    def chunk_sums(params, hidden, batch):
+        text_logits = model.text_logits(model_config, params, hidden)
+        audio_logits = model.depth_forward(model_config, params, hidden,
+                                           batch["audio_targets"][..., :model_config.aud_channel - 1])
+        return metric_sums_from_logits(model_config, text_logits, audio_logits, batch, loss_config)
+
+    frames, chunk = hidden.shape[1], loss_config.chunk_frames
+    sums = None
+    for start in range(0, frames, chunk):  # a Python loop: XLA's cost analysis sees every chunk
+        part = {key: value[:, start:start + chunk] for key, value in batch.items()}
+        chunk_total = chunk_sums(params, hidden[:, start:start + chunk], part)
+        sums = chunk_total if sums is None else jax.tree.map(jnp.add, sums, chunk_total)
+    return sums
+
+
 def loss_and_metric_sums(model_config: ModelConfig, params, batch: Batch, loss_config: LossConfig,
                          normalizers: Mapping[str, jax.Array]) -> tuple[jax.Array, Sums]:
     """(loss float32 [], additive metric sums) of a (micro-)batch, normalised by `normalizers`.
@@ -233,8 +260,11 @@ def loss_and_metric_sums(model_config: ModelConfig, params, batch: Batch, loss_c
     Use as `jax.value_and_grad(..., argnums=1, has_aux=True)`; add the sums over micro-batches, then
     `finalize_metrics`.
     """
-    text_logits, audio_logits = model_logits(model_config, params, batch)
-    sums = metric_sums_from_logits(model_config, text_logits, audio_logits, batch, loss_config)
+    if 0 < loss_config.chunk_frames < batch["text_ids"].shape[1]:
+        sums = _chunked_metric_sums(model_config, params, batch, loss_config)
+    else:
+        text_logits, audio_logits = model_logits(model_config, params, batch)
+        sums = metric_sums_from_logits(model_config, text_logits, audio_logits, batch, loss_config)
     return loss_from_sums(sums, normalizers), sums
 
 

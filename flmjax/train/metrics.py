@@ -15,22 +15,9 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from flmjax import hardware
+
 METRICS_FILE = "metrics.jsonl"
-
-# Peak dense bf16 FLOP/s per chip of known accelerators (vendor figures).
-PEAK_FLOPS = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,  # v5e
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v5": 459e12,
-    "TPU v6 lite": 918e12,  # v6e (Trillium)
-    "TPU v6e": 918e12,
-    "NVIDIA H100": 989e12,
-    "NVIDIA H200": 989e12,
-    "NVIDIA A100": 312e12,
-}
-
 
 def measured_cpu_flops(size: int = 512, repeats: int = 5) -> float:
     """FLOP/s of a jitted float32 `size x size` matmul on this CPU: the peak MFU is measured against here."""
@@ -48,14 +35,13 @@ def measured_cpu_flops(size: int = 512, repeats: int = 5) -> float:
 def peak_flops_per_device(device: jax.Device | None = None) -> tuple[float, str]:
     """(peak FLOP/s of one device, where the figure comes from)."""
     device = device or jax.devices()[0]
-    kind = getattr(device, "device_kind", "")
-    for name in sorted(PEAK_FLOPS, key=len, reverse=True):
-        if kind.startswith(name):
-            return PEAK_FLOPS[name], f"table: {name}"
+    chip = hardware.device_chip(device)
+    if chip is not None:
+        return chip.peak_bf16_flops, f"table: {chip.name}"
     if device.platform == "cpu":
         # Fake CPU devices share the real cores: the whole machine's measured rate stands for all of them.
         return measured_cpu_flops() / max(1, jax.local_device_count()), "measured float32 matmul (cpu)"
-    return float("nan"), f"unknown device kind {kind!r}"
+    return float("nan"), f"unknown device kind {getattr(device, 'device_kind', '')!r}"
 
 
 class MetricsWriter:

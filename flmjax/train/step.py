@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from flmjax import compiled as compiled_lib
 from flmjax import model, sharding
 from flmjax.config import ModelConfig
 from flmjax.train import loss as loss_lib
@@ -72,8 +73,13 @@ def _split(batch: Batch, parts: int) -> Batch:
 
 
 def train_step(state: State, batch: Batch, *, config: ModelConfig, loss_config: loss_lib.LossConfig,
-               tx: optax.GradientTransformation, accumulation_steps: int = 1) -> tuple[State, dict[str, jax.Array]]:
-    """One optimizer update on a global batch; returns the new state and float32 metrics."""
+               tx: optax.GradientTransformation, accumulation_steps: int = 1,
+               accumulation_unroll: int = 1) -> tuple[State, dict[str, jax.Array]]:
+    """One optimizer update on a global batch; returns the new state and float32 metrics.
+
+    With `accumulation_steps` > 1 the micro-batches run in one scanned loop (`accumulation_unroll` of them per
+    iteration: only the ahead-of-time estimates change it, to see one micro-batch's cost).
+    """
     batch = {key: batch[key] for key in BATCH_KEYS}
     normalizers = loss_lib.loss_normalizers(config, batch, loss_config)
 
@@ -89,9 +95,9 @@ def train_step(state: State, batch: Batch, *, config: ModelConfig, loss_config: 
         def accumulate(totals, micro_batch):
             return jax.tree.map(jnp.add, totals, grad_fn(state["params"], micro_batch)), None
 
-        first = grad_fn(state["params"], jax.tree.map(lambda x: x[0], micro_batches))
-        rest = jax.tree.map(lambda x: x[1:], micro_batches)
-        ((loss, sums), grads), _ = jax.lax.scan(accumulate, first, rest)
+        one = jax.tree.map(lambda x: x[0], micro_batches)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, state["params"], one))
+        ((loss, sums), grads), _ = jax.lax.scan(accumulate, zeros, micro_batches, unroll=accumulation_unroll)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {**loss_lib.finalize_metrics(sums), "loss": loss, "grad_norm": optax.tree.norm(grads),
@@ -118,49 +124,44 @@ class CompiledStep:
     run: Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]
     compile_seconds: float
     flops: float | None  # XLA's count for one step (a scanned layer loop counted once: see `model_flops`)
-    memory: dict[str, int | None]
+    memory: dict[str, int | None]  # per device: `flmjax.compiled.memory`
+
+
+def abstract_batch(config: ModelConfig, mesh: Mesh, global_batch_size: int, sequence_length: int,
+                   rules=sharding.DEFAULT_RULES) -> Batch:
+    """A global batch as `jax.ShapeDtypeStruct`s carrying their shardings (what the step is compiled for)."""
+    return {key: jax.ShapeDtypeStruct(
+        (global_batch_size, sequence_length) + ((config.aud_channel,) if len(s.spec) == 3 else ()),
+        jnp.bool_ if key.endswith("_mask") else jnp.int32, sharding=s) for key, s in batch_shardings(mesh, rules).items()}
+
+
+def lower_train_step(config: ModelConfig, loss_config: loss_lib.LossConfig, tx: optax.GradientTransformation,
+                     shardings: State, mesh: Mesh, global_batch_size: int, sequence_length: int,
+                     accumulation_steps: int = 1, rules=sharding.DEFAULT_RULES, accumulation_unroll: int = 1):
+    """The train step jitted with explicit in/out shardings and the state donated, lowered for `mesh` from
+    abstract arrays only (no params, no data): `.compile()` it for the mesh's devices, which need not be
+    attached (`flmjax.hardware.topology_devices`)."""
+    check_batch_layout(mesh, global_batch_size, accumulation_steps)
+    metrics_sharding = NamedSharding(mesh, PartitionSpec())
+    step = jax.jit(functools.partial(train_step, config=config, loss_config=loss_config, tx=tx,
+                                     accumulation_steps=accumulation_steps, accumulation_unroll=accumulation_unroll),
+                   in_shardings=(shardings, batch_shardings(mesh, rules)), out_shardings=(shardings, metrics_sharding),
+                   donate_argnums=(0,))
+    with sharding.activation_rules(mesh, rules):
+        return step.lower(abstract_state(config, tx, shardings),
+                          abstract_batch(config, mesh, global_batch_size, sequence_length, rules))
 
 
 def compile_train_step(config: ModelConfig, loss_config: loss_lib.LossConfig, tx: optax.GradientTransformation,
                        shardings: State, mesh: Mesh, global_batch_size: int, sequence_length: int,
                        accumulation_steps: int = 1, rules=sharding.DEFAULT_RULES) -> CompiledStep:
-    """jit with explicit in/out shardings and the state donated, lowered and compiled ahead of time."""
-    check_batch_layout(mesh, global_batch_size, accumulation_steps)
-    batch_sharding = batch_shardings(mesh, rules)
-    metrics_sharding = NamedSharding(mesh, PartitionSpec())
-    step = jax.jit(functools.partial(train_step, config=config, loss_config=loss_config, tx=tx,
-                                     accumulation_steps=accumulation_steps),
-                   in_shardings=(shardings, batch_sharding), out_shardings=(shardings, metrics_sharding),
-                   donate_argnums=(0,))
-    abstract = abstract_state(config, tx, shardings)
-    abstract_batch = {key: jax.ShapeDtypeStruct(
-        (global_batch_size, sequence_length) + ((config.aud_channel,) if s.spec and len(s.spec) == 3 else ()),
-        jnp.bool_ if key.endswith("_mask") else jnp.int32, sharding=s) for key, s in batch_sharding.items()}
+    """`lower_train_step`, compiled ahead of time, with XLA's compile time, FLOPs and memory."""
     start = time.perf_counter()
-    with sharding.activation_rules(mesh, rules):
-        compiled = step.lower(abstract, abstract_batch).compile()
+    lowered = lower_train_step(config, loss_config, tx, shardings, mesh, global_batch_size, sequence_length,
+                               accumulation_steps, rules)
+    compiled = lowered.compile()
     seconds = time.perf_counter() - start
-    return CompiledStep(compiled, seconds, _cost_flops(compiled), _memory(compiled))
-
-
-def _cost_flops(compiled) -> float | None:
-    try:
-        analysis = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 - not every backend reports costs
-        return None
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else {}
-    flops = (analysis or {}).get("flops")
-    return float(flops) if flops else None
-
-
-def _memory(compiled) -> dict[str, int | None]:
-    try:
-        stats = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001
-        stats = None
-    names = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes")
-    return {name.replace("_size_in", ""): getattr(stats, name, None) for name in names}
+    return CompiledStep(compiled, seconds, compiled_lib.cost(compiled)["flops"], compiled_lib.memory(compiled))
 
 
 CROSS_ENTROPY_FLOPS = 10  # per logit, forward and backward
