@@ -102,13 +102,38 @@ def resolve_mesh_shape(mesh_shape: Mapping[str, int] | Sequence[int], num_device
 
 
 def make_mesh(mesh_shape: Mapping[str, int] | Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A `Mesh` with axes `MESH_AXES` (all `AxisType.Auto`) over `devices` (default: all devices)."""
+    """A `Mesh` with axes `MESH_AXES` (all `AxisType.Auto`) over `devices` (default: all devices).
+
+    TPU devices are laid out along the chips' physical torus (`mesh_utils`), so neighbours on the `tensor`
+    and `fsdp` axes are neighbours on the interconnect. Devices of several slices (multi-slice, joined by the
+    slower data-centre network) put the slices on the `data` axis, which must then be a multiple of their
+    number: only data parallelism crosses slices.
+    """
     num_devices = len(jax.devices()) if devices is None else len(devices)
     shape = resolve_mesh_shape(mesh_shape, num_devices)
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     if devices is None:
         return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types)
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
+    return Mesh(_device_grid(shape, list(devices)), MESH_AXES, axis_types=axis_types)
+
+
+def _device_grid(shape: tuple[int, int, int], devices: list[jax.Device]) -> np.ndarray:
+    from jax.experimental import mesh_utils
+
+    slices = len({getattr(device, "slice_index", 0) or 0 for device in devices})
+    if slices > 1:
+        if shape[0] % slices:
+            raise ShardingError(f"mesh shape {dict(zip(MESH_AXES, shape))}: the devices span {slices} slices, "
+                                f"so the data axis must be a multiple of {slices} (only data parallelism "
+                                "crosses slices)")
+        return mesh_utils.create_hybrid_device_mesh((shape[0] // slices, *shape[1:]), (slices, 1, 1), devices,
+                                                    allow_split_physical_axes=True)
+    if devices[0].platform == "tpu":
+        try:
+            return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        except (AssertionError, ValueError, NotImplementedError):
+            pass  # e.g. v4 with one device per TensorCore: keep the given order
+    return np.asarray(devices).reshape(shape)
 
 
 # ---------------------------------------------------------------------- params
