@@ -50,6 +50,49 @@ def stage_model_config(config) -> model_config_lib.ModelConfig:
     return model_config_lib.preset(config.model, **overrides)
 
 
+@dataclasses.dataclass(frozen=True)
+class StageStep:
+    """Everything that decides a stage's compiled train step: the model, loss and optimizer, the mesh and
+    the state's shardings, and the global batch it takes. `launch.aot` compiles exactly this for a TPU slice."""
+
+    model_config: model_config_lib.ModelConfig
+    loss_config: loss_lib.LossConfig
+    tx: Any
+    mesh: Any
+    shardings: Any
+    global_batch_size: int
+    sequence_length: int
+    accumulation_steps: int
+
+    def lower(self, accumulation_unroll: int = 1, model_config: model_config_lib.ModelConfig | None = None):
+        """The step lowered from abstract arrays (`.compile()` it); `model_config` may change execution settings
+        only (the state's shapes must stay those of `self.shardings`)."""
+        return step_lib.lower_train_step(model_config or self.model_config, self.loss_config, self.tx,
+                                         self.shardings, self.mesh, self.global_batch_size, self.sequence_length,
+                                         self.accumulation_steps, accumulation_unroll=accumulation_unroll)
+
+    def compile(self) -> step_lib.CompiledStep:
+        return step_lib.compile_train_step(self.model_config, self.loss_config, self.tx, self.shardings, self.mesh,
+                                           self.global_batch_size, self.sequence_length, self.accumulation_steps)
+
+
+def stage_step(config, devices=None) -> StageStep:
+    """The train step of a stage config on `devices` (default: all attached devices; any sequence of devices,
+    e.g. a TPU slice's from `flmjax.hardware.topology_devices`). Checks that the batch divides over the mesh
+    and the model over its axes (`ShardingError`, `ValueError`) before anything is compiled or allocated."""
+    train = config.train
+    model_config = stage_model_config(config)
+    mesh = sharding.make_mesh(dict(config.mesh), devices)
+    step_lib.check_batch_layout(mesh, config.data.global_batch_size, train.accumulation_steps)
+    loss_config = loss_lib.LossConfig.from_config(config.loss)
+    optimizer_config = optimizer_lib.OptimizerConfig.from_config(
+        {**config.optimizer.to_dict(), "total_steps": train.total_steps})
+    tx = optimizer_lib.make_optimizer(optimizer_config)
+    shardings = step_lib.state_shardings(model_config, tx, mesh)
+    return StageStep(model_config, loss_config, tx, mesh, shardings, config.data.global_batch_size,
+                     config.data.sequence_length, train.accumulation_steps)
+
+
 def _to_global(batch: dict[str, np.ndarray], shardings: dict[str, Any], process_count: int) -> dict[str, jax.Array]:
     """This process's rows -> global arrays (rows of process p at p * local .. (p + 1) * local - 1)."""
     out = {}
@@ -178,17 +221,12 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
     is_main = process_index == 0
     say = log if is_main else (lambda message: None)
     train = config.train
-    model_config = stage_model_config(config)
-    mesh = sharding.make_mesh(dict(config.mesh))
-    step_lib.check_batch_layout(mesh, config.data.global_batch_size, train.accumulation_steps)
+    spec = stage_step(config)
+    model_config, loss_config, tx, mesh, shardings = (spec.model_config, spec.loss_config, spec.tx, spec.mesh,
+                                                      spec.shardings)
     tokenizer = text.load_tokenizer(config.data.tokenizer)
     text.check_compatible(tokenizer, model_config)
     ids = StreamIds.from_config(model_config)
-    loss_config = loss_lib.LossConfig.from_config(config.loss)
-    optimizer_config = optimizer_lib.OptimizerConfig.from_config(
-        {**config.optimizer.to_dict(), "total_steps": train.total_steps})
-    tx = optimizer_lib.make_optimizer(optimizer_config)
-    shardings = step_lib.state_shardings(model_config, tx, mesh)
     eval_sources = _eval_sources(config, say) if train.eval_every else []
     duplex_eval = _duplex_eval_setup(config, model_config, tokenizer, say) if train.eval_every else None
 
@@ -208,9 +246,7 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
         state = step_lib.init_state_sharded(model_config, tx, jax.random.key(config.seed), shardings,
                                             _initial_params(config, model_config, shardings))
         say(f"started {config.stage} from {config.init_from or 'scratch'}")
-    compiled = step_lib.compile_train_step(model_config, loss_config, tx, shardings, mesh,
-                                           config.data.global_batch_size, config.data.sequence_length,
-                                           train.accumulation_steps)
+    compiled = spec.compile()
 
     frames_per_step = config.data.global_batch_size * config.data.sequence_length
     formula_flops = step_lib.model_flops_per_frame(model_config, config.data.sequence_length) * frames_per_step
