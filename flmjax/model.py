@@ -123,7 +123,10 @@ class TemporalTransformer(nn.Module):
                 x, layer_cache = layer(cfg, name=f"layers_{i}")(x, layer_cache, positions)
                 new_layers.append(layer_cache)
             cache = None if cache is None else jax.tree.map(lambda *cs: jnp.stack(cs), *new_layers)
-        return RMSNorm(cfg.rms_norm_eps, name="final_norm", param_dtype=cfg.jnp_param_dtype)(x), cache
+        x = RMSNorm(cfg.rms_norm_eps, name="final_norm", param_dtype=cfg.jnp_param_dtype)(x)
+        # Pinned, so that in the backward pass the gradient arriving from the depth model (split over every
+        # device) is brought back to the batch layout here, not propagated into the layers' backward loop.
+        return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
 
 
 class TextHead(ConfiguredModule):
