@@ -144,12 +144,14 @@ def _collective_bytes(instruction: _Instruction) -> float:
 class HloSummary:
     loops: list[dict[str, Any]]  # {"body": name, "trip_count": int | None, "executions": times the loop runs}
     collectives: dict[str, dict[str, float]]  # kind -> {"count": per step, "bytes": per step, "static": in HLO}
+    # The collectives moving the most bytes per step: {"kind", "bytes", "executions", "shape", "op_name"}
+    largest_collectives: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"loops": self.loops, "collectives": self.collectives}
+        return dataclasses.asdict(self)
 
 
-def hlo_summary(hlo_text: str) -> HloSummary:
+def hlo_summary(hlo_text: str, largest: int = 12) -> HloSummary:
     """Loops (with trip counts) and per-step collectives of an optimised HLO module's text.
 
     A loop whose trip count cannot be read from its condition counts as one trip (and is listed with
@@ -182,6 +184,7 @@ def hlo_summary(hlo_text: str) -> HloSummary:
     if entry is not None:
         visit(entry, 1.0)
     collectives = {kind: {"count": 0.0, "bytes": 0.0, "static": 0} for kind in COLLECTIVE_KINDS}
+    each = []
     for name, instructions in computations.items():
         times = executions.get(name, 0.0)
         if not times:
@@ -193,4 +196,9 @@ def hlo_summary(hlo_text: str) -> HloSummary:
             collectives[kind]["static"] += 1
             collectives[kind]["count"] += times
             collectives[kind]["bytes"] += times * _collective_bytes(instruction)
-    return HloSummary(loops, collectives)
+            op_name = re.search(r'op_name="([^"]*)"', instruction.rest)
+            each.append({"kind": kind, "bytes": times * _collective_bytes(instruction), "executions": times,
+                         "shape": re.sub(r"\{[^}]*\}", "", instruction.shape)[:120],
+                         "op_name": op_name.group(1) if op_name else ""})
+    each.sort(key=lambda c: -c["bytes"])
+    return HloSummary(loops, collectives, each[:largest])

@@ -35,7 +35,8 @@ def base_config(stage: str, previous_stage: str | None, model: str = "tiny") -> 
     config.previous_stage = previous_stage or ""  # whose final checkpoint this stage starts from
     config.model = model  # a flmjax.config preset name
     config.model_overrides = ml_collections.ConfigDict(dict(dtype="float32", param_dtype="float32",
-                                                            remat_policy="none", scan_layers=True))
+                                                            remat_policy="none", scan_layers=True,
+                                                            attention_chunk=0))
     # Where the params come from when the workdir has no checkpoint yet: "" (fresh init), a workdir of an
     # earlier stage (its newest checkpoint), or a released PyTorch checkpoint folder (config.json + safetensors).
     config.init_from = ""
@@ -55,7 +56,7 @@ def base_config(stage: str, previous_stage: str | None, model: str = "tiny") -> 
         lr_multipliers=ml_collections.ConfigDict(dict(embeddings=1.0, temporal=1.0, text_head=1.0, depth=1.0))))
     config.loss = ml_collections.ConfigDict(dict(
         text_weight=1.0, audio_weight=1.0, wait_weight=0.5, codebook_weights=(1.0,) + (0.1,) * 7,
-        mask_aud_emp=True))
+        mask_aud_emp=True, chunk_frames=0))
     config.data = ml_collections.ConfigDict(dict(
         data_dir="data",  # where `python -m launch.prepare_data` put the datasets
         tokenizer="data/tokenizer.model",
