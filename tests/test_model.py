@@ -230,3 +230,49 @@ def test_every_param_has_logical_axis_names():
     named = {name for leaf in leaves for name in leaf.names if name is not None}
     assert named <= {"vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "layers", "audio_vocab",
                      "codebook", "depth_embed", "depth_heads", "depth_mlp"}
+
+
+@pytest.mark.parametrize("chunk", [4, 5, 16])
+def test_chunked_attention_gives_the_dense_logits_and_gradients(chunk):
+    """Blocks of `chunk` queries (the last one shorter where 16 frames do not divide) attend only to their
+    keys so far and are rematerialised: the same numbers as the dense pass, up to float32 summation order."""
+    config = flm_config.tiny(num_hidden_layers=2)
+    chunked = config.replace(attention_chunk=chunk)
+    params = model.init_params(config, jax.random.key(4))
+    batch = random_inputs(config, 2, 16, seed=4)
+
+    def loss(cfg, p):
+        logits, hidden = model.forward(cfg, p, *batch)
+        return jnp.mean(jax.nn.logsumexp(logits, axis=-1)) + jnp.mean(hidden ** 2)
+
+    dense_logits, _ = model.forward(config, params, *batch)
+    chunked_logits, _ = model.forward(chunked, params, *batch)
+    assert max_diff(dense_logits, chunked_logits) < 1e-5
+    dense_grads = jax.grad(functools.partial(loss, config))(params)
+    chunked_grads = jax.grad(functools.partial(loss, chunked))(params)
+    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(dense_grads), jax.tree.leaves(chunked_grads)):
+        scale = float(jnp.max(jnp.abs(want))) or 1.0
+        assert float(jnp.max(jnp.abs(got - want))) <= 1e-5 * scale, jax.tree_util.keystr(path)
+
+
+def test_chunked_attention_matches_the_released_logits(golden):
+    config, params, reference = golden
+    logits, hidden = model.forward(config.replace(attention_chunk=3), params, *inputs(reference))
+    assert max_diff(logits, reference["text_logits"]) < TOLERANCE
+    assert max_diff(hidden, reference["hidden_states"]) < TOLERANCE
+
+
+def test_attention_chunk_and_scan_unroll_are_checked():
+    with pytest.raises(flm_config.ConfigError, match="attention_chunk"):
+        flm_config.tiny(attention_chunk=-1)
+    with pytest.raises(flm_config.ConfigError, match="scan_unroll must be a positive divisor of num_hidden_layers"):
+        flm_config.tiny(num_hidden_layers=3, scan_unroll=2)
+
+
+def test_unrolling_the_layer_loop_changes_no_number():
+    config = flm_config.tiny(num_hidden_layers=4)
+    params = model.init_params(config, jax.random.key(5))
+    batch = random_inputs(config, 2, 6, seed=5)
+    logits, _ = model.forward(config, params, *batch)
+    unrolled, _ = model.forward(config.replace(scan_unroll=2), params, *batch)
+    assert max_diff(logits, unrolled) < 1e-6

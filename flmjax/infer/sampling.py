@@ -85,7 +85,7 @@ def apply_repetition_penalty(logits: jax.Array, history: jax.Array, penalty: flo
     return jnp.where(seen, penalised, logits)
 
 
-def _keep_top_p(probs: jax.Array, top_p: float) -> jax.Array:
+def _keep_top_p(probs: jax.Array, top_p: float, unroll: bool = False) -> jax.Array:
     """bool [B, V]: a token is kept while the probability mass strictly before it (in sorted order) is <= p.
 
     Equivalently, token i is kept iff the mass of the tokens more probable than it is <= p, which is monotone
@@ -106,7 +106,7 @@ def _keep_top_p(probs: jax.Array, top_p: float) -> jax.Array:
 
     lo = jnp.full(probs.shape[:-1] + (1,), -1, jnp.int32)
     hi = jnp.max(bits, axis=-1, keepdims=True)  # nothing is above the top token
-    _, hi = jax.lax.fori_loop(0, 32, halve, (lo, hi))
+    _, hi = jax.lax.fori_loop(0, 32, halve, (lo, hi), unroll=unroll or None)
     return bits >= hi
 
 
@@ -116,13 +116,16 @@ def _keep_top_k(probs: jax.Array, top_k: int) -> jax.Array:
     return probs >= threshold
 
 
-def sample(logits: jax.Array, settings: StreamSampling, do_sample: bool, keys: jax.Array) -> jax.Array:
-    """logits [B, V] (penalties already applied), keys [B] (one per row) -> ids [B] int32."""
+def sample(logits: jax.Array, settings: StreamSampling, do_sample: bool, keys: jax.Array,
+           unroll: bool = False) -> jax.Array:
+    """logits [B, V] (penalties already applied), keys [B] (one per row) -> ids [B] int32.
+
+    `unroll`: the top-p bisection as straight-line code (what XLA's cost analysis needs to count it whole)."""
     if not do_sample or settings.temperature <= 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     probs = jax.nn.softmax(logits.astype(jnp.float32) / settings.temperature, axis=-1)
     if settings.top_p > 0:
-        keep = _keep_top_p(probs, settings.top_p)
+        keep = _keep_top_p(probs, settings.top_p, unroll)
     elif settings.top_k > 0:
         keep = _keep_top_k(probs, settings.top_k)
     else:

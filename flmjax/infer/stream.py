@@ -13,6 +13,13 @@ Everything a session needs lives in `StreamState`, a pytree whose static part (m
 context mode) is hashed by `jit`, so each batch size compiles once. `reset_slots` starts new conversations in
 some slots without recompiling and without touching the others.
 
+Sharded: `init_stream(..., mesh=mesh)` lays the stream out over a device mesh (`flmjax.sharding.make_mesh`, e.g.
+{"data": 2, "tensor": 4}): params by the logical-axis rules (heads, MLP and vocabulary over `tensor`), the KV
+cache with its slots over `data` and its kv heads over `tensor`, every other per-slot array with its slots over
+`data` (a batch that does not divide over `data` is replicated over it). `stream_step` then runs one jitted
+step with those shardings in and out (params placed on the first call), and gives the same tokens as on one
+device, up to float32 summation order in the sharded matmuls.
+
 Context: the KV cache holds `max_frames` frames per slot. A step that would go past it raises
 `ContextLimitError` (the state passed in is left as it was), unless the stream was made with
 `sliding_window=True`: then the cache is a ring and each frame attends to the last `max_frames` frames.
@@ -20,6 +27,7 @@ Context: the KV cache holds `max_frames` frames per slot. A step that would go p
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -27,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from flmjax import model
+from flmjax import model, sharding
 from flmjax.config import ModelConfig
 from flmjax.infer import sampling as sampling_lib
 from flmjax.infer.sampling import SamplingConfig
@@ -58,6 +66,10 @@ class StreamState:
     config: ModelConfig = struct.field(pytree_node=False)
     sampling: SamplingConfig = struct.field(pytree_node=False)
     sliding_window: bool = struct.field(pytree_node=False, default=False)
+    mesh: Any = struct.field(pytree_node=False, default=None)  # a jax Mesh (sharded stream) or None
+    # Every loop of the step as straight-line code (same numbers): only for XLA's cost analysis, which counts
+    # a loop's body once (`lower_stream_step(..., unrolled=True)`).
+    unrolled: bool = struct.field(pytree_node=False, default=False)
 
     @property
     def batch_size(self) -> int:
@@ -116,11 +128,43 @@ def _check_params(config: ModelConfig, params: Params) -> None:
         raise StreamError("params do not fit the model config:\n  " + "\n  ".join(problems[:20]))
 
 
+# ---------------------------------------------------------------------- sharding
+def stream_rules(mesh, batch_size: int) -> sharding.Rules:
+    """The logical-axis rules of a stream of `batch_size` slots on `mesh`: the training rules, with the slots
+    (`batch`, and the depth model's rows) over `data` when they divide it, else replicated."""
+    slots = ("data", "fsdp") if batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0 else None
+    overrides = {"batch": slots, "depth_batch": slots}
+    return tuple((name, overrides.get(name, axes)) for name, axes in sharding.DEFAULT_RULES)
+
+
+@functools.cache
+def stream_param_shardings(config: ModelConfig, mesh, batch_size: int) -> Any:
+    """Shardings of the params of a stream on `mesh` (ShardingError lists every dim that does not divide)."""
+    return sharding.param_shardings(config, mesh, stream_rules(mesh, batch_size))
+
+
+def stream_state_shardings(state: StreamState) -> StreamState:
+    """A `StreamState`-shaped tree of shardings for `state` (which must have a mesh)."""
+    mesh, rules = state.mesh, stream_rules(state.mesh, state.batch_size)
+
+    def named(*axes):
+        return sharding.logical_sharding(mesh, axes, rules)
+
+    kv_heads = "kv_heads" if state.config.num_key_value_heads % mesh.shape["tensor"] == 0 else None
+    cache = {"k": named(None, "batch", None, kv_heads, None), "v": named(None, "batch", None, kv_heads, None),
+             "length": named("batch")}
+    return state.replace(cache=cache, text=named("batch"), speak=named("batch", None), listen=named("batch", None),
+                         text_history=named("batch", None), audio_history=named("batch", None, None),
+                         steps=named("batch"))
+
+
 def init_stream(config: ModelConfig, params: Params, batch_size: int, max_frames: int,
-                sampling: SamplingConfig | None = None, sliding_window: bool = False) -> StreamState:
+                sampling: SamplingConfig | None = None, sliding_window: bool = False, mesh=None) -> StreamState:
     """A fresh stream of `batch_size` sessions, each with room for `max_frames` frames of context.
 
     `params` are checked against `config` (every shape), so a mismatched checkpoint fails here, not inside jit.
+    With `mesh`, the state is laid out over it (see the module docstring) and `stream_step` places the params
+    by the rules; a model or batch that does not fit the mesh is a `ShardingError` here.
     """
     if batch_size < 1 or max_frames < 1:
         raise StreamError(f"batch_size and max_frames must be >= 1, got {batch_size} and {max_frames}")
@@ -132,7 +176,14 @@ def init_stream(config: ModelConfig, params: Params, batch_size: int, max_frames
         raise StreamError(f"audio_penalty_codebooks must be in 0..{config.aud_channel}, "
                           f"got {sampling.audio_penalty_codebooks}")
     _check_params(config, params)
-    return _fresh_state(config, sampling, batch_size, max_frames, sliding_window)
+    if mesh is None:
+        return _fresh_state(config, sampling, batch_size, max_frames, sliding_window)
+    stream_param_shardings(config, mesh, batch_size)  # fails here if the model does not divide over the mesh
+    abstract = jax.eval_shape(lambda: _fresh_state(config, sampling, batch_size, max_frames, sliding_window))
+    shardings = stream_state_shardings(abstract.replace(mesh=mesh))
+    state = jax.jit(lambda: _fresh_state(config, sampling, batch_size, max_frames, sliding_window),
+                    out_shardings=shardings.replace(mesh=None))()
+    return state.replace(mesh=mesh)
 
 
 @jax.jit
@@ -148,11 +199,21 @@ def reset_slots(state: StreamState, mask: jax.Array) -> StreamState:
     def pick(new, old):
         return jnp.where(mask.reshape(mask.shape + (1,) * (old.ndim - 1)), new, old)
 
-    return state.replace(
+    return _keep_layout(state.replace(
         cache={**state.cache, "length": pick(fresh.cache["length"], state.cache["length"])},
         text=pick(fresh.text, state.text), speak=pick(fresh.speak, state.speak),
         listen=pick(fresh.listen, state.listen), text_history=pick(fresh.text_history, state.text_history),
-        audio_history=pick(fresh.audio_history, state.audio_history), steps=pick(fresh.steps, state.steps))
+        audio_history=pick(fresh.audio_history, state.audio_history), steps=pick(fresh.steps, state.steps)))
+
+
+def _keep_layout(state: StreamState) -> StreamState:
+    """A sharded stream's new state in the layout of `init_stream` (inside jit), so every step sees the same
+    input shardings and compiles once."""
+    if state.mesh is None:
+        return state
+    shardings = stream_state_shardings(state)
+    return jax.lax.with_sharding_constraint(state.replace(mesh=None), shardings.replace(mesh=None)).replace(
+        mesh=state.mesh)
 
 
 def _row_keys(rng: jax.Array, batch_size: int) -> jax.Array:
@@ -184,7 +245,7 @@ def _sample_audio(state: StreamState, params: Params, hidden: jax.Array, keys: j
             scored = jnp.where(j < penalised, sampling_lib.apply_repetition_penalty(
                 logits, history, sampling.audio.repetition_penalty), logits)
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, j)
-        token = sampling_lib.sample(scored, sampling.audio, sampling.do_sample, step_keys)
+        token = sampling_lib.sample(scored, sampling.audio, sampling.do_sample, step_keys, state.unrolled)
         codes = jax.lax.dynamic_update_index_in_dim(codes, token, j, axis=1)
         all_logits = jax.lax.dynamic_update_index_in_dim(all_logits, logits, j, axis=1)
         return codes, all_logits, cache, token
@@ -193,7 +254,8 @@ def _sample_audio(state: StreamState, params: Params, hidden: jax.Array, keys: j
     all_logits = jnp.zeros((batch, channels, config.aud_vocab_size), jnp.float32)
     start = jnp.full((batch,), config.aud_emp_id, jnp.int32)  # position 0 always embeds aud_emp
     codes, all_logits, _, _ = jax.lax.fori_loop(
-        0, channels, codebook_step, (codes, all_logits, model.init_depth_cache(config, batch), start))
+        0, channels, codebook_step, (codes, all_logits, model.init_depth_cache(config, batch), start),
+        unroll=state.unrolled or None)
     return codes, all_logits
 
 
@@ -212,7 +274,7 @@ def _step(params: Params, state: StreamState, listen_codes: jax.Array, rng: jax.
 
     scored = sampling_lib.apply_repetition_penalty(text_logits, state.text_history,
                                                    sampling.text.repetition_penalty)
-    text_token = sampling_lib.sample(scored, sampling.text, sampling.do_sample, text_keys)
+    text_token = sampling_lib.sample(scored, sampling.text, sampling.do_sample, text_keys, state.unrolled)
     audio_tokens, depth_logits = _sample_audio(state, params, hidden, audio_keys)
 
     penalised = sampling.audio_penalty_codebooks
@@ -221,6 +283,7 @@ def _step(params: Params, state: StreamState, listen_codes: jax.Array, rng: jax.
         text_history=sampling_lib.push(state.text_history, text_token, state.steps),
         audio_history=sampling_lib.push(state.audio_history, audio_tokens[:, :penalised], state.steps),
         steps=state.steps + 1)
+    new_state = _keep_layout(new_state)
     out_frame = jnp.concatenate([state.text[:, None], jnp.where(undelayed, state.speak, audio_tokens)], axis=1)
     outputs = StepOutputs(model_inputs=model_inputs, text_token=text_token, audio_tokens=audio_tokens,
                           text_logits=text_logits, hidden=hidden, depth_logits=depth_logits,
@@ -270,11 +333,21 @@ def _raise_on(problems: jax.Array, state: StreamState, listen_codes: jax.Array) 
     raise StreamError(f"listen codes of slot(s) {bad} are outside 0..{limit - 1}: {values.tolist()}")
 
 
+def _on_mesh(step, params: Params, state: StreamState, *args):
+    """Runs a jitted step function; for a sharded stream with the params placed by its rules and the model's
+    activation constraints in force while it traces."""
+    if state.mesh is None:
+        return step(params, state, *args)
+    params = jax.device_put(params, stream_param_shardings(state.config, state.mesh, state.batch_size))
+    with sharding.activation_rules(state.mesh, stream_rules(state.mesh, state.batch_size)):
+        return step(params, state, *args)
+
+
 def stream_step_details(params: Params, state: StreamState, listen_codes, rng: jax.Array
                         ) -> tuple[StreamState, StepOutputs]:
     """`stream_step` returning every intermediate (inputs, sampled tokens, raw logits, hidden state)."""
     listen_codes = _checked_listen(state, listen_codes)
-    new_state, outputs, problems = _step_details(params, state, listen_codes, rng)
+    new_state, outputs, problems = _on_mesh(_step_details, params, state, listen_codes, rng)
     _raise_on(problems, state, listen_codes)
     return new_state, outputs
 
@@ -288,7 +361,32 @@ def stream_step(params: Params, state: StreamState, listen_codes, rng: jax.Array
     Raises ContextLimitError / StreamError (the state passed in stays usable) on a full cache or bad codes.
     """
     listen_codes = _checked_listen(state, listen_codes)
-    new_state, out_frame, out_valid, problems = _step_frames(params, state, listen_codes, rng)
+    new_state, out_frame, out_valid, problems = _on_mesh(_step_frames, params, state, listen_codes, rng)
     _raise_on(problems, state, listen_codes)
     return new_state, out_frame, out_valid
 
+
+
+def lower_stream_step(config: ModelConfig, mesh, batch_size: int, max_frames: int,
+                      sampling: SamplingConfig | None = None, sliding_window: bool = False, unrolled: bool = False):
+    """`stream_step`'s jitted step for a sharded stream on `mesh`, lowered from abstract arrays only (no params,
+    no cache allocated): `.compile()` it for the mesh's devices, which need not be attached. `unrolled`: every
+    loop (layers, codebooks, top-p bisections) as straight-line code, for XLA's cost analysis."""
+    sampling = SamplingConfig() if sampling is None else sampling
+    if unrolled and config.scan_layers:
+        config = config.replace(scan_unroll=config.num_hidden_layers)
+    param_shardings = stream_param_shardings(config, mesh, batch_size)
+    params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          model.abstract_params(config), param_shardings)
+    shapes = jax.eval_shape(lambda: _fresh_state(config, sampling, batch_size, max_frames, sliding_window))
+    shardings = stream_state_shardings(shapes.replace(mesh=mesh))
+    state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                         shapes, shardings.replace(mesh=None)).replace(mesh=mesh, unrolled=unrolled)
+    rules = stream_rules(mesh, batch_size)
+    slots = sharding.logical_sharding(mesh, ("batch",), rules)
+    listen = jax.ShapeDtypeStruct((batch_size, config.aud_channel), jnp.int32,
+                                  sharding=sharding.logical_sharding(mesh, ("batch", None), rules))
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch_size))
+    keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=slots)
+    with sharding.activation_rules(mesh, rules):
+        return _step_frames.lower(params, state, listen, keys)

@@ -246,7 +246,7 @@ def _chunked_metric_sums(model_config: ModelConfig, params, batch: Batch, loss_c
     frames, chunk = hidden.shape[1], loss_config.chunk_frames
     sums = None
     for start in range(0, frames, chunk):  # a Python loop: XLA's cost analysis sees every chunk
-        part = {key: value[:, start:start + chunk] for key, value in batch.items()}
+        part = {key: value[:, start:start + chunk] for key, value in batch.items() if value.ndim >= 2}
         chunk_total = chunk_sums(params, hidden[:, start:start + chunk], part)
         sums = chunk_total if sums is None else jax.tree.map(jnp.add, sums, chunk_total)
     return sums

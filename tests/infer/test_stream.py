@@ -203,3 +203,70 @@ def test_one_compile_per_batch_size(tiny):
         state = reset_slots(state, np.zeros(batch, bool))
         state, _, _ = stream_step(params, state, user_streams(config, batch, 1)[:, 0], jax.random.key(9))
     assert stream_lib._step_frames._cache_size() - before == 2
+
+
+# ---------------------------------------------------------------------- sharded streams
+MESHES = [({"data": 2, "fsdp": 2, "tensor": 2}, 8), ({"data": 4, "tensor": 2}, 8), ({"data": 1, "tensor": 2}, 2),
+          ({"data": 8}, 8)]  # (mesh, devices)
+
+
+@pytest.mark.parametrize("sampling", [SamplingConfig.greedy(), SamplingConfig()], ids=["greedy", "sampled"])
+def test_a_sharded_stream_gives_the_single_device_tokens(tiny, sampling):
+    """On every mesh the tiny model divides over (its 2 kv heads allow tensor <= 2), with a slot reset half-way:
+    the same frames as on one device, and the state keeps the layout init_stream gave it."""
+    from flmjax import sharding
+
+    config, params = tiny
+    sessions, steps = 4, 10
+    users = np.moveaxis(user_streams(config, sessions, steps, seed=3), 0, 1)
+    keys = session_keys(steps, sessions, seed=3)
+
+    def run(mesh):
+        state = init_stream(config, params, sessions, steps, sampling, mesh=mesh)
+        state, first, _ = run_frames(params, state, users[:5], keys[:5])
+        state = reset_slots(state, np.array([False, True, False, False]))
+        state, second, valid = run_frames(params, state, users[5:], keys[5:])
+        return state, np.concatenate([first, second]), valid
+
+    _, expected, expected_valid = run(None)
+    for shape, devices in MESHES:
+        mesh = sharding.make_mesh(shape, jax.devices()[:devices])
+        state, frames, valid = run(mesh)
+        np.testing.assert_array_equal(frames, expected, err_msg=str(shape))
+        np.testing.assert_array_equal(valid, expected_valid)
+        split = [axis for axis in ("data", "fsdp") if shape.get(axis, 1) > 1]
+        batch_axes = tuple(split) if len(split) > 1 else (split[0] if split else None)
+        if sessions % (shape.get("data", 1) * shape.get("fsdp", 1)):
+            batch_axes = None  # 4 slots over 8: replicated
+        assert spec_of(state.cache["k"]) == spec_of((None, batch_axes, None, "tensor" if shape.get("tensor", 1) > 1
+                                                     else None)), shape
+        assert spec_of(state.text) == spec_of((batch_axes,)), shape
+
+
+def spec_of(array_or_axes) -> tuple:
+    """A partition spec as a tuple without trailing Nones (P() and P(None,) mean the same)."""
+    spec = list(array_or_axes.sharding.spec if hasattr(array_or_axes, "sharding") else array_or_axes)
+    while spec and spec[-1] is None:
+        spec.pop()
+    return tuple(spec)
+
+
+def test_a_batch_that_does_not_divide_over_data_is_replicated_over_it(tiny):
+    from flmjax import sharding
+
+    config, params = tiny
+    users = np.moveaxis(user_streams(config, 3, 4, seed=4), 0, 1)
+    keys = session_keys(4, 3, seed=4)
+    state = init_stream(config, params, 3, 4, SamplingConfig.greedy(), mesh=sharding.make_mesh({"data": 4, "tensor": 2}))
+    assert spec_of(state.text) == ()
+    _, frames, _ = run_frames(params, state, users, keys)
+    _, expected, _ = run_frames(params, init_stream(config, params, 3, 4, SamplingConfig.greedy()), users, keys)
+    np.testing.assert_array_equal(frames, expected)
+
+
+def test_a_model_that_does_not_divide_over_the_mesh_is_an_error_naming_the_params(tiny):
+    from flmjax import sharding
+
+    config, params = tiny
+    with pytest.raises(sharding.ShardingError, match=r"kv_kernel|k_kernel.*not divisible by mesh axes \('tensor',\)"):
+        init_stream(config, params, 4, 4, mesh=sharding.make_mesh({"data": 2, "tensor": 4}))

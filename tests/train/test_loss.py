@@ -322,3 +322,25 @@ def test_from_config_reads_a_config_dict_and_keeps_defaults():
 def test_from_config_rejects_unknown_keys_naming_the_valid_ones():
     with pytest.raises(LossConfigError, match="codebook_weight.*valid keys.*codebook_weights"):
         LossConfig.from_config({"codebook_weight": (1.0,) * 8})
+
+
+# ---------------------------------------------------------------------- logits in chunks
+@pytest.mark.parametrize("chunk", [3, 8])
+def test_chunked_logits_give_the_same_loss_metrics_and_gradients(params, varied_batch, full_batch_result, chunk):
+    """chunk_frames only changes memory: the loss, every metric sum and every gradient equal the whole-sequence
+    ones up to float32 summation order (8 frames in chunks of 3: a shorter last chunk; of 8: no chunking)."""
+    (full_loss, full_sums), full_grads = full_batch_result
+    config = LossConfig(chunk_frames=chunk)
+    normalizers = normalizers_of(CONFIG, varied_batch, config)
+    (loss, sums), grads = loss_and_grad(CONFIG, params, varied_batch, config, normalizers)
+    assert float(loss) == pytest.approx(float(full_loss), rel=1e-6)
+    for name in full_sums:
+        np.testing.assert_allclose(np.asarray(sums[name]), np.asarray(full_sums[name]), rtol=1e-6, atol=1e-6)
+    for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(full_grads)):
+        got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+        assert np.linalg.norm(got - want) <= 1e-6 * np.linalg.norm(want), jax.tree_util.keystr(path)
+
+
+def test_negative_chunk_frames_is_an_error():
+    with pytest.raises(LossConfigError, match="chunk_frames"):
+        LossConfig(chunk_frames=-1)
