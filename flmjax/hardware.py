@@ -134,6 +134,9 @@ def topology_devices(name: str, num_slices: int = 1) -> tuple[jax.Device, ...]:
         description = topologies.get_topology_desc(platform="tpu", topology_name=name, num_slices=num_slices)
     except Exception as error:  # noqa: BLE001 - libtpu raises runtime errors of several types
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "lockfile" in first_line:
+            raise TopologyError("another process holds libtpu (its lockfile /tmp/libtpu_lockfile): wait for it, or "
+                                "set ALLOW_MULTIPLE_LIBTPU_LOAD=1 to let both load it") from None
         raise TopologyError(f"libtpu does not know the topology {name!r} (x{num_slices} slices): "
                             f"{first_line}") from None
     devices = tuple(description.devices)
