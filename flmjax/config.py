@@ -24,6 +24,7 @@ REMAT_POLICIES = (
     "full",  # save nothing, recompute the whole layer in the backward pass
     "dots",  # save matmul outputs
     "dots_no_batch",  # save matmul outputs without batch dimensions (weights-stationary)
+    "attention",  # save the attention's q, k, v and output; recompute norms and the MLP
 )
 DTYPES = ("float32", "bfloat16", "float16")
 NUM_CODES = 2048  # codes per Mimi codebook; audio ids at or above this are specials

@@ -12,8 +12,11 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from jax.ad_checkpoint import checkpoint_name
 
 Axes = Sequence[str | None]
+# Names of the attention's values that the "attention" remat policy keeps for the backward pass.
+ATTENTION_NAMES = ("attention_q", "attention_k", "attention_v", "attention_out")
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "silu": nn.silu,
@@ -184,9 +187,11 @@ class Attention(nn.Module):
                 y = y + declare(self, f"{name}_bias", (heads, self.head_dim), (axis, "head_dim")).astype(self.dtype)
             return y
 
-        query = apply_rope(project("q", self.num_heads, "heads"), positions, self.rope_theta)
-        key = apply_rope(project("k", self.num_kv_heads, "kv_heads"), positions, self.rope_theta)
-        value = project("v", self.num_kv_heads, "kv_heads")
+        query = checkpoint_name(apply_rope(project("q", self.num_heads, "heads"), positions, self.rope_theta),
+                                "attention_q")
+        key = checkpoint_name(apply_rope(project("k", self.num_kv_heads, "kv_heads"), positions, self.rope_theta),
+                              "attention_k")
+        value = checkpoint_name(project("v", self.num_kv_heads, "kv_heads"), "attention_v")
 
         if cache is None and 0 < self.chunk < x.shape[1]:
             attended = chunked_causal_attention(query, key, value, positions, self.chunk)
@@ -205,6 +210,7 @@ class Attention(nn.Module):
             mask = slots[None, None, :] <= positions[:, :, None]
             attended = dot_product_attention(query, key, value, mask)
 
+        attended = checkpoint_name(attended, "attention_out")
         out_kernel = declare(self, "o_kernel", (self.num_heads, self.head_dim, embed),
                              ("heads", "head_dim", "embed"), init)
         out = jnp.einsum("blhd,hde->ble", attended, out_kernel.astype(self.dtype))

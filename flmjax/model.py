@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flmjax.config import ModelConfig
-from flmjax.layers import (Attention, FeedForward, FusedAttention, LayerNorm, RMSNorm, declare,
+from flmjax.layers import (ATTENTION_NAMES, Attention, FeedForward, FusedAttention, LayerNorm, RMSNorm, declare,
                            normal_init)
 
 Params = Any
@@ -34,6 +34,7 @@ _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "attention": jax.checkpoint_policies.save_only_these_names(*ATTENTION_NAMES),
 }
 
 
