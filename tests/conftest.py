@@ -5,6 +5,9 @@ import os
 # Must happen before jax is imported anywhere.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# libtpu (the TPU compiler the launch.aot tests use) takes a lockfile; the xdist workers and the CLIs they start
+# may each load it.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import functools  # noqa: E402
 import pathlib  # noqa: E402

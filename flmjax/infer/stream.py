@@ -300,10 +300,12 @@ def _step_details(params, state, listen_codes, rng):
     return _step(params, state, listen_codes, rng)
 
 
-@jax.jit
-def _step_frames(params, state, listen_codes, rng):
+def _step_frames_unjitted(params, state, listen_codes, rng):
     new_state, outputs, problems = _step(params, state, listen_codes, rng)
     return new_state, outputs.out_frame, outputs.out_valid, problems
+
+
+_step_frames = jax.jit(_step_frames_unjitted)
 
 
 def _checked_listen(state: StreamState, listen_codes) -> jax.Array:
@@ -368,25 +370,34 @@ def stream_step(params: Params, state: StreamState, listen_codes, rng: jax.Array
 
 
 def lower_stream_step(config: ModelConfig, mesh, batch_size: int, max_frames: int,
-                      sampling: SamplingConfig | None = None, sliding_window: bool = False, unrolled: bool = False):
+                      sampling: SamplingConfig | None = None, sliding_window: bool = False, unrolled: bool = False,
+                      auto_layouts: bool = False):
     """`stream_step`'s jitted step for a sharded stream on `mesh`, lowered from abstract arrays only (no params,
-    no cache allocated): `.compile()` it for the mesh's devices, which need not be attached. `unrolled`: every
-    loop (layers, codebooks, top-p bisections) as straight-line code, for XLA's cost analysis."""
+    no cache allocated): `.compile()` it for the mesh's devices, which need not be attached.
+
+    `unrolled`: every loop (layers, codebooks, top-p bisections) as straight-line code, for XLA's cost
+    analysis. `auto_layouts`: the compiler chooses the params' memory layouts (a server places them so once);
+    with the default row-major layouts the TPU program re-lays some weights out on every step.
+    """
     sampling = SamplingConfig() if sampling is None else sampling
     if unrolled and config.scan_layers:
         config = config.replace(scan_unroll=config.num_hidden_layers)
     param_shardings = stream_param_shardings(config, mesh, batch_size)
-    params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          model.abstract_params(config), param_shardings)
     shapes = jax.eval_shape(lambda: _fresh_state(config, sampling, batch_size, max_frames, sliding_window))
-    shardings = stream_state_shardings(shapes.replace(mesh=mesh))
-    state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                         shapes, shardings.replace(mesh=None)).replace(mesh=mesh, unrolled=unrolled)
+    state_shardings = stream_state_shardings(shapes.replace(mesh=mesh)).replace(mesh=None)
+    state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), shapes).replace(
+        mesh=mesh, unrolled=unrolled)
     rules = stream_rules(mesh, batch_size)
-    slots = sharding.logical_sharding(mesh, ("batch",), rules)
-    listen = jax.ShapeDtypeStruct((batch_size, config.aud_channel), jnp.int32,
-                                  sharding=sharding.logical_sharding(mesh, ("batch", None), rules))
+    listen_sharding = sharding.logical_sharding(mesh, ("batch", None), rules)
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch_size))
-    keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=slots)
+    if auto_layouts:
+        from jax.experimental.layout import Format, Layout
+
+        param_shardings = jax.tree.map(lambda sh: Format(Layout.AUTO, sh), param_shardings)
+    step = jax.jit(_step_frames_unjitted, in_shardings=(
+        param_shardings, state_shardings.replace(mesh=mesh, unrolled=unrolled), listen_sharding,
+        sharding.logical_sharding(mesh, ("batch",), rules)))
+    params = model.abstract_params(config)  # outside the mesh context: it traces an init on the host
     with sharding.activation_rules(mesh, rules):
-        return _step_frames.lower(params, state, listen, keys)
+        return step.lower(params, state, jax.ShapeDtypeStruct((batch_size, config.aud_channel), jnp.int32),
+                          jax.ShapeDtypeStruct(keys.shape, keys.dtype))
