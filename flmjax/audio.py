@@ -27,10 +27,12 @@ import numpy as np
 from scipy.io import wavfile
 from scipy.signal import resample_poly
 
+from flmjax.errors import UserError
+
 WAV_DTYPES = ("int16", "float32")
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
     """An audio file that cannot be read or written; the message names the file."""
 
 

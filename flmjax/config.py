@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from flmjax.errors import UserError
+
 # Activations the released `hidden_act` may name (transformers' ACT2FN keys), mapped to flmjax's names.
 HIDDEN_ACTS = ("silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 # `rope_scaling` types that reduce to plain RoPE in the released code (mrope for text-only positions).
@@ -47,7 +49,7 @@ _DEPTH_FIELDS = {"n_layer": "depth_layers", "n_head": "depth_heads", "n_embd": "
 _EXECUTION_FIELDS = ("param_dtype", "dtype", "scan_layers", "remat_policy", "attention_chunk", "scan_unroll")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A model config that the model cannot be built from; the message names every problem."""
 
 

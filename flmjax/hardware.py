@@ -20,8 +20,10 @@ from typing import Sequence
 
 import jax
 
+from flmjax.errors import UserError
 
-class TopologyError(ValueError):
+
+class TopologyError(UserError, ValueError):
     """A TPU topology that cannot be used: unknown name, no libtpu, or a device count that does not fit."""
 
 

@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flmjax import model
 from flmjax.config import ModelConfig
+from flmjax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -60,7 +61,7 @@ DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
 )
 
 
-class ShardingError(ValueError):
+class ShardingError(UserError, ValueError):
     """A mesh or sharding that does not fit the devices or the model; the message names every problem."""
 
 

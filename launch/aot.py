@@ -46,6 +46,8 @@ from typing import Any, Callable, Sequence  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from flmjax.errors import one_line  # noqa: E402
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "train: a stage config, e.g. configs/pods/v5p_64.py:stage1_post_"
                                 "train_trailing or configs/stages/stage4_duplex_leading.py", lock_config=True)
@@ -76,12 +78,6 @@ class AotError(ValueError):
 # ---------------------------------------------------------------------- shared pieces
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def one_line(error: BaseException) -> str:
-    """An error message that lists problems on several lines, as one line ("...: a; b; c")."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return " ".join(lines[:1]) + ("" if len(lines) < 2 else " " + "; ".join(lines[1:]))
 
 
 def _first_line(error: BaseException) -> str:

@@ -27,11 +27,12 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from flmjax.codec.config import MimiConfig
+from flmjax.errors import UserError
 
 CODEBOOK_EPSILON = 1e-5  # moshi `EuclideanCodebook` epsilon
 
 
-class MimiCheckpointError(ValueError):
+class MimiCheckpointError(UserError, ValueError):
     """A checkpoint that does not fit the config; the message lists every missing, unexpected or mis-shaped
     tensor."""
 

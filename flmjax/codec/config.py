@@ -15,10 +15,12 @@ import math
 import os
 from typing import Any, Mapping
 
+from flmjax.errors import UserError
+
 PRECISIONS = ("default", "high", "highest")
 
 
-class MimiConfigError(ValueError):
+class MimiConfigError(UserError, ValueError):
     """A Mimi config this port cannot run; the message names every offending field."""
 
 

@@ -19,6 +19,7 @@ from safetensors.numpy import save_file
 from flmjax import model as flm_model
 from flmjax.config import ModelConfig
 from flmjax.convert.name_map import Entry, name_map
+from flmjax.errors import UserError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -28,7 +29,7 @@ _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 _EXPORT_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float16": np.float16}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that does not match its config; the message lists every offending tensor."""
 
 

@@ -60,6 +60,7 @@ from tensorflow_datasets.core.utils import tqdm_utils
 
 from flmjax.data.manifest import ManifestEntry, parse_line
 from flmjax.data.records import CHANNELS, FRAME_RATE, NUM_CODEBOOKS, DialogRecord, RecordError, Segment, Word
+from flmjax.errors import UserError
 
 VERSION = "1.0.0"
 SUMMARY_FILE = "build_summary.json"
@@ -85,7 +86,7 @@ REJECTION_CATEGORIES = (
 )
 
 
-class DatasetError(Exception):
+class DatasetError(UserError):
     """A build that cannot go on: every record rejected, a changed manifest, a folder that is not ours."""
 
 

@@ -54,6 +54,7 @@ from flmjax import codec
 from flmjax.audio import AudioError, load_audio
 from flmjax.data.records import CHANNELS, FRAME_RATE, NUM_CODEBOOKS, Segment, Word
 from flmjax.files import write_atomically
+from flmjax.errors import UserError
 
 MAIN_SPEAKER = "SPEAKER_MAIN"
 SENTENCE_END = ".?!"
@@ -64,7 +65,7 @@ CLOSERS = "\"')]}»”’"
 _EPSILON = 1e-6  # seconds * 12.5 that land a hair above a frame boundary stay on it
 
 
-class RecordingError(ValueError):
+class RecordingError(UserError, ValueError):
     """A recording that cannot become a record; `category` names the reason (counted in the summary)."""
 
     def __init__(self, category: str, message: str):

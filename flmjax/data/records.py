@@ -21,13 +21,15 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from flmjax.errors import UserError
+
 NUM_CODEBOOKS = 8
 NUM_CODES = 2048
 FRAME_RATE = 12.5  # Mimi frames per second
 CHANNELS = ("speak", "listen")
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A record that fails validation; the message names the record and the field."""
 
 

@@ -96,6 +96,7 @@ import numpy as np
 
 from flmjax.files import write_atomically
 from flmjax.streams import FRAME_S
+from flmjax.errors import UserError
 
 MODEL_RATE = 24_000
 OUTPUT_WAV, FRAMES_NPZ, INPUT_WAV = "output.wav", "frames.npz", "input.wav"
@@ -126,7 +127,7 @@ Notes:
 """
 
 
-class FdbError(ValueError):
+class FdbError(UserError, ValueError):
     """A dataset, output folder or command line the runner cannot use; the message names the problem."""
 
 

@@ -40,11 +40,12 @@ from flmjax.config import ModelConfig
 from flmjax.infer import sampling as sampling_lib
 from flmjax.infer.sampling import SamplingConfig
 from flmjax.streams import AUDIO_DELAYS, FRAME_S
+from flmjax.errors import UserError
 
 Params = Any
 
 
-class StreamError(ValueError):
+class StreamError(UserError, ValueError):
     """A streaming step was given something it cannot run on."""
 
 

@@ -36,6 +36,7 @@ import orbax.checkpoint as ocp
 
 from flmjax import model
 from flmjax.config import ModelConfig
+from flmjax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT_VERSION = 1
@@ -46,7 +47,7 @@ META_FILE = "metadata"  # what orbax's JsonSave names its file inside the item f
 State = dict[str, Any]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be saved or restored as asked."""
 
 

@@ -26,9 +26,10 @@ from flmjax.train import loss as loss_lib
 from flmjax.train import metrics as metrics_lib
 from flmjax.train import optimizer as optimizer_lib
 from flmjax.train import step as step_lib
+from flmjax.errors import UserError
 
 
-class StageError(ValueError):
+class StageError(UserError, ValueError):
     """A stage that cannot start as configured; the message names the problem. Nothing saved is touched."""
 
 

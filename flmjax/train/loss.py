@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from flmjax import model
 from flmjax.config import ModelConfig
 from flmjax.train.config_fields import dataclass_kwargs
+from flmjax.errors import UserError
 
 Batch = Mapping[str, jax.Array]
 Sums = dict[str, jax.Array]
@@ -49,7 +50,7 @@ SUM_KEYS = ("loss_text_term", "text_ce", "text_weight", "text_correct", "text_co
             "audio_count")
 
 
-class LossConfigError(ValueError):
+class LossConfigError(UserError, ValueError):
     """A loss config that cannot be used; the message names every problem."""
 
 

@@ -33,6 +33,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from flmjax.train.config_fields import dataclass_kwargs
+from flmjax.errors import UserError
 
 PARAM_GROUPS = ("embeddings", "temporal", "text_head", "depth")
 SCHEDULES = ("cosine", "constant")
@@ -40,7 +41,7 @@ _GROUP_OF_TOP_KEY = {"embedder": "embeddings", "temporal": "temporal", "text_hea
 _FROZEN, _TRAINABLE = "frozen", "trainable"
 
 
-class OptimizerConfigError(ValueError):
+class OptimizerConfigError(UserError, ValueError):
     """An optimizer config that cannot be used; the message names every problem."""
 
 

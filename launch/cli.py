@@ -1,0 +1,59 @@
+"""What every `launch.*` entry point does with an error: a user's mistake is one line, a bug a traceback.
+
+    sys.exit(cli.run(main, argv))
+
+`run` calls `main(argv)` and maps
+- `flmjax.errors.UserError` (bad settings, inputs, checkpoints, datasets) and the errors the standard readers
+  raise on a damaged or missing input file (`OSError`, `EOFError`, `struct.error` from a WAV header,
+  `json.JSONDecodeError`, `UnicodeDecodeError`, `zipfile.BadZipFile` from `.npz`, safetensors' own error) to
+  `error: <message on one line>` on stderr and exit status 2;
+- the first Ctrl-C to exit status 130 with one line (a training loop handles SIGINT itself and saves first);
+- anything else is left alone, so a bug keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+import zipfile
+from typing import Callable, Sequence
+
+from flmjax.errors import UserError, one_line
+
+USAGE_ERROR = 2
+INTERRUPTED = 130
+
+
+def input_errors() -> tuple[type[BaseException], ...]:
+    """The error types that mean "this input is missing or damaged", not "this code is wrong"."""
+    errors: list[type[BaseException]] = [UserError, OSError, EOFError, struct.error, json.JSONDecodeError,
+                                         UnicodeDecodeError, zipfile.BadZipFile]
+    try:
+        from safetensors import SafetensorError
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        pass
+    return tuple(errors)
+
+
+def describe(error: BaseException) -> str:
+    """One line for `error`, with the file name an `OSError` carries and the kind of a bare reader error."""
+    if isinstance(error, OSError) and error.filename is not None and str(error.filename) not in str(error):
+        return f"{error.filename}: {error.strerror or one_line(error)}"
+    if isinstance(error, (struct.error, EOFError, zipfile.BadZipFile)):
+        return f"damaged input ({type(error).__name__}): {one_line(error)}"
+    return one_line(error)
+
+
+def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """`main(argv)` with input errors as `error: ...` (exit 2); returns the exit status."""
+    try:
+        code = main(argv)
+    except input_errors() as error:
+        print(f"error: {describe(error)}", file=sys.stderr, flush=True)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED
+    return 0 if code is None else int(code)
