@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import re
 from typing import Sequence
 
@@ -110,6 +111,25 @@ def topology_chip(name: str) -> Chip:
     return CHIPS[parse_topology(name)[0]]
 
 
+# A one-host accelerator name per generation: libtpu asks for one when it loads, and prints a warning without it.
+# Compiles for a topology read only the topology (checked: the same memory and cost for any of these names).
+_LIBTPU_ACCELERATOR_TYPE = {"v4": "v4-8", "v5e": "v5litepod-4", "v5p": "v5p-8", "v6e": "v6e-4"}
+
+
+def _quiet_libtpu(generation: str) -> None:
+    """Keeps libtpu, loaded only to compile on a machine without TPUs, from writing logs or querying hosts.
+
+    Without these it writes /tmp/tpu_logs and prints warnings about metadata it cannot find. Only defaults (a
+    user's own settings win) and only when jax will not run on TPUs in this process, whose runtime needs them.
+    """
+    if "tpu" in (jax.config.jax_platforms or "tpu"):
+        return
+    os.environ.setdefault("TPU_LOG_DIR", "disabled")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("TPU_ACCELERATOR_TYPE", _LIBTPU_ACCELERATOR_TYPE[generation])
+
+
 def _libtpu_available() -> bool:
     try:
         import libtpu  # noqa: F401
@@ -132,6 +152,7 @@ def topology_devices(name: str, num_slices: int = 1) -> tuple[jax.Device, ...]:
                             f"{LIBTPU_INSTALL}")
     from jax.experimental import topologies
 
+    _quiet_libtpu(generation)
     try:
         description = topologies.get_topology_desc(platform="tpu", topology_name=name, num_slices=num_slices)
     except Exception as error:  # noqa: BLE001 - libtpu raises runtime errors of several types

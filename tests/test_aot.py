@@ -160,10 +160,16 @@ def test_default_stream_mesh_is_the_widest_tensor_size_the_model_divides_into(v5
 
 # ---------------------------------------------------------------------- the command line
 def run_aot(*args, cwd=None, env=None):
-    environment = {**os.environ, **(env or {})}
+    """`python -m launch.aot ARGS` as a user runs it (no TPU_* settings of ours); the result carries its pid."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("TPU_")}
+    environment.update(env or {})
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), environment.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "launch.aot", *args], capture_output=True, text=True,
-                          cwd=cwd or REPO_ROOT, env=environment, timeout=600)
+    with subprocess.Popen([sys.executable, "-m", "launch.aot", *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, cwd=cwd or REPO_ROOT, env=environment) as process:
+        stdout, stderr = process.communicate(timeout=600)
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    result.pid = process.pid
+    return result
 
 
 def error_lines(result):
@@ -219,6 +225,10 @@ def test_a_program_that_does_not_fit_gets_a_report_and_exit_status_1(tmp_path):
     assert f"over by {over:.2f} GiB" in result.stderr
     assert "Traceback" not in result.stderr
     assert list(workdir.iterdir()) == [] and [p.name for p in out.parent.iterdir()] == ["oom.json"]
+    # libtpu, left to itself, logs to /tmp/tpu_logs/*.PID and warns that it cannot find the TPU's metadata.
+    tpu_logs = pathlib.Path("/tmp/tpu_logs")
+    assert not tpu_logs.exists() or not [p for p in tpu_logs.iterdir() if p.name.endswith(f".{result.pid}")]
+    assert "TPU_ACCELERATOR_TYPE" not in result.stderr, result.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------- the pieces
