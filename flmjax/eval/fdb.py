@@ -372,7 +372,7 @@ def run_samples(samples: Sequence[Sample], out_dir, config, params, mimi_config,
     lengths = {s.rel: session_frames(s) for s in samples}
     order = sorted(samples, key=lambda s: (-lengths[s.rel], s.rel))
     groups = [order[i:i + batch] for i in range(0, len(order), batch)]
-    max_frames = max_frames or max(lengths.values(), default=1)
+    max_frames = max(lengths.values(), default=1) if max_frames is None else max_frames
     stats, start = RunStats(), time.perf_counter()
     for index, group in enumerate(groups):
         group, inputs = _read_group(group, allow_nonfinite, stats.skipped, log)
