@@ -587,9 +587,8 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _skip(skipped: dict[str, str], rel: str, reason: str) -> None:
-    skipped[rel] = reason
-    _stderr(f"fdb: warning: skipping {rel}: {reason}")
+def _reasons(skipped: dict[str, str]) -> str:
+    return "; ".join(f"{rel}: {reason}" for rel, reason in sorted(skipped.items()))
 
 
 def run_fdb_command(args: argparse.Namespace) -> int:
@@ -600,23 +599,19 @@ def run_fdb_command(args: argparse.Namespace) -> int:
     if args.max_frames is not None and args.max_frames < 1:
         raise FdbError(f"--max_frames {args.max_frames}: must be at least 1 (leave it out for the longest sample)")
     data, out = pathlib.Path(args.data), pathlib.Path(args.out)
-    skipped: dict[str, str] = {}
+    skipped: dict[str, str] = {}  # rel -> why it is neither run nor scored
     found = discover_samples(data, skipped)
-    for rel, reason in skipped.items():
-        _stderr(f"fdb: warning: skipping {rel}: {reason}")
     if args.limit is not None:
         found = found[:max(0, args.limit)]
     if not found and not skipped:
         raise FdbError(f"no FDB samples under {data} (folders with input.wav and turn_taking.json, pause.json, "
                        "interrupt.json or metadata.json, or input.wav under a *backchannel* folder)")
-    for sample in found:
-        problem = sample_problem(sample)
-        if problem is not None:
-            _skip(skipped, sample.rel, problem)
+    skipped.update({s.rel: problem for s in found if (problem := sample_problem(s)) is not None})
+    for rel, reason in sorted(skipped.items()):
+        _stderr(f"fdb: warning: skipping {rel}: {reason}")
     samples = [s for s in found if s.rel not in skipped]
     if not samples:
-        raise FdbError(f"every sample under {data} was skipped: " +
-                       "; ".join(f"{rel}: {reason}" for rel, reason in sorted(skipped.items())))
+        raise FdbError(f"every sample under {data} was skipped: {_reasons(skipped)}")
     tasks = sorted({s.task for s in samples})
     pending = [s for s in samples if not is_complete(s, out)]
     _stderr(f"fdb: {len(samples)} samples in {len(tasks)} tasks ({', '.join(tasks)}); "
@@ -644,8 +639,7 @@ def run_fdb_command(args: argparse.Namespace) -> int:
                 f"(real-time factor {stats.real_time_factor:.2f}, compilation included)")
     finished = [s for s in samples if s.rel not in skipped and is_complete(s, out)]
     if not finished:
-        raise FdbError(f"no sample finished: {len(skipped)} skipped (" +
-                       "; ".join(f"{rel}: {reason}" for rel, reason in sorted(skipped.items())) + ")")
+        raise FdbError(f"no sample finished: {len(skipped)} skipped ({_reasons(skipped)})")
     if args.no_score:
         _print_skipped(skipped, len(found))
         return 0
