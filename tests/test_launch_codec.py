@@ -1,5 +1,6 @@
 """`python -m launch.codec`: WAV files to Mimi codes and back, on real speech with the small golden Mimi."""
 
+import shutil
 import subprocess
 import sys
 
@@ -146,3 +147,18 @@ def test_a_wav_cut_inside_its_header_is_one_error_line(tmp_path, mimi, speech):
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'cut.wav'}: not a readable WAV")
+
+
+def test_a_damaged_codec_folder_is_one_error_line_naming_the_file(tmp_path, mimi, speech, capsys):
+    directory, _, _ = mimi
+    write_wav(tmp_path / "speech.wav", speech[:, :1920], 24000)
+    truncated, malformed = tmp_path / "truncated", tmp_path / "malformed"
+    for copy in (truncated, malformed):
+        shutil.copytree(directory, copy)
+    weights = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    (malformed / "mimi_config.json").write_text('{"mimi_config": ')
+    for folder, named in ((truncated, "model.safetensors"), (malformed, "mimi_config.json")):
+        assert run("encode", tmp_path / "speech.wav", tmp_path / "out.npy", "--mimi", folder) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {folder / named}: not ") and error.count("\n") == 1
