@@ -248,7 +248,12 @@ class ModelConfig:
             if os.path.isdir(path):
                 path = os.path.join(path, "config.json")
             with open(path) as f:
-                official, source = json.load(f), path
+                try:
+                    official, source = json.load(f), path
+                except ValueError as error:  # JSONDecodeError, UnicodeDecodeError: say which file
+                    raise ConfigError(f"{path}: not valid JSON ({error})") from None
+            if not isinstance(official, dict):
+                raise ConfigError(f"{path}: expected a JSON object, found {type(official).__name__}")
         unknown_execution = set(execution) - set(_EXECUTION_FIELDS)
         if unknown_execution:
             raise ConfigError(f"from_official: unknown execution settings {sorted(unknown_execution)}; "

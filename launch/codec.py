@@ -1,6 +1,6 @@
 """Audio to Mimi codes and back, with the JAX Mimi, in streaming windows (any length, bounded memory).
 
-    python -m launch.codec encode IN.wav OUT.npy --mimi DIR [--chunk_frames 50] [--overwrite]
+    python -m launch.codec encode IN.wav OUT.npy --mimi DIR [--chunk_frames 50] [--overwrite] [--allow_nonfinite]
     python -m launch.codec decode IN.npy OUT.wav --mimi DIR [--dtype int16|float32] [--chunk_frames 50] [--overwrite]
 
 `--mimi DIR` is a folder with `model.safetensors` (the released Mimi's key names) and, optionally, the
@@ -10,6 +10,8 @@ also works (its folder's `mimi_config.json` is used if there is one).
 encode: a WAV file (any rate: resampled to 24 kHz; 16/24/32-bit PCM or float) to `OUT.npy`, int16
 `[channels, 8, T]`: each channel encoded on its own (stereo gives 2 rows: left, right; mono gives 1), T =
 ceil(samples at 24 kHz / 1920), 12.5 frames per second, codes in 0..2047 (codebook 0 semantic, 1..7 acoustic).
+A NaN or Inf sample is an error naming the file and its time (Mimi would give garbage codes from that frame on);
+`--allow_nonfinite` encodes them as silence, with a warning giving their count and first time.
 decode: `[channels, 8, T]` (or `[8, T]`, one channel) codes to a 24 kHz WAV of `[channels, 1920 * T]` samples,
 16-bit PCM (saturating at full scale) unless `--dtype float32`.
 
@@ -22,7 +24,8 @@ moshi's streaming cache sees one key fewer on every other step (see ../shared/go
 a code may differ there, as it does in the released PyTorch code.
 
 A progress bar goes to stderr, a summary (duration, frames, seconds, real-time factor) to stdout. An existing
-output is refused unless --overwrite; the output is written to a temporary file beside it and renamed.
+output is refused unless --overwrite; the output is written to a temporary file beside it and renamed. A bad
+input, codec folder or setting is one line, `error: ...`, and exit status 2.
 """
 
 from __future__ import annotations
@@ -39,9 +42,16 @@ import numpy as np
 
 from flmjax import codec
 from flmjax.codec import load_codec
-from flmjax.audio import AudioError, load_audio, write_wav
+from flmjax.audio import load_audio, write_wav
 from flmjax.data.recordings import DEFAULT_CHUNK_FRAMES, stream_encode
+from flmjax.errors import UserError
 from flmjax.files import write_atomically
+from launch import cli
+
+
+class CodecCliError(UserError, ValueError):
+    """An input or output `launch.codec` cannot use; the message names the file."""
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Streaming in windows.
@@ -99,6 +109,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              help="frames per compiled streaming window (12.5 per second)")
         command.add_argument("--overwrite", action="store_true", help="replace an existing output")
         command.add_argument("--no_progress", action="store_true", help="no progress bar")
+        if name == "encode":
+            command.add_argument("--allow_nonfinite", action="store_true",
+                                 help="encode NaN/Inf samples as silence (with a warning) instead of refusing")
         if name == "decode":
             command.add_argument("--dtype", choices=("int16", "float32"), default="int16",
                                  help="WAV sample format (int16 saturates at full scale)")
@@ -112,32 +125,27 @@ def _read_codes(path: str) -> np.ndarray:
     try:
         codes = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: not a readable .npy file ({error})") from None
+        raise CodecCliError(f"{path}: not a readable .npy file ({error})") from None
     if codes.ndim == 2:
         codes = codes[None]
     if codes.ndim != 3 or codes.shape[1] != 8 or codes.shape[2] == 0 or not np.issubdtype(codes.dtype, np.integer):
-        raise ValueError(f"{path}: codes of shape {codes.shape} and dtype {codes.dtype}; expected integers "
+        raise CodecCliError(f"{path}: codes of shape {codes.shape} and dtype {codes.dtype}; expected integers "
                          "[channels, 8, T] or [8, T] with T > 0")
     if codes.min() < 0 or codes.max() >= 2048:
-        raise ValueError(f"{path}: codes must be in 0..2047, found {codes.min()}..{codes.max()}")
+        raise CodecCliError(f"{path}: codes must be in 0..2047, found {codes.min()}..{codes.max()}")
     return codes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if os.path.exists(args.output) and not args.overwrite:
-        print(f"error: {args.output} exists; pass --overwrite to replace it", file=sys.stderr)
-        return 1
-    try:
-        if args.command == "encode":
-            config, params = load_codec(args.mimi)
-            audio = load_audio(args.input, config.sample_rate)
-        else:
-            codes = _read_codes(args.input)
-            config, params = load_codec(args.mimi)
-    except (AudioError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        raise CodecCliError(f"{args.output} exists; pass --overwrite to replace it")
+    if args.command == "encode":
+        config, params = load_codec(args.mimi)
+        audio = load_audio(args.input, config.sample_rate, allow_nonfinite=args.allow_nonfinite)
+    else:
+        codes = _read_codes(args.input)
+        config, params = load_codec(args.mimi)
     started = time.perf_counter()
     if args.command == "encode":
         codes = encode_audio(config, params, audio, args.chunk_frames, progress=not args.no_progress)
@@ -155,4 +163,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

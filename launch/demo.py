@@ -4,12 +4,14 @@
 
 Runs one conversation's worth of frames through the full causal forward, checks that the KV-cached
 streaming form gives the same numbers, and greedily decodes the depth model's 8 codebooks for the last frame.
+A bad setting (`--frames 0`) is one line, `error: ...`, and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import sys
 import time
 
 import jax
@@ -18,6 +20,8 @@ import numpy as np
 
 from flmjax import config as flm_config
 from flmjax import model
+from flmjax.errors import UserError
+from launch import cli
 
 
 def count_params(tree) -> int:
@@ -30,6 +34,8 @@ def main(argv=None) -> None:
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.frames < 1:
+        raise UserError(f"--frames {args.frames}: must be at least 1")
 
     config = flm_config.preset(args.preset)
     start = time.perf_counter()
@@ -70,4 +76,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -28,6 +28,10 @@ accuracy where the assistant speaks). Each of `--checkpoint` (a training workdir
 (its last stage), or a released-format folder) and `--untrained PRESET` (fresh params of a preset: the
 baseline) is a column, beside the `reference` column: the records' own model channel scored the same way.
 Prints a table; `--out` writes every figure and the per-dialog details as JSON.
+
+A bad command line, dataset, checkpoint or tokenizer (one that does not match the model:
+`TokenizerMismatchError`) is one line, `error: ...`, and exit status 2. `fdb` skips bad samples with their
+reasons (listed in its summary) and exits 0 if any sample finished.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ import os
 import sys
 import time
 from typing import Any, Sequence
+
+from flmjax.errors import UserError
+from launch import cli
 
 TABLE_ROWS = (
     ("speaking/turn_over_rate", "turn-over rate (higher better)"),
@@ -62,8 +69,8 @@ TABLE_ROWS = (
 )
 
 
-class EvalError(ValueError):
-    """A bad command line or input; main prints it and exits 1."""
+class EvalError(UserError, ValueError):
+    """A bad command line or input; `cli.run` prints it as one line and exits 2."""
 
 
 def load_checkpoint(path: str, step: int | None = None) -> tuple[Any, Any, dict | None, str]:
@@ -228,13 +235,10 @@ COMMANDS = {"tokens": run_tokens, "fdb": run_fdb}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs a command; a bad input or setting raises (`cli.run` prints it as one line, exit status 2)."""
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
-    try:
-        return COMMANDS[args.command](args)
-    except EvalError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -25,6 +25,13 @@ tokenizer.model / tokenizer.json, or a folder holding one) the monologue is also
 run of `<wait>` shown as a line break. Prints per-frame latency percentiles and the real-time factor (median
 step time / 80 ms; below 1 keeps up with a live conversation). Decoding is the released generator's sampling
 unless `--greedy` (argmax with its repetition penalties).
+
+A WAV input with NaN or Inf samples is refused (the error names the file and the first one's time);
+`--allow_nonfinite` hears them as silence, with a warning. `--max_frames` must be at least 1 (left out: the
+longest input). `--out` is written exactly as named (no `.npz` added). In a batch, an input that cannot be read
+(missing, damaged, wrong shape, codes outside the codebook, non-finite audio) is skipped with its reason and the
+others run; the skipped are listed at the end and the exit status is 0 if any session ran, 2 if none could. Any
+other bad input, checkpoint or setting is one line, `error: ...`, and exit status 2.
 """
 
 from __future__ import annotations
@@ -33,27 +40,29 @@ import argparse
 import os
 import sys
 import zlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from flmjax import audio as audio_lib
 from flmjax import codec
-from flmjax.convert import official
 from flmjax.data import text as text_lib
-from flmjax.infer import SamplingConfig, StreamError
+from flmjax.errors import UserError, one_line
+from flmjax.infer import SamplingConfig
 from flmjax.infer import audio as audio_sessions
 from flmjax.infer import loading, sessions
+from flmjax.infer.stream import codebook_size
 from flmjax.streams import FRAME_S
-from flmjax.train import checkpoint as ckpt_lib
+from launch import cli
 
 
-class CliError(RuntimeError):
+class CliError(UserError, RuntimeError):
     """A request the CLI cannot run; the message names the problem."""
 
 
-def read_listen_codes(path: str, channels: int) -> np.ndarray:
-    """CODES.npy ([C, T] or [1, C, T]) -> [T, C] int32, with clear errors for anything else."""
+def read_listen_codes(path: str, channels: int, codebook: int) -> np.ndarray:
+    """CODES.npy ([C, T] or [1, C, T], codes in 0..codebook-1) -> [T, C] int32, with clear errors for anything
+    else."""
     try:
         codes = np.load(path)
     except (OSError, ValueError) as error:
@@ -67,7 +76,28 @@ def read_listen_codes(path: str, channels: int) -> np.ndarray:
         raise CliError(f"listen codes {path} are {codes.dtype}, not integers")
     if codes.shape[1] < 2:
         raise CliError(f"listen codes {path} hold {codes.shape[1]} frame(s); need at least 2 to get a frame back")
+    if codes.min() < 0 or codes.max() >= codebook:
+        raise CliError(f"listen codes {path} are outside 0..{codebook - 1}: {codes.min()}..{codes.max()}")
     return codes.T.astype(np.int32)
+
+
+def read_sessions(paths: list[str], read: Callable[[str], np.ndarray], skip_bad: bool
+                  ) -> tuple[list[int], list[np.ndarray], list[tuple[str, str]]]:
+    """`(indices read, their inputs, (path, reason) of those skipped)`; without `skip_bad` a bad input raises."""
+    kept, inputs, skipped = [], [], []
+    for index, path in enumerate(paths):
+        try:
+            inputs.append(read(path))
+        except UserError as error:
+            if not skip_bad:
+                raise
+            skipped.append((path, one_line(error)))
+            continue
+        kept.append(index)
+    if not kept:
+        raise CliError(f"no session could be read ({len(skipped)} skipped): " +
+                       "; ".join(reason for _, reason in skipped))
+    return kept, inputs, skipped
 
 
 def session_inputs(args: argparse.Namespace) -> list[str]:
@@ -94,8 +124,9 @@ def output_paths(args: argparse.Namespace, inputs: list[str]) -> list[str]:
 def write_session(path: str, frames: np.ndarray, step_s: np.ndarray, monologue: str | None,
                   listen_codes: np.ndarray) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.savez(path, frames=frames, text_ids=frames[:, 0], speak_codes=frames[:, 1:].T,
-             listen_codes=listen_codes.T, step_ms=(step_s * 1e3).astype(np.float32))
+    with open(path, "wb") as out:  # a file object: np.savez adds no ".npz" to a path named otherwise
+        np.savez(out, frames=frames, text_ids=frames[:, 0], speak_codes=frames[:, 1:].T,
+                 listen_codes=listen_codes.T, step_ms=(step_s * 1e3).astype(np.float32))
     if monologue is not None:
         with open(os.path.splitext(path)[0] + ".txt", "w") as out:
             out.write(monologue + "\n")
@@ -119,7 +150,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out_wav", "--out-wav", help="the model's voice as WAV (a folder with --batch_file)")
     parser.add_argument("--stereo", action="store_true", help="--out_wav: user left, model right")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    return parser.parse_args(argv)
+    parser.add_argument("--allow_nonfinite", action="store_true",
+                        help="hear NaN/Inf samples of a WAV input as silence (with a warning) instead of refusing")
+    args = parser.parse_args(argv)
+    if args.max_frames is not None and args.max_frames < 1:
+        parser.error(f"--max_frames {args.max_frames}: must be at least 1 (leave it out for the longest input)")
+    return args
 
 
 def is_wav(path: str) -> bool:
@@ -132,6 +168,14 @@ def wav_paths(args: argparse.Namespace, outputs: list[str]) -> list[str]:
     if not args.batch_file:
         return [args.out_wav]
     return [os.path.join(args.out_wav, os.path.basename(os.path.splitext(path)[0]) + ".wav") for path in outputs]
+
+
+def session_reader(args: argparse.Namespace, config, mimi_config=None) -> Callable[[str], np.ndarray]:
+    """What reads one session's input: a WAV as mono 24 kHz audio [n] (given `mimi_config`), else codes [T, C]."""
+    if mimi_config is not None:
+        return lambda path: audio_lib.load_audio(path, mimi_config.sample_rate, mono=True,
+                                                 allow_nonfinite=args.allow_nonfinite)[0]
+    return lambda path: read_listen_codes(path, config.aud_channel, codebook_size(config))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,6 +207,13 @@ def run(args: argparse.Namespace) -> int:
         if done == total or done % 50 == 0:
             print(f"\rstep {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
+    read = session_reader(args, config, mimi_config if audio_in else None)
+    kept, session_input, skipped = read_sessions(inputs, read, skip_bad=bool(args.batch_file))
+    for path, reason in skipped:
+        print(f"warning: skipping {path}: {reason}", file=sys.stderr, flush=True)
+    inputs, outputs = [inputs[i] for i in kept], [outputs[i] for i in kept]
+    wavs = [wavs[i] for i in kept] if wavs else wavs
+
     # Each session samples from its own key (from --seed and its file name): the same tokens alone or in a batch.
     options = dict(sampling=SamplingConfig.greedy() if args.greedy else SamplingConfig(),
                    max_frames=args.max_frames, sliding_window=args.sliding_window, seed=args.seed,
@@ -170,11 +221,11 @@ def run(args: argparse.Namespace) -> int:
                    progress=progress)
     codec_s = None
     if audio_in:
-        user_audio = [audio_lib.load_audio(path, mimi_config.sample_rate, mono=True)[0] for path in inputs]
+        user_audio = session_input
         heard = audio_sessions.run_audio_sessions(config, params, mimi_config, mimi_params, user_audio, **options)
         result, model_audio, listen, codec_s = heard.sessions, heard.model_audio, heard.user_codes, heard.codec_s
     else:
-        listen = [read_listen_codes(path, config.aud_channel) for path in inputs]
+        listen = session_input
         result = sessions.run_sessions(config, params, listen, **options)
         if wavs:  # the frames, decoded as they came: frame s-1 in slot s, like the audio path
             user_audio = [audio_sessions.decode_voice(config, mimi_config, mimi_params, codes) for codes in listen]
@@ -203,18 +254,17 @@ def run(args: argparse.Namespace) -> int:
         both = result.step_s[1:] + codec_s[1:]
         print(f"with the streaming codec (encode + decode each frame): p50 {np.median(both) * 1e3:.2f} ms, "
               f"real-time factor {np.median(both) / FRAME_S:.3f}")
+    if skipped:
+        print(f"skipped {len(skipped)} of {len(skipped) + len(inputs)} session(s), no output written for them:")
+        for path, reason in skipped:
+            print(f"  {path}: {reason}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except (CliError, StreamError, ckpt_lib.CheckpointError, official.CheckpointError, text_lib.ConfigError,
-            codec.MimiCheckpointError, codec.MimiConfigError, audio_lib.AudioError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    """Runs the command line; a bad input or setting raises (`cli.run` prints it as one line, exit status 2)."""
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

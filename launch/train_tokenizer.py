@@ -5,16 +5,25 @@
 
 The model reserves the specials at fixed ids (flmjax.data.text.SPECIAL_TOKENS: 0 <unk>, 1 <s>, 2 </s>,
 3 <wait>), matching the `tiny` and `small` model presets. With the default --num_threads 1 the same files and
-options give a byte-identical model. An existing --out is kept unless --overwrite is given.
+options give a byte-identical model. An existing --out is kept unless --overwrite is given. A corpus or setting
+SentencePiece cannot use (too large a vocabulary, no text, unreadable input) is one line, `error: ...`, and
+exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 from flmjax.data import text
+from flmjax.errors import UserError
+from launch import cli
+
+
+class TokenizerTrainingError(UserError, ValueError):
+    """A corpus or setting SentencePiece cannot train on; the message says what to change."""
 
 
 def read_sentences(paths, counts):
@@ -63,8 +72,8 @@ def main(argv=None) -> None:
             read_sentences(inputs, counts), args.vocab_size, args.model_type,
             character_coverage=args.character_coverage, byte_fallback=args.byte_fallback,
             hard_vocab_limit=not args.soft_vocab_limit, num_threads=args.num_threads)
-    except ValueError as e:
-        parser.exit(1, f"error: {e}\n")
+    except ValueError as error:  # train_sentencepiece's own checks: a setting or corpus to change
+        raise TokenizerTrainingError(str(error)) from None
     elapsed = time.perf_counter() - start
     tokenizer = text.SentencePieceTokenizer(model_bytes)
 
@@ -83,4 +92,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 
-from flmjax.audio import AudioError, load_audio, read_wav, resample, write_wav
+from flmjax.audio import AudioError, NonFiniteAudioWarning, load_audio, read_wav, resample, wav_info, write_wav
 
 
 def stereo(n=2400, rate=24000):
@@ -105,3 +105,36 @@ def test_load_audio_resamples_and_mixes_to_mono(tmp_path):
     assert audio.shape == (2, 2400)
     mono = load_audio(tmp_path / "a.wav", mono=True)
     np.testing.assert_allclose(mono[0], audio.mean(axis=0), atol=1e-6)
+
+
+def test_a_wav_cut_inside_its_header_is_an_audio_error_naming_it(tmp_path):
+    write_wav(tmp_path / "whole.wav", stereo(), 24000)
+    (tmp_path / "cut.wav").write_bytes((tmp_path / "whole.wav").read_bytes()[:30])  # inside the fmt chunk
+    with pytest.raises(AudioError, match="cut.wav: not a readable WAV file"):
+        read_wav(tmp_path / "cut.wav")
+    with pytest.raises(AudioError, match="cut.wav"):
+        wav_info(tmp_path / "cut.wav")
+    assert wav_info(tmp_path / "whole.wav") == (2400, 2, 24000)
+
+
+def test_non_finite_samples_are_an_error_naming_the_file_and_the_first_time(tmp_path):
+    samples = stereo()
+    samples[1, 1200] = np.nan
+    samples[0, 1800:1810] = np.inf
+    write_wav(tmp_path / "nan.wav", samples, 24000, dtype="float32")
+    with pytest.raises(AudioError, match=r"nan.wav: 11 non-finite samples \(NaN or Inf\), the first at 0.050 s"):
+        read_wav(tmp_path / "nan.wav")
+    with pytest.raises(AudioError, match="--allow_nonfinite"):
+        load_audio(tmp_path / "nan.wav")
+
+
+def test_allow_nonfinite_reads_them_as_zeros_with_a_warning(tmp_path):
+    samples = stereo()
+    samples[1, 1200] = np.nan
+    write_wav(tmp_path / "nan.wav", samples, 24000, dtype="float32")
+    with pytest.warns(NonFiniteAudioWarning, match="nan.wav: 1 non-finite samples .* first at 0.050 s"):
+        read, _ = read_wav(tmp_path / "nan.wav", allow_nonfinite=True)
+    assert read[1, 1200] == 0 and np.isfinite(read).all()
+    np.testing.assert_array_equal(np.delete(read[1], 1200), np.delete(samples[1], 1200))
+    with pytest.warns(NonFiniteAudioWarning):
+        assert np.isfinite(load_audio(tmp_path / "nan.wav", 16000, allow_nonfinite=True)).all()

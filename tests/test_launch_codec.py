@@ -1,12 +1,17 @@
 """`python -m launch.codec`: WAV files to Mimi codes and back, on real speech with the small golden Mimi."""
 
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from flmjax import codec
 from flmjax.audio import load_audio, read_wav, resample, write_wav
+from launch import cli
 from launch import codec as codec_cli
-from tests.conftest import golden_path
+from tests.conftest import REPO_ROOT, golden_path
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +27,7 @@ def speech():
 
 
 def run(*argv):
-    return codec_cli.main([*map(str, argv), "--no_progress"])
+    return cli.run(codec_cli.main, [*map(str, argv), "--no_progress"])
 
 
 def test_encode_of_a_24khz_file_equals_batch_encode(tmp_path, mimi, speech, capsys):
@@ -79,7 +84,7 @@ def test_an_existing_output_is_refused_without_overwrite(tmp_path, mimi, speech,
     directory, _, _ = mimi
     write_wav(tmp_path / "speech.wav", speech[:, :19200], 24000)
     (tmp_path / "codes.npy").write_bytes(b"keep me")
-    assert run("encode", tmp_path / "speech.wav", tmp_path / "codes.npy", "--mimi", directory) == 1
+    assert run("encode", tmp_path / "speech.wav", tmp_path / "codes.npy", "--mimi", directory) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "codes.npy").read_bytes() == b"keep me"
     assert run("encode", tmp_path / "speech.wav", tmp_path / "codes.npy", "--mimi", directory, "--overwrite") == 0
@@ -90,12 +95,12 @@ def test_an_existing_output_is_refused_without_overwrite(tmp_path, mimi, speech,
 def test_bad_inputs_are_errors_naming_them(tmp_path, mimi, capsys):
     directory, _, _ = mimi
     np.save(tmp_path / "seven.npy", np.zeros((1, 7, 5), np.int16))
-    assert run("decode", tmp_path / "seven.npy", tmp_path / "out.wav", "--mimi", directory) == 1
+    assert run("decode", tmp_path / "seven.npy", tmp_path / "out.wav", "--mimi", directory) == 2
     assert "seven.npy: codes of shape (1, 7, 5)" in capsys.readouterr().err
     (tmp_path / "junk.wav").write_bytes(b"junk")
-    assert run("encode", tmp_path / "junk.wav", tmp_path / "out.npy", "--mimi", directory) == 1
+    assert run("encode", tmp_path / "junk.wav", tmp_path / "out.npy", "--mimi", directory) == 2
     assert "junk.wav: not a readable WAV file" in capsys.readouterr().err
-    assert run("encode", tmp_path / "junk.wav", tmp_path / "out.npy", "--mimi", tmp_path) == 1
+    assert run("encode", tmp_path / "junk.wav", tmp_path / "out.npy", "--mimi", tmp_path) == 2
     assert "no Mimi weights" in capsys.readouterr().err
     assert not (tmp_path / "out.wav").exists() and not (tmp_path / "out.npy").exists()
 
@@ -113,3 +118,47 @@ def test_long_files_stream_in_windows_like_the_released_code(tmp_path, mimi):
                "--dtype", "float32") == 0
     pcm, _ = read_wav(tmp_path / "out.wav")
     np.testing.assert_allclose(pcm[0], golden["long/stream_pcm"][:, 0, 0].reshape(-1), atol=1e-5)
+
+
+def test_non_finite_samples_are_refused_or_encoded_as_silence_with_a_warning(tmp_path, mimi, speech, capsys):
+    directory, config, params = mimi
+    poisoned = speech[:, :19200].copy()
+    poisoned[0, 9600] = np.nan  # 0.4 s: before the check, every code from frame 5 on came out 0
+    write_wav(tmp_path / "nan.wav", poisoned, 24000, dtype="float32")
+    assert run("encode", tmp_path / "nan.wav", tmp_path / "codes.npy", "--mimi", directory) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "nan.wav: 1 non-finite samples" in error and "at 0.400 s" in error
+    assert not (tmp_path / "codes.npy").exists()
+
+    with pytest.warns(UserWarning, match="nan.wav: 1 non-finite samples .* at 0.400 s, read as zeros"):
+        assert run("encode", tmp_path / "nan.wav", tmp_path / "codes.npy", "--mimi", directory,
+                   "--allow_nonfinite") == 0
+    silenced = np.where(np.isnan(poisoned), 0, poisoned)
+    np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"),
+                                  np.asarray(codec.encode(config, params, silenced[None])))
+
+
+def test_a_wav_cut_inside_its_header_is_one_error_line(tmp_path, mimi, speech):
+    directory, _, _ = mimi
+    write_wav(tmp_path / "whole.wav", speech[:, :1920], 24000)
+    (tmp_path / "cut.wav").write_bytes((tmp_path / "whole.wav").read_bytes()[:30])
+    done = subprocess.run([sys.executable, "-m", "launch.codec", "encode", str(tmp_path / "cut.wav"),
+                           str(tmp_path / "out.npy"), "--mimi", directory, "--no_progress"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'cut.wav'}: not a readable WAV")
+
+
+def test_a_damaged_codec_folder_is_one_error_line_naming_the_file(tmp_path, mimi, speech, capsys):
+    directory, _, _ = mimi
+    write_wav(tmp_path / "speech.wav", speech[:, :1920], 24000)
+    truncated, malformed = tmp_path / "truncated", tmp_path / "malformed"
+    for copy in (truncated, malformed):
+        shutil.copytree(directory, copy)
+    weights = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    (malformed / "mimi_config.json").write_text('{"mimi_config": ')
+    for folder, named in ((truncated, "model.safetensors"), (malformed, "mimi_config.json")):
+        assert run("encode", tmp_path / "speech.wav", tmp_path / "out.npy", "--mimi", folder) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {folder / named}: not ") and error.count("\n") == 1

@@ -1,7 +1,10 @@
 """The duplex eval inside the training loop (`train.duplex_eval_dialogs`) and `python -m launch.eval tokens`."""
 
+import dataclasses
 import importlib
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -9,7 +12,9 @@ from flmjax.data.dataset import DialogSource
 from flmjax.train import checkpoint as checkpoint_lib
 from flmjax.train import loop
 from flmjax.train.metrics import read_metrics
+from launch import cli
 from launch import eval as eval_cli
+from tests.conftest import REPO_ROOT
 from tests.eval.test_dialogs import _merged_turns
 
 STEPS = 4
@@ -73,8 +78,9 @@ def test_duplex_eval_is_off_by_default_and_a_missing_split_is_an_error(data_dir,
 def test_cli_tokens_trained_and_untrained(trained, data_dir, tmp_path, capsys):
     workdir, _ = trained
     out = tmp_path / "tokens.json"
-    assert eval_cli.main(["tokens", "--checkpoint", str(workdir), "--untrained", "tiny", "--data_dir",
-                          str(data_dir), "--dialogs", "2", "--frames", "24", "--batch", "2", "--out", str(out)]) == 0
+    assert cli.run(eval_cli.main, ["tokens", "--checkpoint", str(workdir), "--untrained", "tiny", "--data_dir",
+                                   str(data_dir), "--dialogs", "2", "--frames", "24", "--batch", "2",
+                                   "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     header = printed.splitlines()[0].split()
     assert header[0] == "trained" and "reference" in header
@@ -91,9 +97,27 @@ def test_cli_tokens_trained_and_untrained(trained, data_dir, tmp_path, capsys):
 
 
 def test_cli_errors(data_dir, tmp_path, capsys):
-    assert eval_cli.main(["tokens", "--data_dir", str(data_dir)]) == 1
+    assert cli.run(eval_cli.main, ["tokens", "--data_dir", str(data_dir)]) == 2
     assert "--checkpoint" in capsys.readouterr().err
-    assert eval_cli.main(["tokens", "--checkpoint", str(tmp_path), "--data_dir", str(data_dir)]) == 1
+    assert cli.run(eval_cli.main, ["tokens", "--checkpoint", str(tmp_path), "--data_dir", str(data_dir)]) == 2
     assert "neither" in capsys.readouterr().err
-    assert eval_cli.main(["tokens", "--untrained", "tiny", "--data_dir", str(data_dir), "--split", "nope"]) == 1
+    assert cli.run(eval_cli.main, ["tokens", "--untrained", "tiny", "--data_dir", str(data_dir),
+                                   "--split", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_a_tokenizer_that_does_not_fit_the_model_is_one_error_line(data_dir, tmp_path):
+    import jax
+
+    from flmjax import config as flm_config
+    from flmjax import model
+    from flmjax.convert import save_official
+
+    config = dataclasses.replace(flm_config.preset("tiny"), text_wait_id=5)  # the data's tokenizer says 3
+    save_official(tmp_path / "ckpt", config, model.init_params(config, jax.random.key(0)), dtype="float32")
+    done = subprocess.run([sys.executable, "-m", "launch.eval", "tokens", "--checkpoint", str(tmp_path / "ckpt"),
+                           "--data_dir", str(data_dir), "--dialogs", "1"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: tokenizer does not fit the model config: the tokenizer's <wait> id is 3")

@@ -24,6 +24,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from flmjax.codec.config import MimiConfig
@@ -261,7 +262,12 @@ def load_mimi(path: str | os.PathLike, config: MimiConfig, num_codebooks: int = 
     Codebooks past `num_codebooks` (the released file has 32) are ignored; any missing, unexpected or
     mis-shaped tensor raises `MimiCheckpointError` naming all of them.
     """
-    return params_from_tensors(load_file(checkpoint_file(path)), config, num_codebooks)
+    file = checkpoint_file(path)
+    try:
+        tensors = load_file(file)
+    except SafetensorError as error:
+        raise MimiCheckpointError(f"{file}: not a readable safetensors file ({error})") from None
+    return params_from_tensors(tensors, config, num_codebooks)
 
 
 CONFIG_FILE = "mimi_config.json"

@@ -85,7 +85,10 @@ class MimiConfig:
     def from_json(cls, path: str | os.PathLike) -> "MimiConfig":
         """Reads a `mimi_config.json` (its `mimi_config` entry, or a bare `get_mimi` config dict)."""
         with open(path) as f:
-            data = json.load(f)
+            try:
+                data = json.load(f)
+            except ValueError as error:  # JSONDecodeError, UnicodeDecodeError: say which file
+                raise MimiConfigError(f"{path}: not valid JSON ({error})") from None
         return cls.from_dict(data)
 
     @classmethod

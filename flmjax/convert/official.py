@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import ml_dtypes
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from flmjax import model as flm_model
@@ -60,6 +60,14 @@ def _tensor_files(path: str) -> list[str]:
     raise FileNotFoundError(f"{path} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
 
 
+def _open_tensors(file: str):
+    """`safe_open(file)`, with a truncated or damaged file as a `CheckpointError` naming it."""
+    try:
+        return safe_open(file, framework="numpy")
+    except SafetensorError as error:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({error})") from None
+
+
 def _mismatch_report(expected: dict[str, tuple], found: dict[str, tuple], dtypes: dict[str, str]) -> list[str]:
     problems = [f"missing {name}: expected shape {list(expected[name])}" for name in sorted(set(expected) - set(found))]
     problems += [f"unexpected {name}: found shape {list(found[name])}" for name in sorted(set(found) - set(expected))]
@@ -83,7 +91,7 @@ def load_official(path: str | os.PathLike, **execution: Any) -> tuple[ModelConfi
     files = _tensor_files(path)
     found, dtypes, location = {}, {}, {}
     for file in files:
-        with safe_open(file, framework="numpy") as f:
+        with _open_tensors(file) as f:
             for name in f.keys():
                 tensor_slice = f.get_slice(name)
                 found[name], dtypes[name], location[name] = tuple(tensor_slice.get_shape()), \
@@ -98,7 +106,7 @@ def load_official(path: str | os.PathLike, **execution: Any) -> tuple[ModelConfi
     shapes = _canonical_shapes(config)
     params: dict = {}
     with contextlib.ExitStack() as stack:
-        handles = {file: stack.enter_context(safe_open(file, framework="numpy")) for file in files}
+        handles = {file: stack.enter_context(_open_tensors(file)) for file in files}
         for entry in name_map(config):
             shape = shapes[entry.path]
             array = np.empty(shape, param_dtype)

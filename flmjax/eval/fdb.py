@@ -74,6 +74,13 @@ times; not averaged). A model voice with non-finite samples (a speak code outsid
 the audio pad id, decodes to NaN and poisons the streaming decoder) is written as silence from there, with a
 warning on stderr, and the record gets `nonfinite_audio_s`.
 
+Bad samples are skipped, never fatal and never scored as if nothing were wrong: a task file that does not parse,
+an `input.wav` that is unreadable or cut short, holds NaN or Inf samples (`--allow_nonfinite`: heard as silence,
+with a warning), is shorter than two frames (0.16 s: the model answers one frame late), or ends before a time
+its task file names (a turn ending after the clip cannot be scored). Each is reported on stderr as it is found
+and listed with its reason in `summary.md` and `summary.json` (`skipped_samples`); the others run and are
+scored. The exit status is 0 when any sample finished, 2 (with `error: ...`) when every sample was skipped.
+
 `summary.md` / `summary.json` (`report.write_summary`): per task and overall, with every per-sample record;
 `timeline.png`: one sample's user and model speech and the model's monologue (`--timeline SAMPLE`, default the
 first sample in path order).
@@ -94,9 +101,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from flmjax import audio as audio_lib
+from flmjax.errors import UserError, one_line
 from flmjax.files import write_atomically
 from flmjax.streams import FRAME_S
-from flmjax.errors import UserError
 
 MODEL_RATE = 24_000
 OUTPUT_WAV, FRAMES_NPZ, INPUT_WAV = "output.wav", "frames.npz", "input.wav"
@@ -110,6 +118,8 @@ FAMILY_KEYWORDS = {"turn_taking": "turn_taking", "pause_handling": "pause", "use
                    "background_speech": "background_speech", "talking_to_other": "talking_to_other",
                    "overlap": "overlap"}
 ICC_GT_DISTRIBUTION = "icc_gt_distribution.json"
+MIN_CLIP_S = 2 * FRAME_S  # the model's first frame comes back one step late: a shorter clip gets no answer
+TIME_TOLERANCE_S = 0.01  # a task time this far past the clip's end is rounding, not a missing turn
 SUMMARY_TITLE = "Full-Duplex-Bench evaluation"
 SUMMARY_NOTES = """
 Notes:
@@ -205,9 +215,10 @@ def _v15_family(names: Sequence[str], metadata: pathlib.Path) -> str:
     return "overlap"
 
 
-def discover_samples(data_dir) -> list[Sample]:
+def discover_samples(data_dir, skipped: dict[str, str] | None = None) -> list[Sample]:
     """Every sample folder under `data_dir` (itself included): `input.wav` plus a task file, or `input.wav` alone
-    on a path naming "backchannel" (ICC). Sorted by relative path."""
+    on a path naming "backchannel" (ICC). Sorted by relative path. A task file that does not parse is an
+    `FdbError`, or, given `skipped`, leaves its sample out with the reason in `skipped[rel]`."""
     data = pathlib.Path(data_dir)
     if not data.is_dir():
         raise FdbError(f"--data {data} is not a folder")
@@ -223,8 +234,14 @@ def discover_samples(data_dir) -> list[Sample]:
         ancestors = list(reversed(parts[:-1])) + [root_name]  # the parent first, up to --data
         task_file = next((folder / name for name in TASK_FILES if (folder / name).is_file()), None)
         if task_file is not None:
-            family = TASK_FILES[task_file.name] or _v15_family(ancestors, task_file)
-            info = parse_task_file(task_file, family)
+            try:
+                family = TASK_FILES[task_file.name] or _v15_family(ancestors, task_file)
+                info = parse_task_file(task_file, family)
+            except FdbError as error:
+                if skipped is None:
+                    raise
+                skipped[rel] = one_line(error)
+                continue
         elif any("backchannel" in name for name in parts[:-1] + [root_name]):
             family, info = "backchannel", {}
         else:
@@ -236,17 +253,6 @@ def discover_samples(data_dir) -> list[Sample]:
 
 
 # ---------------------------------------------------------------------------------------------- files
-def wav_shape(path) -> tuple[int, int, int]:
-    """(samples, channels, rate) of a WAV file without reading its data."""
-    from scipy.io import wavfile
-
-    try:
-        rate, data = wavfile.read(os.fspath(path), mmap=True)
-    except (ValueError, EOFError, OSError) as error:
-        raise FdbError(f"{path}: not a readable WAV file ({error})") from None
-    return int(data.shape[0]), (1 if data.ndim == 1 else int(data.shape[1])), int(rate)
-
-
 def is_complete(sample: Sample, out_dir) -> bool:
     """The sample's output.wav (written last) and frames.npz exist and output.wav has the input's length and rate."""
     folder = sample.out_folder(out_dir)
@@ -254,10 +260,10 @@ def is_complete(sample: Sample, out_dir) -> bool:
     if not output.is_file() or not (folder / FRAMES_NPZ).is_file():
         return False
     try:
-        n_out, _, rate_out = wav_shape(output)
-    except FdbError:
+        n_out, _, rate_out = audio_lib.wav_info(output)
+    except audio_lib.AudioError:
         return False
-    n_in, _, rate_in = wav_shape(sample.folder / INPUT_WAV)
+    n_in, _, rate_in = audio_lib.wav_info(sample.folder / INPUT_WAV)
     return (n_out, rate_out) == (n_in, rate_in)
 
 
@@ -270,26 +276,45 @@ def write_npz_atomic(path: pathlib.Path, **arrays) -> None:
 
 
 def write_wav_atomic(path: pathlib.Path, samples: np.ndarray, rate: int) -> None:
-    from flmjax import audio as audio_lib
-
     write_atomically(path, lambda tmp: audio_lib.write_wav(tmp, samples, rate))
 
 
-def read_input(path) -> tuple[np.ndarray, int, int]:
-    """(mono float32 [n] at 24 kHz for the model, the file's samples n, its rate)."""
-    from flmjax import audio as audio_lib
-
-    samples, rate = audio_lib.read_wav(path)
+def read_input(path, allow_nonfinite: bool = False) -> tuple[np.ndarray, int, int]:
+    """(mono float32 [n] at 24 kHz for the model, the file's samples n, its rate); NaN/Inf as `audio.read_wav`."""
+    samples, rate = audio_lib.read_wav(path, allow_nonfinite)
     mono = samples.mean(axis=0)
     return audio_lib.resample(mono, rate, MODEL_RATE), samples.shape[1], rate
 
 
 def to_input_timeline(voice_24k: np.ndarray, n_samples: int, rate: int) -> np.ndarray:
     """The model's 24 kHz voice at the input's rate, cut or zero-padded to exactly `n_samples`."""
-    from flmjax import audio as audio_lib
-
     voice = audio_lib.resample(np.asarray(voice_24k, np.float32), MODEL_RATE, rate)[:n_samples]
     return np.pad(voice, (0, n_samples - voice.size))
+
+
+def _task_times(info: dict) -> list[tuple[str, float]]:
+    """(name, seconds) of every time a task file gave (turn end, event start and end, pause bounds)."""
+    times = [(name, info[name]) for name in ("turn_end_s", "event_start_s", "event_end_s") if name in info]
+    return times + [("pause", bound) for pause in info.get("pauses_s", ()) for bound in pause]
+
+
+def sample_problem(sample: Sample) -> str | None:
+    """Why a sample cannot be run and scored, from its input's header and its task file's times; None if it can."""
+    path = sample.folder / INPUT_WAV
+    try:
+        n, _, rate = audio_lib.wav_info(path)
+    except audio_lib.AudioError as error:
+        return one_line(error)
+    duration = n / rate
+    if duration < MIN_CLIP_S:
+        return (f"{path}: {duration:.3f} s is too short: the model answers one {FRAME_S * 1e3:.0f} ms frame late, "
+                f"so a clip needs at least {MIN_CLIP_S:.2f} s")
+    late = [(name, t) for name, t in _task_times(sample.info) if t > duration + TIME_TOLERANCE_S]
+    if late:
+        name, t = late[0]
+        return (f"not scoreable: {sample.task_file.name} puts the {name.removesuffix('_s')} at {t:g} s, after the end "
+                f"of {path} at {duration:.3f} s (the clip is too short for its task)")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -298,6 +323,7 @@ class RunStats:
     samples: int = 0
     audio_s: float = 0.0
     wall_s: float = 0.0
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # rel -> why its input could not be read
 
     @property
     def real_time_factor(self) -> float:
@@ -307,7 +333,7 @@ class RunStats:
 
 def session_frames(sample: Sample) -> int:
     """Model steps of a sample: its input's 24 kHz samples in 1920-sample frames."""
-    n, _, rate = wav_shape(sample.folder / INPUT_WAV)
+    n, _, rate = audio_lib.wav_info(sample.folder / INPUT_WAV)
     return -(-round(n * MODEL_RATE / rate) // 1920)
 
 
@@ -316,13 +342,29 @@ def sample_seed(sample) -> int:
     return zlib.crc32(sample.rel.encode())
 
 
+def _read_group(group: Sequence[Sample], allow_nonfinite: bool, skipped: dict[str, str],
+                log: Callable[[str], None]) -> tuple[list[Sample], list[tuple[np.ndarray, int, int]]]:
+    """The samples of `group` whose input reads, and their `read_input`s; the others go to `skipped`."""
+    kept, inputs = [], []
+    for sample in group:
+        try:
+            inputs.append(read_input(sample.folder / INPUT_WAV, allow_nonfinite))
+        except audio_lib.AudioError as error:
+            skipped[sample.rel] = one_line(error)
+            log(f"fdb: warning: skipping {sample.rel}: {skipped[sample.rel]}")
+            continue
+        kept.append(sample)
+    return kept, inputs
+
+
 def run_samples(samples: Sequence[Sample], out_dir, config, params, mimi_config, mimi_params, *,
                 batch: int = 4, sampling=None, seed: int = 0, max_frames: int | None = None,
                 sliding_window: bool = False, log: Callable[[str], None] | None = None,
-                done_before: int = 0, total: int | None = None) -> RunStats:
+                done_before: int = 0, total: int | None = None, allow_nonfinite: bool = False) -> RunStats:
     """Streams `samples` through the model, `batch` at a time as parallel sessions, and writes each one's
     frames.npz and output.wav (atomically) under `out_dir`. `max_frames`: the KV cache (default the longest of
-    `samples`). Returns what ran and how long it took."""
+    `samples`). A sample whose input cannot be read (damaged, NaN/Inf unless `allow_nonfinite`) is skipped and
+    logged. Returns what ran, what was skipped and why, and how long it took."""
     from flmjax.infer import audio as audio_sessions
 
     log = log or (lambda line: None)
@@ -330,10 +372,12 @@ def run_samples(samples: Sequence[Sample], out_dir, config, params, mimi_config,
     lengths = {s.rel: session_frames(s) for s in samples}
     order = sorted(samples, key=lambda s: (-lengths[s.rel], s.rel))
     groups = [order[i:i + batch] for i in range(0, len(order), batch)]
-    max_frames = max_frames or max(lengths.values(), default=1)
+    max_frames = max(lengths.values(), default=1) if max_frames is None else max_frames
     stats, start = RunStats(), time.perf_counter()
     for index, group in enumerate(groups):
-        inputs = [read_input(s.folder / INPUT_WAV) for s in group]
+        group, inputs = _read_group(group, allow_nonfinite, stats.skipped, log)
+        if not group:
+            continue
         seconds = sum(n / rate for _, n, rate in inputs)
 
         def progress(step: int, steps: int, index=index) -> None:
@@ -408,9 +452,8 @@ def _monologue(npz_path: pathlib.Path, tokenizer=None) -> list[tuple[float, str]
     return out
 
 
-def score_sample(sample: Sample, out_dir, data_dir, *, use_asr: bool = True) -> dict:
+def score_sample(sample: Sample, out_dir, data_dir, *, use_asr: bool = True, allow_nonfinite: bool = False) -> dict:
     """One sample's record: its task, family, path and the metrics of its family (module docstring)."""
-    from flmjax import audio as audio_lib
     from flmjax.eval import asr, duplex, vad
 
     folder = sample.out_folder(out_dir)
@@ -439,7 +482,7 @@ def score_sample(sample: Sample, out_dir, data_dir, *, use_asr: bool = True) -> 
             record.update(dataclasses.asdict(duplex.user_interruption(segments, start, end,
                                                                       _words_in(words, start=start))))
             if sample.task_file is not None and sample.task_file.name == "metadata.json":
-                user_audio, user_rate = audio_lib.read_wav(sample.folder / INPUT_WAV)
+                user_audio, user_rate = audio_lib.read_wav(sample.folder / INPUT_WAV, allow_nonfinite)
                 user = vad.speech_segments(user_audio.mean(axis=0), user_rate, merge_gap_s=vad.USER_MERGE_GAP_S)
                 stops = duplex.overlap_intervals(user, segments)
                 gaps = duplex.response_gaps(user, segments)
@@ -454,12 +497,12 @@ def score_sample(sample: Sample, out_dir, data_dir, *, use_asr: bool = True) -> 
     return record
 
 
-def plot_sample_timeline(sample: Sample, out_dir, path_png, tokenizer=None) -> pathlib.Path:
+def plot_sample_timeline(sample: Sample, out_dir, path_png, tokenizer=None,
+                         allow_nonfinite: bool = False) -> pathlib.Path:
     """timeline.png of one sample: the user's speech (input.wav), the model's (output.wav) and its monologue."""
-    from flmjax import audio as audio_lib
     from flmjax.eval import timeline, vad
 
-    user, user_rate = audio_lib.read_wav(sample.folder / INPUT_WAV)
+    user, user_rate = audio_lib.read_wav(sample.folder / INPUT_WAV, allow_nonfinite)
     model, model_rate = audio_lib.read_wav(sample.out_folder(out_dir) / OUTPUT_WAV)
     path = pathlib.Path(path_png)
     timeline.plot_timeline(path, vad.speech_segments(user.mean(axis=0), user_rate, merge_gap_s=vad.USER_MERGE_GAP_S),
@@ -470,27 +513,33 @@ def plot_sample_timeline(sample: Sample, out_dir, path_png, tokenizer=None) -> p
 
 
 def score_samples(samples: Sequence[Sample], out_dir, data_dir, *, use_asr: bool = True, tokenizer=None,
-                  timeline_sample: str | None = None,
+                  timeline_sample: str | None = None, skipped: dict[str, str] | None = None,
+                  allow_nonfinite: bool = False,
                   log: Callable[[str], None] | None = None) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path | None]:
     """Scores every sample of `samples` that has a finished output under `out_dir`; writes OUT/summary.md,
     OUT/summary.json and OUT/timeline.png (of `timeline_sample`, a relative path, else the first scored
-    sample). Returns their paths (timeline None when nothing was scored)."""
+    sample). `skipped` ({rel: reason}, samples left out before) is listed in both summaries. Returns their
+    paths (timeline None when nothing was scored)."""
     from flmjax.eval import report
 
     log = log or (lambda line: None)
-    scored = [s for s in samples if is_complete(s, out_dir)]
+    skipped = dict(skipped or {})
+    scored = [s for s in samples if s.rel not in skipped and is_complete(s, out_dir)]
     per_task: dict[str, list[dict]] = {}
     for k, sample in enumerate(scored):
-        per_task.setdefault(sample.task, []).append(score_sample(sample, out_dir, data_dir, use_asr=use_asr))
+        per_task.setdefault(sample.task, []).append(score_sample(sample, out_dir, data_dir, use_asr=use_asr,
+                                                                 allow_nonfinite=allow_nonfinite))
         if (k + 1) % 25 == 0 or k + 1 == len(scored):
             log(f"fdb: scored {k + 1}/{len(scored)} samples")
     md_path, json_path = report.write_summary(out_dir, per_task, title=SUMMARY_TITLE)
-    missing = len(samples) - len(scored)
-    extra = f"\n{missing} of {len(samples)} samples have no output yet and are not scored.\n" if missing else ""
-    md_path.write_text(md_path.read_text() + SUMMARY_NOTES + extra)
+    unscored = [s.rel for s in samples if s not in scored and s.rel not in skipped]
+    extra = (f"\n{len(unscored)} of {len(samples)} samples have no output yet and are not scored.\n"
+             if unscored else "")
+    md_path.write_text(md_path.read_text() + SUMMARY_NOTES + extra + _skipped_markdown(skipped))
     summary = json.loads(json_path.read_text())
     summary["notes"] = SUMMARY_NOTES.strip()
-    summary["unscored_samples"] = [s.rel for s in samples if s not in scored]
+    summary["unscored_samples"] = unscored
+    summary["skipped_samples"] = [{"sample": rel, "reason": reason} for rel, reason in sorted(skipped.items())]
     json_path.write_text(json.dumps(summary, indent=2, default=float) + "\n")
     timeline_path = None
     if scored:
@@ -498,8 +547,16 @@ def score_samples(samples: Sequence[Sample], out_dir, data_dir, *, use_asr: bool
         if chosen is None:
             raise FdbError(f"--timeline {timeline_sample}: no scored sample has that path "
                            f"(e.g. {scored[0].rel})")
-        timeline_path = plot_sample_timeline(chosen, out_dir, pathlib.Path(out_dir) / "timeline.png", tokenizer)
+        timeline_path = plot_sample_timeline(chosen, out_dir, pathlib.Path(out_dir) / "timeline.png", tokenizer,
+                                             allow_nonfinite)
     return md_path, json_path, timeline_path
+
+
+def _skipped_markdown(skipped: dict[str, str]) -> str:
+    if not skipped:
+        return ""
+    return (f"\n{len(skipped)} samples skipped (not run, not scored):\n\n"
+            + "".join(f"- `{rel}`: {reason}\n" for rel, reason in sorted(skipped.items())))
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -522,26 +579,44 @@ def add_fdb_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_asr", action="store_true", help="score without PocketSphinx word counts")
     parser.add_argument("--tokenizer", help="show the monologue in timeline.png as text with this tokenizer")
     parser.add_argument("--timeline", help="the sample (path under --data) drawn in timeline.png")
+    parser.add_argument("--allow_nonfinite", action="store_true",
+                        help="hear NaN/Inf samples of an input.wav as silence (with a warning) instead of skipping it")
 
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _reasons(skipped: dict[str, str]) -> str:
+    return "; ".join(f"{rel}: {reason}" for rel, reason in sorted(skipped.items()))
+
+
+def run_fdb_command(args: argparse.Namespace) -> int:
+    """Runs the `fdb` command (flags of `add_fdb_arguments`): 0 when any sample finished (those skipped are
+    listed); a bad dataset, checkpoint, codec or command line, or every sample skipped, raises a `UserError`."""
     if args.batch < 1:
         raise FdbError(f"--batch {args.batch}: must be at least 1")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise FdbError(f"--max_frames {args.max_frames}: must be at least 1 (leave it out for the longest sample)")
     data, out = pathlib.Path(args.data), pathlib.Path(args.out)
-    samples = discover_samples(data)
+    skipped: dict[str, str] = {}  # rel -> why it is neither run nor scored
+    found = discover_samples(data, skipped)
     if args.limit is not None:
-        samples = samples[:max(0, args.limit)]
-    if not samples:
+        found = found[:max(0, args.limit)]
+    if not found and not skipped:
         raise FdbError(f"no FDB samples under {data} (folders with input.wav and turn_taking.json, pause.json, "
                        "interrupt.json or metadata.json, or input.wav under a *backchannel* folder)")
+    skipped.update({s.rel: problem for s in found if (problem := sample_problem(s)) is not None})
+    for rel, reason in sorted(skipped.items()):
+        _stderr(f"fdb: warning: skipping {rel}: {reason}")
+    samples = [s for s in found if s.rel not in skipped]
+    if not samples:
+        raise FdbError(f"every sample under {data} was skipped: {_reasons(skipped)}")
     tasks = sorted({s.task for s in samples})
     pending = [s for s in samples if not is_complete(s, out)]
     _stderr(f"fdb: {len(samples)} samples in {len(tasks)} tasks ({', '.join(tasks)}); "
-            f"{len(samples) - len(pending)} already done, {len(pending)} to run")
+            f"{len(samples) - len(pending)} already done, {len(pending)} to run" +
+            (f"; {len(skipped)} skipped" if skipped else ""))
     if not pending:
         _stderr(f"fdb: nothing new to do: every sample has its {OUTPUT_WAV} in {out}")
     else:
@@ -557,10 +632,16 @@ def _run(args: argparse.Namespace) -> int:
         stats = run_samples(pending, out, config, params, mimi_config, mimi_params, batch=args.batch,
                             sampling=SamplingConfig.greedy() if args.greedy else SamplingConfig(), seed=args.seed,
                             max_frames=max_frames, sliding_window=args.sliding_window, log=_stderr,
-                            done_before=len(samples) - len(pending), total=len(samples))
+                            done_before=len(samples) - len(pending), total=len(samples),
+                            allow_nonfinite=args.allow_nonfinite)
+        skipped.update(stats.skipped)
         _stderr(f"fdb: ran {stats.samples} samples, {stats.audio_s:.1f} s of audio in {stats.wall_s:.1f} s wall "
                 f"(real-time factor {stats.real_time_factor:.2f}, compilation included)")
+    finished = [s for s in samples if s.rel not in skipped and is_complete(s, out)]
+    if not finished:
+        raise FdbError(f"no sample finished: {len(skipped)} skipped ({_reasons(skipped)})")
     if args.no_score:
+        _print_skipped(skipped, len(found))
         return 0
     tokenizer = None
     if args.tokenizer:
@@ -572,25 +653,15 @@ def _run(args: argparse.Namespace) -> int:
             raise FdbError(f"--tokenizer {args.tokenizer}: {error}") from None
     md_path, json_path, timeline_path = score_samples(samples, out, data, use_asr=not args.no_asr,
                                                       tokenizer=tokenizer, timeline_sample=args.timeline,
+                                                      skipped=skipped, allow_nonfinite=args.allow_nonfinite,
                                                       log=_stderr)
     print(md_path.read_text())
     print(f"wrote {md_path}, {json_path}" + (f", {timeline_path}" if timeline_path else ""))
     return 0
 
 
-def run_fdb_command(args: argparse.Namespace) -> int:
-    """Runs the `fdb` command (flags of `add_fdb_arguments`); 0 on success, 1 (message on stderr) on a bad
-    dataset, checkpoint, codec or command line."""
-    from flmjax import audio as audio_lib
-    from flmjax import codec
-    from flmjax.config import ConfigError
-    from flmjax.convert import official
-    from flmjax.infer import StreamError
-    from flmjax.train import checkpoint as ckpt_lib
-
-    try:
-        return _run(args)
-    except (FdbError, StreamError, ckpt_lib.CheckpointError, official.CheckpointError, ConfigError,
-            codec.MimiCheckpointError, codec.MimiConfigError, audio_lib.AudioError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+def _print_skipped(skipped: dict[str, str], total: int) -> None:
+    if skipped:
+        print(f"skipped {len(skipped)} of {total} samples:")
+        for rel, reason in sorted(skipped.items()):
+            print(f"  {rel}: {reason}")

@@ -80,7 +80,8 @@ def run_sessions(config: ModelConfig, params: Any, listen: Sequence[np.ndarray],
         raise ValueError(f"every session needs at least one frame; lengths {lengths}")
     padded = np.stack([np.concatenate([codes, np.repeat(codes[-1:], steps - len(codes), axis=0)])
                        for codes in listen]).astype(np.int32)  # [B, steps, C]
-    state = init_stream(config, params, len(listen), max_frames or steps, sampling, sliding_window)
+    state = init_stream(config, params, len(listen), steps if max_frames is None else max_frames, sampling,
+                        sliding_window)  # max_frames 0 is an error there, never the default
     keys = session_keys(seed, len(listen), session_seeds)
     outputs, step_s = [], []
     for step in range(steps):

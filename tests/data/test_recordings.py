@@ -181,6 +181,23 @@ def test_prepare_writes_a_manifest_of_dialogs_and_rejects_by_reason(corpus, tmp_
     np.testing.assert_array_equal(speak, encoder.encode([left[0]])[0].T)
 
 
+def test_a_wav_cut_in_its_header_or_holding_nan_is_rejected_and_the_others_still_encode(corpus, tmp_path):
+    source = corpus.parent
+    cut = write_recording(source, "audio/cut", [tone(1.0, 300), tone(1.0, 500)], DIALOG_ALIGNMENTS)
+    (source / "audio/cut.wav").write_bytes((source / "audio/cut.wav").read_bytes()[:30])  # inside the header
+    poisoned = [tone(1.0, 300), tone(1.0, 500)]
+    poisoned[1][12000] = np.nan  # 0.5 s
+    nan = write_recording(source, "audio/nan", poisoned, DIALOG_ALIGNMENTS)
+    with open(corpus, "a") as manifest:
+        manifest.write(json.dumps(cut) + "\n" + json.dumps(nan) + "\n")
+    prepared = recordings.prepare_recordings(corpus, tmp_path / "work", FakeEncoder(), "fake", progress=False)
+    assert prepared.records == 2 and prepared.encoded == 2  # the good files of the same batch
+    unreadable = [message for category, message in prepared.rejections if category == "unreadable audio"]
+    assert len(unreadable) == 2
+    assert any("cut.wav: not a readable WAV file" in message for message in unreadable)
+    assert any("nan.wav: 1 non-finite samples" in message and "0.500 s" in message for message in unreadable)
+
+
 def test_a_second_run_encodes_nothing_and_writes_the_same_manifest(corpus, tmp_path):
     first = recordings.prepare_recordings(corpus, tmp_path / "work", FakeEncoder(), "fake", progress=False)
     text = open(first.manifest).read()

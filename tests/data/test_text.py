@@ -328,3 +328,13 @@ def test_cli_refuses_to_overwrite_without_the_flag(corpus_files, tmp_path):
     assert out.read_bytes() == b"keep me"
     train_tokenizer.main(args + ["--overwrite"])
     assert text.load_tokenizer(out).wait_id == 3
+
+
+def test_cli_a_vocabulary_the_corpus_cannot_fill_is_one_error_line(corpus_files, tmp_path, capsys):
+    from launch import cli
+
+    args = ["--input", str(corpus_files[0]), "--vocab_size", "100000", "--out", str(tmp_path / "tok.model")]
+    assert cli.run(train_tokenizer.main, args) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: vocab_size 100000 is too large for this corpus") and error.count("\n") == 1
+    assert not (tmp_path / "tok.model").exists()

@@ -3,13 +3,16 @@
 import argparse
 import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from flmjax.audio import read_wav, resample, write_wav
 from flmjax.eval import fdb
-from tests.conftest import golden_path
+from launch import cli
+from tests.conftest import REPO_ROOT, golden_path
 
 RATE = 16_000
 TASKS = ("candor_turn_taking", "synthetic_pause_handling", "synthetic_user_interruption", "icc_backchannel",
@@ -23,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cli(*argv) -> int:
-    return fdb.run_fdb_command(_parser().parse_args([str(a) for a in argv]))
+    """`launch.eval fdb ARGV` in this process: its exit status (a user's error: one line, 2)."""
+    return cli.run(lambda args: fdb.run_fdb_command(_parser().parse_args(args)), [str(a) for a in argv])
 
 
 def _write_sample(folder: pathlib.Path, audio: np.ndarray, rate: int, task_file: str | None = None,
@@ -93,16 +97,18 @@ def test_discovery_follows_fdb_layout_and_schemas(tmp_path, capsys):
     (data / "v1.0" / "candor_turn_taking" / "0001" / "turn_taking.json").write_text('[{"text": "x"}]')
     with pytest.raises(fdb.FdbError, match="turn_taking.json"):
         fdb.discover_samples(data)
-    assert _cli("--data", data, "--out", tmp_path / "out") == 1
-    assert "turn_taking.json" in capsys.readouterr().err
+    assert _cli("--data", data, "--out", tmp_path / "out") == 2  # the CLI skips it; the others need a model
+    error = capsys.readouterr().err
+    assert "skipping v1.0/candor_turn_taking/0001" in error and "turn_taking.json" in error
+    assert "4 samples need running" in error
 
-    assert _cli("--data", tmp_path / "empty_missing", "--out", tmp_path / "out") == 1
+    assert _cli("--data", tmp_path / "empty_missing", "--out", tmp_path / "out") == 2
     assert "not a folder" in capsys.readouterr().err
 
 
 def test_cli_needs_model_only_for_pending_samples(tmp_path, capsys):
     data = build_dataset(tmp_path / "data")
-    assert _cli("--data", data, "--out", tmp_path / "out", "--no_score") == 1
+    assert _cli("--data", data, "--out", tmp_path / "out", "--no_score") == 2
     assert "give --checkpoint and --mimi" in capsys.readouterr().err
 
 
@@ -206,3 +212,67 @@ def test_non_finite_model_voice_is_written_as_silence_and_flagged(tmp_path, monk
     assert fdb.is_complete(sample, tmp_path / "out")
     with np.load(tmp_path / "out" / "candor_turn_taking" / "7" / "frames.npz") as stored:
         assert float(stored["nonfinite_audio_s"]) > 0 and int(stored["text_wait_id"]) == 3
+
+
+def build_dataset_with_bad_samples(root: pathlib.Path) -> pathlib.Path:
+    """One good turn-taking sample beside one of each kind of bad sample, named after what is wrong with it."""
+    speech = resample(np.load(golden_path("mimi_small") / "golden.npz")["speech/audio"][0, 0], 24000, RATE)
+    turn = [{"text": "[TURN-TAKING]", "timestamp": [1.0, 1.5]}]
+    tasks = root / "candor_turn_taking"
+    _write_sample(tasks / "good", np.concatenate([speech[:RATE], _silence(1.0)]), RATE, "turn_taking.json", turn)
+    _write_sample(tasks / "malformed_task", speech[:RATE], RATE, "turn_taking.json", [{"text": "no timestamp"}])
+    _write_sample(tasks / "cut_header", speech[:RATE], RATE, "turn_taking.json", turn)
+    cut = tasks / "cut_header" / "input.wav"
+    cut.write_bytes(cut.read_bytes()[:30])
+    nan = np.concatenate([speech[:RATE], _silence(1.0)])
+    nan[RATE // 2] = np.nan  # 0.5 s
+    (tasks / "non_finite").mkdir()
+    write_wav(tasks / "non_finite" / "input.wav", nan, RATE, dtype="float32")
+    (tasks / "non_finite" / "turn_taking.json").write_text(json.dumps(turn))
+    _write_sample(tasks / "fifty_ms", speech[:RATE // 20], RATE, "turn_taking.json", turn)
+    _write_sample(tasks / "turn_after_clip", speech[:RATE // 2], RATE, "turn_taking.json", turn)  # ends at 1.0 s
+    return root
+
+
+def test_bad_samples_are_skipped_with_reasons_and_the_good_ones_finish(tmp_path, capsys):
+    data = build_dataset_with_bad_samples(tmp_path / "data")
+    out = tmp_path / "out"
+    common = ["--data", data, "--out", out, "--checkpoint", golden_path("release_like"),
+              "--mimi", golden_path("mimi_small"), "--greedy", "--no_asr"]
+    assert _cli(*common) == 0
+    captured = capsys.readouterr()
+    reasons = {entry["sample"].rsplit("/", 1)[1]: entry["reason"]
+               for entry in json.loads((out / "summary.json").read_text())["skipped_samples"]}
+    assert sorted(reasons) == ["cut_header", "fifty_ms", "malformed_task", "non_finite", "turn_after_clip"]
+    assert "turn_taking.json: expected" in reasons["malformed_task"]
+    assert "cut_header/input.wav: not a readable WAV file" in reasons["cut_header"]
+    assert "non_finite/input.wav: 1 non-finite samples" in reasons["non_finite"] and "0.500 s" in reasons["non_finite"]
+    assert "0.050 s is too short" in reasons["fifty_ms"]
+    assert "not scoreable" in reasons["turn_after_clip"] and "turn_end at 1 s" in reasons["turn_after_clip"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tasks"]["candor_turn_taking"]["n_samples"] == 1  # only the good one is scored
+    assert [r["sample"] for r in summary["samples"]["candor_turn_taking"]] == ["candor_turn_taking/good"]
+    assert "5 samples skipped" in captured.out and "`candor_turn_taking/fifty_ms`: " in captured.out
+    assert all(f"skipping candor_turn_taking/{name}" in captured.err for name in reasons)
+    assert (out / "candor_turn_taking" / "good" / "output.wav").is_file()
+    assert not (out / "candor_turn_taking" / "non_finite").exists()
+
+    # --allow_nonfinite: the NaN sample runs, heard as silence there, with a warning; the rest stay skipped.
+    with pytest.warns(UserWarning, match="non_finite/input.wav: 1 non-finite samples .* read as zeros"):
+        assert _cli(*common, "--allow_nonfinite") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tasks"]["candor_turn_taking"]["n_samples"] == 2
+    assert len(summary["skipped_samples"]) == 4
+
+
+def test_a_dataset_of_only_bad_samples_is_one_error_line(tmp_path):
+    data = tmp_path / "data" / "candor_turn_taking" / "1"
+    _write_sample(data, _silence(1.0), RATE, "turn_taking.json", [{"text": "x", "timestamp": [0.5]}])
+    (data / "input.wav").write_bytes((data / "input.wav").read_bytes()[:30])
+    done = subprocess.run([sys.executable, "-m", "launch.eval", "fdb", "--data", str(tmp_path / "data"), "--out",
+                           str(tmp_path / "out"), "--checkpoint", str(golden_path("release_like")),
+                           "--mimi", str(golden_path("mimi_small"))],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: every sample under") and f"{data / 'input.wav'}: not a readable WAV" in last
