@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Mapping
 
 import grain
@@ -148,6 +149,37 @@ def _first_line(error: BaseException) -> str:
         error = error.__cause__ or error.__context__
     text = str(error).strip().split(" See full TensorStore details")[0].splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def _is_abandoned_read_report(error: BaseException, about: Any = None) -> bool:
+    """Whether a report is one of orbax's abandoned reads speaking: its event loop closed under it, or its
+    coroutine (`about`) closed mid-read."""
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return True
+    code = getattr(about, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _quiet_abandoned_reads() -> None:
+    """orbax reads a checkpoint in a private event loop that it closes as soon as one read fails; each read still in
+    flight then prints a traceback when it finishes (from tensorstore's threads: "Event loop is closed") and again
+    when it is collected, pages for a large checkpoint that bury the one error that matters. Those reports are
+    dropped (from the first restore on: they start before the failed read's error reaches the caller); every other
+    report goes where it went before."""
+    if getattr(sys.excepthook, "quiets_abandoned_reads", False):
+        return
+    report_unraisable, report_uncaught = sys.unraisablehook, sys.excepthook
+
+    def unraisable(report):
+        if not _is_abandoned_read_report(report.exc_value, report.object):
+            report_unraisable(report)
+
+    def uncaught(error_type, error, traceback):
+        if not _is_abandoned_read_report(error):
+            report_uncaught(error_type, error, traceback)
+
+    uncaught.quiets_abandoned_reads = True
+    sys.unraisablehook, sys.excepthook = unraisable, uncaught
 
 
 # Model config fields that decide param shapes: named in a mismatch report.
@@ -324,6 +356,7 @@ class Checkpointer:
 
     def _restore_item(self, step: int, item: str, args: Any) -> Any:
         """One item, with any failure to read it reported as `CheckpointCorruptError`."""
+        _quiet_abandoned_reads()
         try:
             return self._manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
         except Exception as error:  # noqa: BLE001 (tensorstore raises plain Exception)

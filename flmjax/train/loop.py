@@ -8,7 +8,9 @@ process gets SIGTERM (a TPU preemption), then stops. Metrics go to WORKDIR/metri
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import signal
 import time
 from typing import Any, Callable
@@ -26,7 +28,7 @@ from flmjax.train import loss as loss_lib
 from flmjax.train import metrics as metrics_lib
 from flmjax.train import optimizer as optimizer_lib
 from flmjax.train import step as step_lib
-from flmjax.errors import UserError
+from flmjax.errors import UserError, one_line
 
 
 class StageError(UserError, ValueError):
@@ -126,6 +128,30 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def _check_workdir(workdir: str) -> None:
+    """Raises `StageError` unless `workdir` is, or can be made, a writable folder: checked before anything is
+    built, and without creating anything."""
+    existing = os.path.abspath(workdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise StageError(f"workdir {workdir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StageError(f"workdir {workdir}: {existing} is not writable (permissions or a read-only file system)")
+
+
+@contextlib.contextmanager
+def _stage_input(what: str):
+    """The data and tokenizer readers report a bad input as `ValueError`: here that is a `StageError` naming
+    `what`; a `ValueError` from anywhere else in the loop stays a bug with its traceback."""
+    try:
+        yield
+    except StageError:
+        raise
+    except ValueError as error:
+        raise StageError(f"{what}: {one_line(error)}") from error
+
+
 def _initial_params(config, model_config, shardings):
     """Params an un-started stage begins from: None (fresh), an earlier stage's, or a released checkpoint's."""
     if not config.init_from:
@@ -222,23 +248,27 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
     is_main = process_index == 0
     say = log if is_main else (lambda message: None)
     train = config.train
+    _check_workdir(workdir)
     spec = stage_step(config)
     model_config, loss_config, tx, mesh, shardings = (spec.model_config, spec.loss_config, spec.tx, spec.mesh,
                                                       spec.shardings)
-    tokenizer = text.load_tokenizer(config.data.tokenizer)
-    text.check_compatible(tokenizer, model_config)
+    with _stage_input(f"tokenizer {config.data.tokenizer}"):
+        tokenizer = text.load_tokenizer(config.data.tokenizer)
+        text.check_compatible(tokenizer, model_config)
     ids = StreamIds.from_config(model_config)
     eval_sources = _eval_sources(config, say) if train.eval_every else []
     duplex_eval = _duplex_eval_setup(config, model_config, tokenizer, say) if train.eval_every else None
 
-    checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=train.max_to_keep,
-                                               async_save=train.async_checkpoints)
     local_batch = pipeline.per_process_batch_size(config.data.global_batch_size, process_count)
-    data = pipeline.stage_dataset(pipeline.stage_sources(config.data), tokenizer, ids,
-                                  config.data.sequence_length, local_batch, config.seed, process_index,
-                                  process_count)
+    with _stage_input(f"data in {config.data.data_dir}"):
+        data = pipeline.stage_dataset(pipeline.stage_sources(config.data), tokenizer, ids,
+                                      config.data.sequence_length, local_batch, config.seed, process_index,
+                                      process_count)
     iterator = pipeline.batch_iterator(data, num_workers=config.data.num_workers)
     abstract = step_lib.abstract_state(model_config, tx, shardings)
+    # Created only now: a stage that cannot start (bad tokenizer, data, config) leaves no trace in the workdir.
+    checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=train.max_to_keep,
+                                               async_save=train.async_checkpoints)
     latest = checkpointer.latest_step()
     if latest is not None:
         state = checkpointer.restore(latest, abstract_state=abstract, data_iterator=iterator)
