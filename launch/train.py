@@ -7,8 +7,9 @@
         --config.init_from=DIR                                # start from stage 1's final checkpoint
     python -m launch.train ... --config.init_from=/path/to/released_checkpoint   # fine-tune the released model
 
-A workdir that holds checkpoints is resumed from its newest complete one. A bad flag, config key, workdir, input
-or checkpoint is one `error: ...` line (exit status 2). Several processes (hosts) run with
+A workdir that holds checkpoints is resumed from its newest complete one (a damaged newer one is moved to
+WORKDIR/checkpoints_damaged, with a warning). A bad flag, config key, workdir, input or checkpoint is one
+`error: ...` line (exit status 2). Several processes (hosts) run with
 `--num_processes N --process_id I --coordinator_address HOST:PORT`, or with no flags on a Cloud TPU VM pod,
 where `jax.distributed.initialize()` finds the others by itself (see launch/tpu_pod.sh).
 """

@@ -1,7 +1,8 @@
 """Training checkpoints of one workdir: orbax `CheckpointManager` with params, optimizer state, step, config and
 data-iterator state, restorable onto any mesh.
 
-Layout (`WORKDIR/checkpoints/<step>/`, one orbax composite checkpoint per step):
+Layout (`WORKDIR/checkpoints/<step>/`, one orbax composite checkpoint per step; `set_aside` moves a damaged one
+to `WORKDIR/checkpoints_damaged/<step>`):
 
     _CHECKPOINT_METADATA          orbax: item handlers, commit time
     params/                       StandardSave (OCDBT + zarr) of the param tree
@@ -40,6 +41,7 @@ from flmjax.config import ModelConfig
 from flmjax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "checkpoints_damaged"  # where `set_aside` keeps damaged steps: out of orbax's sight, not deleted
 FORMAT_VERSION = 1
 PARAMS, OPT_STATE, META, DATA_ITER = "params", "opt_state", "meta", "data_iter"
 ARRAY_ITEMS = (PARAMS, OPT_STATE)
@@ -182,6 +184,15 @@ def _quiet_abandoned_reads() -> None:
     sys.unraisablehook, sys.excepthook = unraisable, uncaught
 
 
+def _unused_path(path: str) -> str:
+    """`path`, or `path-2`, `path-3`, ... : the first that does not exist."""
+    candidate, number = path, 1
+    while os.path.exists(candidate):
+        number += 1
+        candidate = f"{path}-{number}"
+    return candidate
+
+
 # Model config fields that decide param shapes: named in a mismatch report.
 _SHAPE_FIELDS = ("vocab_size", "aud_vocab_size", "aud_channel", "hidden_size", "intermediate_size",
                  "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "depth_layers",
@@ -226,6 +237,20 @@ class Checkpointer:
 
     def _step_dir(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
+
+    def set_aside(self, step: int) -> str:
+        """Moves checkpoint `step` out of the checkpoints folder, to WORKDIR/checkpoints_damaged/<step> (or
+        <step>-2, ... when that is taken), so that no resume or save sees it again; nothing is deleted. Returns
+        where it went. Process 0 moves it; every process forgets it."""
+        if self.read_only:
+            raise CheckpointError(f"set_aside(step={step}): this Checkpointer of {self.directory} is read-only")
+        destination = _unused_path(os.path.join(self.workdir, DAMAGED_DIR, str(step)))
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
+            os.rename(self._step_dir(step), destination)
+        self._session_steps.discard(step)
+        self._manager.reload()
+        return destination
 
     def _resolve_step(self, step: int | None) -> int:
         steps = self.all_steps()

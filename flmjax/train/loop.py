@@ -2,8 +2,10 @@
 
 `run_stage(config, workdir)` trains one stage config (configs/stages) in `workdir`: it resumes from the newest
 complete checkpoint there, or starts from `config.init_from` (an earlier stage's workdir or a released PyTorch
-checkpoint folder), or from scratch. It saves every `train.save_every` steps (async), at the end, and when the
-process gets SIGTERM (a TPU preemption), then stops. Metrics go to WORKDIR/metrics.jsonl and TensorBoard.
+checkpoint folder), or from scratch. A damaged newest checkpoint (truncated, corrupt) is moved aside to
+WORKDIR/checkpoints_damaged with a warning and the newest one that reads is resumed. It saves every
+`train.save_every` steps (async), at the end, and when the process gets SIGTERM (a TPU preemption), then stops.
+Metrics go to WORKDIR/metrics.jsonl and TensorBoard.
 """
 
 from __future__ import annotations
@@ -152,6 +154,30 @@ def _stage_input(what: str):
         raise StageError(f"{what}: {one_line(error)}") from error
 
 
+def _resume(checkpointer, abstract_state, data_iterator, say) -> tuple[Any, list[int]]:
+    """(state or None, steps set aside): the state of the newest checkpoint that reads (None when the workdir
+    holds none). Newer damaged ones (`CheckpointCorruptError`) are moved to WORKDIR/checkpoints_damaged, one
+    warning each; when none reads, the newest one's error is raised and nothing is moved."""
+    damaged: list[tuple[int, checkpoint_lib.CheckpointCorruptError]] = []
+    for step in reversed(checkpointer.all_steps()):
+        try:
+            state = checkpointer.restore(step, abstract_state=abstract_state, data_iterator=data_iterator)
+        except checkpoint_lib.CheckpointCorruptError as error:
+            damaged.append((step, error))
+            continue
+        for bad_step, error in damaged:
+            moved_to = checkpointer.set_aside(bad_step)
+            say(f"warning: checkpoint step {bad_step} is damaged, moved to {moved_to}; resuming from step {step} "
+                f"({one_line(error)})")
+        say(f"resumed from {checkpointer.workdir} step {step}")
+        return state, [bad_step for bad_step, _ in damaged]
+    if damaged:
+        raise checkpoint_lib.CheckpointCorruptError(
+            f"{one_line(damaged[0][1])}; no older checkpoint in {checkpointer.directory} reads: move the "
+            "damaged ones elsewhere to start this stage afresh")
+    return None, []
+
+
 def _initial_params(config, model_config, shardings):
     """Params an un-started stage begins from: None (fresh), an earlier stage's, or a released checkpoint's."""
     if not config.init_from:
@@ -269,11 +295,8 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
     # Created only now: a stage that cannot start (bad tokenizer, data, config) leaves no trace in the workdir.
     checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=train.max_to_keep,
                                                async_save=train.async_checkpoints)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state = checkpointer.restore(latest, abstract_state=abstract, data_iterator=iterator)
-        say(f"resumed from {workdir} step {latest}")
-    else:
+    state, set_aside = _resume(checkpointer, abstract, iterator, say)
+    if state is None:
         state = step_lib.init_state_sharded(model_config, tx, jax.random.key(config.seed), shardings,
                                             _initial_params(config, model_config, shardings))
         say(f"started {config.stage} from {config.init_from or 'scratch'}")
@@ -290,6 +313,8 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
 
     writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
     _wait_for_all_processes(f"{workdir}:start")
+    if set_aside:
+        checkpointer.all_steps()  # reread the folder: process 0 moved the damaged steps before the barrier
     batch_shardings = step_lib.batch_shardings(mesh)
     step = int(jax.device_get(state["step"]))
     start_step, start_time = step, time.perf_counter()

@@ -1,5 +1,5 @@
-"""The training loop end to end: learning, exact resume after SIGKILL, two hosts, bad input as one `error:` line,
-the main job."""
+"""The training loop end to end: learning, exact resume after SIGKILL, a damaged newest checkpoint set aside,
+two hosts, bad input as one `error:` line, the main job."""
 
 import hashlib
 import os
@@ -213,8 +213,24 @@ def test_a_truncated_only_checkpoint_is_one_error_line_and_is_left_as_it_is(data
     before = tree_digest(workdir)
     # 8 devices: orbax then leaves reads in flight whose finalization printed pages of tracebacks at exit.
     result = run_train(stage_flags(data_dir, workdir, 6), tmp_path / "corrupt.log", devices=8, check=False)
-    assert_one_error_line(result, tmp_path / "corrupt.log", "checkpoint step 4", "truncated or corrupt")
+    assert_one_error_line(result, tmp_path / "corrupt.log", "checkpoint step 4", "truncated or corrupt",
+                          "no older checkpoint")
     assert tree_digest(workdir) == before
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_older_one_resumed(data_dir, trained_workdir, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(trained_workdir, workdir)
+    truncate_checkpoint(workdir, 4)
+    damaged = tree_digest(workdir / "checkpoints" / "4")
+    run_train(stage_flags(data_dir, workdir, 6), tmp_path / "resume.log")
+    log = (tmp_path / "resume.log").read_text()
+    set_aside = workdir / "checkpoints_damaged" / "4"
+    assert log.count("warning:") == 1
+    assert f"warning: checkpoint step 4 is damaged, moved to {set_aside}; resuming from step 2" in log
+    assert f"resumed from {workdir} step 2" in log
+    assert tree_digest(set_aside) == damaged
+    assert checkpoint_lib.complete_steps(workdir)[-1] == 6
 
 
 def test_main_job_trains_every_stage_and_exports_a_loadable_checkpoint(data_dir, tmp_path):
