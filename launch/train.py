@@ -8,8 +8,9 @@
     python -m launch.train ... --config.init_from=/path/to/released_checkpoint   # fine-tune the released model
 
 A workdir that holds checkpoints is resumed from its newest complete one (a damaged newer one is moved to
-WORKDIR/checkpoints_damaged, with a warning). A bad flag, config key, workdir, input or checkpoint is one
-`error: ...` line (exit status 2). Several processes (hosts) run with
+WORKDIR/checkpoints_damaged, with a warning). SIGTERM (preemption) or Ctrl-C saves at the next step and stops
+(exit status 0, or 130 after Ctrl-C); a second Ctrl-C stops at once. A bad flag, config key, workdir, input or
+checkpoint is one `error: ...` line (exit status 2). Several processes (hosts) run with
 `--num_processes N --process_id I --coordinator_address HOST:PORT`, or with no flags on a Cloud TPU VM pod,
 where `jax.distributed.initialize()` finds the others by itself (see launch/tpu_pod.sh).
 """
@@ -79,7 +80,12 @@ def stage_config(schedule, stage: str, previous_workdir: str):
     return config
 
 
-def run_schedule(schedule, workdir: str) -> None:
+def exit_status(result) -> int | None:
+    """A run stopped by Ctrl-C exits with 130 (so `train && export` stops there); SIGTERM or the end with 0."""
+    return cli.INTERRUPTED if result.stopped_by == "SIGINT" else None
+
+
+def run_schedule(schedule, workdir: str) -> int | None:
     from flmjax.train import loop
 
     ensure_synthetic_data(schedule.data_dir, schedule.synthetic_records, schedule.seed)
@@ -90,7 +96,7 @@ def run_schedule(schedule, workdir: str) -> None:
         result = loop.run_stage(stage_config(schedule, stage, previous), stage_workdir)
         if result.stopped_early:
             print(f"stopped early in {stage} at step {result.final_step}; run again to resume", flush=True)
-            return
+            return exit_status(result)
         previous = stage_workdir
     print(f"done: final model in {previous} (export: python -m launch.export --workdir {previous} --out OUT)")
 
@@ -124,7 +130,7 @@ def parse_flags(argv) -> list[str]:
     sys.exit(cli.USAGE_ERROR)
 
 
-def main(argv) -> None:
+def main(argv) -> int | None:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]}")
     if FLAGS.verbosity == 0:  # orbax and tfds log every file they touch at INFO
@@ -135,11 +141,10 @@ def main(argv) -> None:
     jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "flmjax", "jax"))
     config = FLAGS.config
     if "schedule" in config:
-        run_schedule(config, FLAGS.workdir)
-        return
+        return run_schedule(config, FLAGS.workdir)
     from flmjax.train import loop
 
-    loop.run_stage(config, FLAGS.workdir)
+    return exit_status(loop.run_stage(config, FLAGS.workdir))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 complete checkpoint there, or starts from `config.init_from` (an earlier stage's workdir or a released PyTorch
 checkpoint folder), or from scratch. A damaged newest checkpoint (truncated, corrupt) is moved aside to
 WORKDIR/checkpoints_damaged with a warning and the newest one that reads is resumed. It saves every
-`train.save_every` steps (async), at the end, and when the process gets SIGTERM (a TPU preemption), then stops.
-Metrics go to WORKDIR/metrics.jsonl and TensorBoard.
+`train.save_every` steps (async), at the end, and when the process gets SIGTERM (a TPU preemption) or Ctrl-C
+(SIGINT), then stops; a second Ctrl-C stops at once without saving. Metrics go to WORKDIR/metrics.jsonl and
+TensorBoard.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ class StageError(UserError, ValueError):
 @dataclasses.dataclass
 class StageResult:
     final_step: int
-    stopped_early: bool  # by SIGTERM
+    stopped_early: bool  # by a signal, after saving
     last_metrics: dict[str, float]
+    stopped_by: str = ""  # the signal that stopped it early ("SIGTERM", "SIGINT"), "" when it ran to the end
 
 
 def stage_model_config(config) -> model_config_lib.ModelConfig:
@@ -109,25 +111,39 @@ def _to_global(batch: dict[str, np.ndarray], shardings: dict[str, Any], process_
 
 
 class _Preemption:
-    """Remembers a SIGTERM so the loop can save and stop at the next step boundary."""
+    """Remembers a SIGTERM (a TPU preemption) or a Ctrl-C (SIGINT) so the loop can save and stop at the next step
+    boundary; a Ctrl-C after that raises KeyboardInterrupt at once, for a user who will not wait for the save."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.signal_name = ""  # of the first stop request
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.signal_name)
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler (tests driving the loop from a thread)
-            self._previous = None
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: no handler (tests driving the loop from a thread)
+                pass
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if not self.requested:
+            self.signal_name = signal.Signals(signum).name
+            # os.write, not print: a handler that interrupts a print must not print (reentrant buffered I/O).
+            os.write(2, f"\n{self.signal_name}: saving at the end of this step, then stopping (a Ctrl-C "
+                        "now stops at once, without saving)\n".encode())
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def _check_workdir(workdir: str) -> None:
@@ -319,7 +335,7 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
     step = int(jax.device_get(state["step"]))
     start_step, start_time = step, time.perf_counter()
     last_metrics: dict[str, float] = {}
-    stopped_early = False
+    stopped_by = ""
     eval_fn = None
     with _Preemption() as preemption, sharding.activation_rules(mesh):
         while step < train.total_steps:
@@ -352,15 +368,15 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
                 checkpointer.save(step, state, model_config, data_iterator=iterator, stage_config=config.to_dict(),
                                   force=True)
             if preemption.requested:
-                say(f"SIGTERM: saved step {step}, stopping")
-                stopped_early = True
+                say(f"{preemption.signal_name}: saved step {step}, stopping")
+                stopped_by = preemption.signal_name
                 break
     checkpointer.wait()
     checkpointer.close()
     writer.close()
     if hasattr(iterator, "close"):
         iterator.close()
-    return StageResult(step, stopped_early, last_metrics)
+    return StageResult(step, bool(stopped_by), last_metrics, stopped_by)
 
 
 def _model_summary(config: model_config_lib.ModelConfig) -> str:

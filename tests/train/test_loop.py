@@ -1,5 +1,5 @@
-"""The training loop end to end: learning, exact resume after SIGKILL, a damaged newest checkpoint set aside,
-two hosts, bad input as one `error:` line, the main job."""
+"""The training loop end to end: learning, exact resume after SIGKILL, SIGTERM and Ctrl-C, a damaged newest
+checkpoint set aside, two hosts, bad input as one `error:` line, the main job."""
 
 import hashlib
 import os
@@ -314,3 +314,23 @@ def test_sigterm_saves_a_checkpoint_and_stops(data_dir, tmp_path):
     assert f"SIGTERM: saved step {saved}, stopping" in log
     assert max(read_metrics(workdir)) == saved
 
+
+def test_ctrl_c_saves_a_checkpoint_at_the_interrupted_step_and_stops(data_dir, tmp_path):
+    workdir = tmp_path / "interrupted"
+    flags = stage_flags(data_dir, workdir, 10_000, "--config.train.save_every=5000")
+    with open(tmp_path / "interrupted.log", "w") as log:
+        process = subprocess.Popen(train_command(flags), cwd=REPO_ROOT, env=environment(), stdout=log,
+                                   stderr=subprocess.STDOUT)
+        deadline = time.time() + 300
+        while len(read_metrics(workdir)) < 3 and time.time() < deadline:
+            assert process.poll() is None, (tmp_path / "interrupted.log").read_text()[-3000:]
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+    log = (tmp_path / "interrupted.log").read_text()
+    assert process.returncode == 130, log[-3000:]
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-3000:]
+    saved = checkpoint_lib.latest_complete_step(workdir)
+    assert saved is not None and 3 <= saved < 5000
+    assert f"SIGINT: saved step {saved}, stopping" in log
+    assert max(read_metrics(workdir)) == saved
