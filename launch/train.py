@@ -147,5 +147,18 @@ def main(argv) -> int | None:
     return exit_status(loop.run_stage(config, FLAGS.workdir))
 
 
+def main_or_abort(argv) -> int | None:
+    """`main`, except that a Ctrl-C that reaches here (the second one in the training loop, or one before it)
+    ends the process at once: exiting normally would wait for a background save's threads, which is not "at
+    once", and they print tracebacks when they meet the shutdown. An unfinished save stays a tmp folder that no
+    resume counts."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        print("interrupted", file=sys.stderr, flush=True)
+        os._exit(cli.INTERRUPTED)
+
+
 if __name__ == "__main__":
-    app.run(functools.partial(cli.run, main), flags_parser=parse_flags)
+    app.run(functools.partial(cli.run, main_or_abort), flags_parser=parse_flags)

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -112,12 +113,16 @@ def _to_global(batch: dict[str, np.ndarray], shardings: dict[str, Any], process_
 
 class _Preemption:
     """Remembers a SIGTERM (a TPU preemption) or a Ctrl-C (SIGINT) so the loop can save and stop at the next step
-    boundary; a Ctrl-C after that raises KeyboardInterrupt at once, for a user who will not wait for the save."""
+    boundary; a Ctrl-C after that raises KeyboardInterrupt at once, for a user who will not wait for the save.
+
+    Python swallows an exception that a handler raises while it runs a gc callback (it only reports it as
+    "Exception ignored"), so the loop also checks `aborted` at each step boundary and raises it there."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.signal_name = ""  # of the first stop request
+        self.aborted = False  # by a Ctrl-C after the first stop request
         self._previous: dict[int, Any] = {}
 
     @property
@@ -134,6 +139,8 @@ class _Preemption:
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
+            self.aborted = True
+            _drop_swallowed_interrupt_reports()
             raise KeyboardInterrupt
         if not self.requested:
             self.signal_name = signal.Signals(signum).name
@@ -144,6 +151,18 @@ class _Preemption:
     def __exit__(self, *exc):
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
+
+
+def _drop_swallowed_interrupt_reports() -> None:
+    """Drops the "Exception ignored ... KeyboardInterrupt" report of an abort that Python swallowed (see
+    `_Preemption`): the loop raises it again at the step boundary, so the report is no news."""
+    report = sys.unraisablehook
+
+    def unraisable(unraisable_report):
+        if not isinstance(unraisable_report.exc_value, KeyboardInterrupt):
+            report(unraisable_report)
+
+    sys.unraisablehook = unraisable
 
 
 def _check_workdir(workdir: str) -> None:
@@ -342,6 +361,8 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
             batch = _to_global(next(iterator), batch_shardings, process_count)
             state, metrics = compiled.run(state, batch)
             step += 1
+            if preemption.aborted:
+                raise KeyboardInterrupt
             if step % train.log_every == 0 or step == train.total_steps:
                 last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 elapsed = time.perf_counter() - start_time

@@ -295,42 +295,48 @@ def test_tiny_model_learns_the_corpus_text_to_audio_rule(data_dir, tmp_path):
     assert accuracy[1:].mean() > 0.4  # acoustic codes: a lookup of the semantic code
 
 
-def test_sigterm_saves_a_checkpoint_and_stops(data_dir, tmp_path):
-    workdir = tmp_path / "preempted"
-    flags = stage_flags(data_dir, workdir, 10_000, "--config.train.save_every=5000")
-    with open(tmp_path / "preempted.log", "w") as log:
-        process = subprocess.Popen(train_command(flags), cwd=REPO_ROOT, env=environment(), stdout=log,
-                                   stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
-        while len(read_metrics(workdir)) < 3 and time.time() < deadline:
-            assert process.poll() is None, (tmp_path / "preempted.log").read_text()[-3000:]
-            time.sleep(0.1)
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=120)
-    log = (tmp_path / "preempted.log").read_text()
-    assert process.returncode == 0, log[-3000:]
-    saved = checkpoint_lib.latest_complete_step(workdir)
-    assert saved is not None and 3 <= saved < 5000
-    assert f"SIGTERM: saved step {saved}, stopping" in log
-    assert max(read_metrics(workdir)) == saved
+def wait_for(condition, process, log_path, timeout_s=300):
+    deadline = time.time() + timeout_s
+    while not condition() and time.time() < deadline:
+        assert process.poll() is None, pathlib.Path(log_path).read_text()[-3000:]
+        time.sleep(0.05)
 
 
-def test_ctrl_c_saves_a_checkpoint_at_the_interrupted_step_and_stops(data_dir, tmp_path):
-    workdir = tmp_path / "interrupted"
-    flags = stage_flags(data_dir, workdir, 10_000, "--config.train.save_every=5000")
-    with open(tmp_path / "interrupted.log", "w") as log:
+def train_and_signal(data_dir, tmp_path, signals, steps_logged=3, *flags):
+    """A long stage in a subprocess, sent `signals` once `steps_logged` steps are logged (each later one as soon as
+    the first is acknowledged); (workdir, exit status, output)."""
+    workdir, log_path = tmp_path / "work", tmp_path / "train.log"
+    flags = stage_flags(data_dir, workdir, 10_000, "--config.train.save_every=5000", *flags)
+    with open(log_path, "w") as log:
         process = subprocess.Popen(train_command(flags), cwd=REPO_ROOT, env=environment(), stdout=log,
                                    stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
-        while len(read_metrics(workdir)) < 3 and time.time() < deadline:
-            assert process.poll() is None, (tmp_path / "interrupted.log").read_text()[-3000:]
-            time.sleep(0.1)
-        process.send_signal(signal.SIGINT)
+        wait_for(lambda: len(read_metrics(workdir)) >= steps_logged, process, log_path)
+        process.send_signal(signals[0])
+        for signum in signals[1:]:
+            wait_for(lambda: "saving at the end of this step" in log_path.read_text(), process, log_path)
+            process.send_signal(signum)
         process.wait(timeout=120)
-    log = (tmp_path / "interrupted.log").read_text()
-    assert process.returncode == 130, log[-3000:]
+    return workdir, process.returncode, log_path.read_text()
+
+
+@pytest.mark.parametrize("signum, exit_status", [(signal.SIGTERM, 0), (signal.SIGINT, 130)],
+                         ids=["sigterm", "ctrl_c"])
+def test_sigterm_or_ctrl_c_saves_a_checkpoint_at_the_interrupted_step_and_stops(data_dir, tmp_path, signum,
+                                                                                 exit_status):
+    workdir, status, log = train_and_signal(data_dir, tmp_path, [signum])
+    assert status == exit_status, log[-3000:]
     assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-3000:]
     saved = checkpoint_lib.latest_complete_step(workdir)
     assert saved is not None and 3 <= saved < 5000
-    assert f"SIGINT: saved step {saved}, stopping" in log
+    assert f"{signal.Signals(signum).name}: saved step {saved}, stopping" in log
     assert max(read_metrics(workdir)) == saved
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving_or_a_traceback(data_dir, tmp_path):
+    # Steps of about a second (8x the usual frames), so that the second Ctrl-C lands in the step the first one
+    # interrupted.
+    workdir, status, log = train_and_signal(data_dir, tmp_path, [signal.SIGINT, signal.SIGINT], 1,
+                                            "--config.data.sequence_length=256")
+    assert status == 130, log[-3000:]
+    assert "Traceback" not in log and "saved step" not in log and log.rstrip().endswith("interrupted"), log[-3000:]
+    assert checkpoint_lib.latest_complete_step(workdir) is None
