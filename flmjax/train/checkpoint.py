@@ -1,7 +1,8 @@
 """Training checkpoints of one workdir: orbax `CheckpointManager` with params, optimizer state, step, config and
 data-iterator state, restorable onto any mesh.
 
-Layout (`WORKDIR/checkpoints/<step>/`, one orbax composite checkpoint per step):
+Layout (`WORKDIR/checkpoints/<step>/`, one orbax composite checkpoint per step; `set_aside` moves a damaged one
+to `WORKDIR/checkpoints_damaged/<step>`):
 
     _CHECKPOINT_METADATA          orbax: item handlers, commit time
     params/                       StandardSave (OCDBT + zarr) of the param tree
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Mapping
 
 import grain
@@ -39,6 +41,7 @@ from flmjax.config import ModelConfig
 from flmjax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "checkpoints_damaged"  # where `set_aside` keeps damaged steps: out of orbax's sight, not deleted
 FORMAT_VERSION = 1
 PARAMS, OPT_STATE, META, DATA_ITER = "params", "opt_state", "meta", "data_iter"
 ARRAY_ITEMS = (PARAMS, OPT_STATE)
@@ -150,6 +153,46 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
+def _is_abandoned_read_report(error: BaseException, about: Any = None) -> bool:
+    """Whether a report is one of orbax's abandoned reads speaking: its event loop closed under it, or its
+    coroutine (`about`) closed mid-read."""
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return True
+    code = getattr(about, "cr_code", None)
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+def _quiet_abandoned_reads() -> None:
+    """orbax reads a checkpoint in a private event loop that it closes as soon as one read fails; each read still in
+    flight then prints a traceback when it finishes (from tensorstore's threads: "Event loop is closed") and again
+    when it is collected, pages for a large checkpoint that bury the one error that matters. Those reports are
+    dropped (from the first restore on: they start before the failed read's error reaches the caller); every other
+    report goes where it went before."""
+    if getattr(sys.excepthook, "quiets_abandoned_reads", False):
+        return
+    report_unraisable, report_uncaught = sys.unraisablehook, sys.excepthook
+
+    def unraisable(report):
+        if not _is_abandoned_read_report(report.exc_value, report.object):
+            report_unraisable(report)
+
+    def uncaught(error_type, error, traceback):
+        if not _is_abandoned_read_report(error):
+            report_uncaught(error_type, error, traceback)
+
+    uncaught.quiets_abandoned_reads = True
+    sys.unraisablehook, sys.excepthook = unraisable, uncaught
+
+
+def _unused_path(path: str) -> str:
+    """`path`, or `path-2`, `path-3`, ... : the first that does not exist."""
+    candidate, number = path, 1
+    while os.path.exists(candidate):
+        number += 1
+        candidate = f"{path}-{number}"
+    return candidate
+
+
 # Model config fields that decide param shapes: named in a mismatch report.
 _SHAPE_FIELDS = ("vocab_size", "aud_vocab_size", "aud_channel", "hidden_size", "intermediate_size",
                  "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "depth_layers",
@@ -194,6 +237,20 @@ class Checkpointer:
 
     def _step_dir(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
+
+    def set_aside(self, step: int) -> str:
+        """Moves checkpoint `step` out of the checkpoints folder, to WORKDIR/checkpoints_damaged/<step> (or
+        <step>-2, ... when that is taken), so that no resume or save sees it again; nothing is deleted. Returns
+        where it went. Process 0 moves it; every process forgets it."""
+        if self.read_only:
+            raise CheckpointError(f"set_aside(step={step}): this Checkpointer of {self.directory} is read-only")
+        destination = _unused_path(os.path.join(self.workdir, DAMAGED_DIR, str(step)))
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
+            os.rename(self._step_dir(step), destination)
+        self._session_steps.discard(step)
+        self._manager.reload()
+        return destination
 
     def _resolve_step(self, step: int | None) -> int:
         steps = self.all_steps()
@@ -324,6 +381,7 @@ class Checkpointer:
 
     def _restore_item(self, step: int, item: str, args: Any) -> Any:
         """One item, with any failure to read it reported as `CheckpointCorruptError`."""
+        _quiet_abandoned_reads()
         try:
             return self._manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
         except Exception as error:  # noqa: BLE001 (tensorstore raises plain Exception)

@@ -2,14 +2,20 @@
 
 `run_stage(config, workdir)` trains one stage config (configs/stages) in `workdir`: it resumes from the newest
 complete checkpoint there, or starts from `config.init_from` (an earlier stage's workdir or a released PyTorch
-checkpoint folder), or from scratch. It saves every `train.save_every` steps (async), at the end, and when the
-process gets SIGTERM (a TPU preemption), then stops. Metrics go to WORKDIR/metrics.jsonl and TensorBoard.
+checkpoint folder), or from scratch. A damaged newest checkpoint (truncated, corrupt) is moved aside to
+WORKDIR/checkpoints_damaged with a warning and the newest one that reads is resumed. It saves every
+`train.save_every` steps (async), at the end, and when the process gets SIGTERM (a TPU preemption) or Ctrl-C
+(SIGINT), then stops; a second Ctrl-C stops at once without saving. Metrics go to WORKDIR/metrics.jsonl and
+TensorBoard.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -26,7 +32,7 @@ from flmjax.train import loss as loss_lib
 from flmjax.train import metrics as metrics_lib
 from flmjax.train import optimizer as optimizer_lib
 from flmjax.train import step as step_lib
-from flmjax.errors import UserError
+from flmjax.errors import UserError, one_line
 
 
 class StageError(UserError, ValueError):
@@ -36,8 +42,9 @@ class StageError(UserError, ValueError):
 @dataclasses.dataclass
 class StageResult:
     final_step: int
-    stopped_early: bool  # by SIGTERM
+    stopped_early: bool  # by a signal, after saving
     last_metrics: dict[str, float]
+    stopped_by: str = ""  # the signal that stopped it early ("SIGTERM", "SIGINT"), "" when it ran to the end
 
 
 def stage_model_config(config) -> model_config_lib.ModelConfig:
@@ -105,25 +112,105 @@ def _to_global(batch: dict[str, np.ndarray], shardings: dict[str, Any], process_
 
 
 class _Preemption:
-    """Remembers a SIGTERM so the loop can save and stop at the next step boundary."""
+    """Remembers a SIGTERM (a TPU preemption) or a Ctrl-C (SIGINT) so the loop can save and stop at the next step
+    boundary; a Ctrl-C after that raises KeyboardInterrupt at once, for a user who will not wait for the save.
+
+    Python swallows an exception that a handler raises while it runs a gc callback (it only reports it as
+    "Exception ignored"), so the loop also checks `aborted` at each step boundary and raises it there."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.signal_name = ""  # of the first stop request
+        self.aborted = False  # by a Ctrl-C after the first stop request
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.signal_name)
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler (tests driving the loop from a thread)
-            self._previous = None
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: no handler (tests driving the loop from a thread)
+                pass
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if self.requested and signum == signal.SIGINT:
+            self.aborted = True
+            _drop_swallowed_interrupt_reports()
+            raise KeyboardInterrupt
+        if not self.requested:
+            self.signal_name = signal.Signals(signum).name
+            # os.write, not print: a handler that interrupts a print must not print (reentrant buffered I/O).
+            os.write(2, f"\n{self.signal_name}: saving at the end of this step, then stopping (a Ctrl-C "
+                        "now stops at once, without saving)\n".encode())
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+
+def _drop_swallowed_interrupt_reports() -> None:
+    """Drops the "Exception ignored ... KeyboardInterrupt" report of an abort that Python swallowed (see
+    `_Preemption`): the loop raises it again at the step boundary, so the report is no news."""
+    report = sys.unraisablehook
+
+    def unraisable(unraisable_report):
+        if not isinstance(unraisable_report.exc_value, KeyboardInterrupt):
+            report(unraisable_report)
+
+    sys.unraisablehook = unraisable
+
+
+def _check_workdir(workdir: str) -> None:
+    """Raises `StageError` unless `workdir` is, or can be made, a writable folder: checked before anything is
+    built, and without creating anything."""
+    existing = os.path.abspath(workdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise StageError(f"workdir {workdir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StageError(f"workdir {workdir}: {existing} is not writable (permissions or a read-only file system)")
+
+
+@contextlib.contextmanager
+def _stage_input(what: str):
+    """The data and tokenizer readers report a bad input as `ValueError`: here that is a `StageError` naming
+    `what`; a `ValueError` from anywhere else in the loop stays a bug with its traceback."""
+    try:
+        yield
+    except StageError:
+        raise
+    except ValueError as error:
+        raise StageError(f"{what}: {one_line(error)}") from error
+
+
+def _resume(checkpointer, abstract_state, data_iterator, say) -> tuple[Any, list[int]]:
+    """(state or None, steps set aside): the state of the newest checkpoint that reads (None when the workdir
+    holds none). Newer damaged ones (`CheckpointCorruptError`) are moved to WORKDIR/checkpoints_damaged, one
+    warning each; when none reads, the newest one's error is raised and nothing is moved."""
+    damaged: list[tuple[int, checkpoint_lib.CheckpointCorruptError]] = []
+    for step in reversed(checkpointer.all_steps()):
+        try:
+            state = checkpointer.restore(step, abstract_state=abstract_state, data_iterator=data_iterator)
+        except checkpoint_lib.CheckpointCorruptError as error:
+            damaged.append((step, error))
+            continue
+        for bad_step, error in damaged:
+            moved_to = checkpointer.set_aside(bad_step)
+            say(f"warning: checkpoint step {bad_step} is damaged, moved to {moved_to}; resuming from step {step} "
+                f"({one_line(error)})")
+        say(f"resumed from {checkpointer.workdir} step {step}")
+        return state, [bad_step for bad_step, _ in damaged]
+    if damaged:
+        raise checkpoint_lib.CheckpointCorruptError(
+            f"{one_line(damaged[0][1])}; no older checkpoint in {checkpointer.directory} reads: move the "
+            "damaged ones elsewhere to start this stage afresh")
+    return None, []
 
 
 def _initial_params(config, model_config, shardings):
@@ -222,28 +309,29 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
     is_main = process_index == 0
     say = log if is_main else (lambda message: None)
     train = config.train
+    _check_workdir(workdir)
     spec = stage_step(config)
     model_config, loss_config, tx, mesh, shardings = (spec.model_config, spec.loss_config, spec.tx, spec.mesh,
                                                       spec.shardings)
-    tokenizer = text.load_tokenizer(config.data.tokenizer)
-    text.check_compatible(tokenizer, model_config)
+    with _stage_input(f"tokenizer {config.data.tokenizer}"):
+        tokenizer = text.load_tokenizer(config.data.tokenizer)
+        text.check_compatible(tokenizer, model_config)
     ids = StreamIds.from_config(model_config)
     eval_sources = _eval_sources(config, say) if train.eval_every else []
     duplex_eval = _duplex_eval_setup(config, model_config, tokenizer, say) if train.eval_every else None
 
-    checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=train.max_to_keep,
-                                               async_save=train.async_checkpoints)
     local_batch = pipeline.per_process_batch_size(config.data.global_batch_size, process_count)
-    data = pipeline.stage_dataset(pipeline.stage_sources(config.data), tokenizer, ids,
-                                  config.data.sequence_length, local_batch, config.seed, process_index,
-                                  process_count)
+    with _stage_input(f"data in {config.data.data_dir}"):
+        data = pipeline.stage_dataset(pipeline.stage_sources(config.data), tokenizer, ids,
+                                      config.data.sequence_length, local_batch, config.seed, process_index,
+                                      process_count)
     iterator = pipeline.batch_iterator(data, num_workers=config.data.num_workers)
     abstract = step_lib.abstract_state(model_config, tx, shardings)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state = checkpointer.restore(latest, abstract_state=abstract, data_iterator=iterator)
-        say(f"resumed from {workdir} step {latest}")
-    else:
+    # Created only now: a stage that cannot start (bad tokenizer, data, config) leaves no trace in the workdir.
+    checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=train.max_to_keep,
+                                               async_save=train.async_checkpoints)
+    state, set_aside = _resume(checkpointer, abstract, iterator, say)
+    if state is None:
         state = step_lib.init_state_sharded(model_config, tx, jax.random.key(config.seed), shardings,
                                             _initial_params(config, model_config, shardings))
         say(f"started {config.stage} from {config.init_from or 'scratch'}")
@@ -260,17 +348,21 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
 
     writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
     _wait_for_all_processes(f"{workdir}:start")
+    if set_aside:
+        checkpointer.all_steps()  # reread the folder: process 0 moved the damaged steps before the barrier
     batch_shardings = step_lib.batch_shardings(mesh)
     step = int(jax.device_get(state["step"]))
     start_step, start_time = step, time.perf_counter()
     last_metrics: dict[str, float] = {}
-    stopped_early = False
+    stopped_by = ""
     eval_fn = None
     with _Preemption() as preemption, sharding.activation_rules(mesh):
         while step < train.total_steps:
             batch = _to_global(next(iterator), batch_shardings, process_count)
             state, metrics = compiled.run(state, batch)
             step += 1
+            if preemption.aborted:
+                raise KeyboardInterrupt
             if step % train.log_every == 0 or step == train.total_steps:
                 last_metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 elapsed = time.perf_counter() - start_time
@@ -297,15 +389,15 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
                 checkpointer.save(step, state, model_config, data_iterator=iterator, stage_config=config.to_dict(),
                                   force=True)
             if preemption.requested:
-                say(f"SIGTERM: saved step {step}, stopping")
-                stopped_early = True
+                say(f"{preemption.signal_name}: saved step {step}, stopping")
+                stopped_by = preemption.signal_name
                 break
     checkpointer.wait()
     checkpointer.close()
     writer.close()
     if hasattr(iterator, "close"):
         iterator.close()
-    return StageResult(step, stopped_early, last_metrics)
+    return StageResult(step, bool(stopped_by), last_metrics, stopped_by)
 
 
 def _model_summary(config: model_config_lib.ModelConfig) -> str:

@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from flmjax import compiled as compiled_lib
 from flmjax import model, sharding
 from flmjax.config import ModelConfig
+from flmjax.errors import UserError
 from flmjax.train import loss as loss_lib
 from flmjax.train import optimizer as optimizer_lib
 
@@ -106,14 +107,18 @@ def train_step(state: State, batch: Batch, *, config: ModelConfig, loss_config: 
     return new_state, jax.tree.map(lambda m: m.astype(jnp.float32), metrics)
 
 
+class BatchLayoutError(UserError, ValueError):
+    """A global batch that does not split into micro-batches or over the data-parallel devices."""
+
+
 def check_batch_layout(mesh: Mesh, global_batch_size: int, accumulation_steps: int = 1) -> None:
     """The global batch must split into micro-batches, and each micro-batch over the data-parallel devices."""
     if global_batch_size % accumulation_steps:
-        raise ValueError(f"global batch size {global_batch_size} is not divisible into {accumulation_steps} "
+        raise BatchLayoutError(f"global batch size {global_batch_size} is not divisible into {accumulation_steps} "
                          "micro-batches")
     data_parallel = int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
     if (global_batch_size // accumulation_steps) % data_parallel:
-        raise ValueError(f"micro-batch size {global_batch_size // accumulation_steps} does not divide over the "
+        raise BatchLayoutError(f"micro-batch size {global_batch_size // accumulation_steps} does not divide over the "
                          f"{data_parallel} devices of the data and fsdp mesh axes {dict(mesh.shape)}")
 
 

@@ -224,3 +224,18 @@ def test_a_damaged_params_file_is_reported_as_corrupt_naming_step_and_item(param
     with pytest.raises(CheckpointCorruptError, match=r"checkpoint step 6 .*item 'params'"):
         Checkpointer(tmp_path).restore_params(abstract_params=abstract_of(model.abstract_params(CONFIG)))
     gc.collect()  # while the warning filter above holds
+
+
+def test_set_aside_moves_a_step_out_of_sight_whole_and_never_onto_an_earlier_one(params, tmp_path):
+    save_steps(tmp_path, params, [2, 4])
+    before = tree_hash(tmp_path / "checkpoints" / "4")
+    with Checkpointer(tmp_path) as checkpointer:
+        moved_to = checkpointer.set_aside(4)
+        assert moved_to == str(tmp_path / "checkpoints_damaged" / "4")
+        assert checkpointer.all_steps() == [2]
+    assert latest_complete_step(tmp_path) == 2
+    assert tree_hash(moved_to) == before
+    save_steps(tmp_path, params, [4])
+    with Checkpointer(tmp_path) as checkpointer:
+        assert checkpointer.set_aside(4) == str(tmp_path / "checkpoints_damaged" / "4-2")
+    assert tree_hash(moved_to) == before
