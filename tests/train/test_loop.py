@@ -156,18 +156,25 @@ def test_a_workdir_that_is_a_file_is_one_error_line_and_the_file_is_kept(data_di
     assert workdir.read_text() == "not a folder"
 
 
+def read_only_folder(tmp_path) -> pathlib.Path:
+    """A folder this user may not write into: a chmod 555 one, or, for root (who writes through permissions),
+    one on a file system the kernel keeps read-only (/proc/sys)."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):
+        folder = pathlib.Path("/proc/sys")
+    assert not os.access(folder, os.W_OK), "no folder this user cannot write into"
+    return folder
+
+
 def test_a_read_only_workdir_is_one_error_line(data_dir, tmp_path):
-    workdir = tmp_path / "read_only"
-    workdir.mkdir()
-    workdir.chmod(0o555)
-    try:
-        if os.access(workdir, os.W_OK):
-            pytest.skip("this user (root) writes through the permissions of a read-only folder")
-        result = run_train(stage_flags(data_dir, workdir, 2), tmp_path / "read_only.log", check=False)
-        assert_one_error_line(result, tmp_path / "read_only.log", f"workdir {workdir}: {workdir} is not writable")
-        assert list(workdir.iterdir()) == []
-    finally:
-        workdir.chmod(0o755)
+    folder = read_only_folder(tmp_path)
+    before = sorted(p.name for p in folder.iterdir())
+    workdir = folder / "run"
+    result = run_train(stage_flags(data_dir, workdir, 2), tmp_path / "read_only.log", check=False)
+    assert_one_error_line(result, tmp_path / "read_only.log", f"workdir {workdir}: {folder} is not writable")
+    assert sorted(p.name for p in folder.iterdir()) == before
 
 
 def tree_digest(folder):
