@@ -103,6 +103,7 @@ def build_synthetic(args: argparse.Namespace) -> dataset.BuildSummary:
     dataset is rebuilt: a reused or refused build leaves OUT as it was (the generated copy is thrown away)."""
     source = os.path.join(args.out, SYNTHETIC_SOURCE)
     files.check_apart(dataset.dataset_dir(args.out, args.name), [source], what="the dataset")
+    files.remove_leftovers(source)  # of a killed run (one run per data dir at a time)
     with files.staging_folder(source) as staging:
         generated = write_synthetic_manifest(args.synthetic, args.seed or 0, staging)
         existing = dataset.existing_build(generated, args.out, args.name, args.overwrite)

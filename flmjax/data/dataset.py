@@ -332,7 +332,8 @@ class DialogDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     `DialogDataset(data_dir=..., manifest_path=...)` writes ArrayRecord files of a dataset named "dialogs";
     `dialog_builder` gives other names (a subclass per name, not registered with tfds). `build_dataset` adds what a plain `download_and_prepare` lacks: reuse of a finished build,
-    removal of an unfinished one, a check that the manifest did not change, and splits that are all rejected.
+    a build beside the old one swapped in when whole, a check that the inputs did not change, and splits that are
+    all rejected.
     """
 
     name = "dialogs"

@@ -442,3 +442,16 @@ def test_impossible_durations_and_empty_records_are_rejected_with_reasons(tmp_pa
     assert "'forever'" in summary.rejections["impossible duration"][0]
     assert "'nothing'" in summary.rejections["empty record"][0]
     assert sum(summary.hours.values()) < 1
+
+
+def test_dataset_modes_follow_the_umask(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        summary = build_dataset(write_test_manifest(tmp_path / "m", GOOD[:2], bad=False), tmp_path / "d",
+                                progress=False)
+    finally:
+        os.umask(umask)
+    folders = [summary.path, os.path.dirname(summary.path)]
+    written = [os.path.join(summary.path, name) for name in os.listdir(summary.path)]
+    assert {os.stat(folder).st_mode & 0o777 for folder in folders} == {0o750}
+    assert {os.stat(path).st_mode & 0o777 for path in written} == {0o640}

@@ -131,13 +131,13 @@ def test_overwrite_replaces_a_previous_export_but_no_other_folder(workdir, tmp_p
 
 
 def test_export_modes_follow_the_umask(workdir, tmp_path):
-    umask = os.umask(0o022)
+    umask = os.umask(0o027)
     try:
         written = export_cli.export(workdir, tmp_path / "out", max_shard_bytes=2 ** 20)
     finally:
         os.umask(umask)
-    assert os.stat(tmp_path / "out").st_mode & 0o777 == 0o755
-    assert {os.stat(path).st_mode & 0o777 for path in written} == {0o644}
+    assert os.stat(tmp_path / "out").st_mode & 0o777 == 0o750
+    assert {os.stat(path).st_mode & 0o777 for path in written} == {0o640}
 
 
 def test_export_of_a_checkpoint_with_damaged_metadata_is_one_line(workdir, tmp_path):
