@@ -331,9 +331,9 @@ class DialogDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Builds a manifest into ArrayRecord files, one split per manifest `split`.
 
     `DialogDataset(data_dir=..., manifest_path=...)` writes ArrayRecord files of a dataset named "dialogs";
-    `dialog_builder` gives other names (a subclass per name, not registered with tfds). `build_dataset` adds what a plain `download_and_prepare` lacks: reuse of a finished build,
-    a build beside the old one swapped in when whole, a check that the inputs did not change, and splits that are
-    all rejected.
+    `dialog_builder` gives other names (a subclass per name, not registered with tfds). `build_dataset` adds
+    what a plain `download_and_prepare` lacks: reuse of a finished build, a build beside the old one swapped in
+    when whole, a check that the inputs did not change, and splits that are all rejected.
     """
 
     name = "dialogs"
@@ -507,19 +507,21 @@ def _planned(manifest_path: str | os.PathLike) -> _Plan:
 def _existing_build(plan: _Plan, data_dir: str, name: str, overwrite: bool) -> BuildSummary | None:
     """The finished build of the same manifest and codes (`already_built=True`), or None when one must be built.
 
-    Raises `DatasetError`, before anything is written, for a build of different inputs without `overwrite`, a
-    folder that is not ours, or a dataset folder that holds (or sits inside) the manifest or its codes."""
+    Raises, before anything is written, `DatasetError` for a build of different inputs without `overwrite` or a
+    folder that is not ours, `files.OverlapError` for a dataset folder that holds the manifest or its codes."""
     target = dataset_dir(data_dir, name)
     files.check_apart(target, [plan.manifest] + [full for _, full in plan.codes_files], what="the dataset")
     existing = read_summary(data_dir, name)
     if existing is not None and not overwrite:
         if (existing.manifest_sha256, existing.codes_fingerprint) == (plan.sha256, plan.codes_fingerprint):
             return dataclasses.replace(existing, already_built=True)
-        changed = "manifest" if existing.manifest_sha256 != plan.sha256 else "codes files"
-        raise DatasetError(f"{existing.path} was built from a different {changed} ({existing.manifest}, sha256 "
-                           f"{existing.manifest_sha256[:12]}...; {plan.manifest} now has {plan.sha256[:12]}..."
-                           f"{'' if changed == 'manifest' else ' and other codes'}): pass overwrite=True "
-                           "(--overwrite) to rebuild it, or choose another --name")
+        if existing.manifest_sha256 != plan.sha256:
+            changed = (f"a different manifest ({existing.manifest}, sha256 {existing.manifest_sha256[:12]}...; "
+                       f"{plan.manifest} now has {plan.sha256[:12]}...)")
+        else:
+            changed = f"different codes files (some of the {len(plan.codes_files)} that {plan.manifest} names changed)"
+        raise DatasetError(f"{existing.path} was built from {changed}: pass overwrite=True (--overwrite) to "
+                           "rebuild it, or choose another --name")
     _check_replaceable(target)
     return None
 
