@@ -159,3 +159,11 @@ def test_import_of_a_damaged_release_is_one_line_and_creates_nothing(params, tmp
     assert_one_line_error(result, {"truncated safetensors": "model.safetensors: not a readable safetensors",
                                    "malformed config.json": "config.json: not valid JSON"}[damage])
     assert not (tmp_path / "work" / "checkpoints").exists() or not os.listdir(tmp_path / "work" / "checkpoints")
+
+
+def test_import_into_the_release_folder_itself_is_refused_and_changes_nothing(params, tmp_path, capsys):
+    save_official(tmp_path / "release", CONFIG, params, dtype="float32")
+    before = tree_hash(tmp_path / "release")
+    assert cli.run(import_cli.main, [str(tmp_path / "release"), "--workdir", str(tmp_path / "release")]) == 2
+    assert "sits inside the input" in capsys.readouterr().err
+    assert tree_hash(tmp_path / "release") == before
