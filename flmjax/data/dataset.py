@@ -518,6 +518,8 @@ def _existing_build(plan: _Plan, data_dir: str, name: str, overwrite: bool) -> B
         if existing.manifest_sha256 != plan.sha256:
             changed = (f"a different manifest ({existing.manifest}, sha256 {existing.manifest_sha256[:12]}...; "
                        f"{plan.manifest} now has {plan.sha256[:12]}...)")
+        elif not existing.codes_fingerprint:
+            changed = "codes files an older flmjax did not fingerprint (it cannot tell whether they changed)"
         else:
             changed = f"different codes files (some of the {len(plan.codes_files)} that {plan.manifest} names changed)"
         raise DatasetError(f"{existing.path} was built from {changed}: pass overwrite=True (--overwrite) to "

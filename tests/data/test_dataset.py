@@ -455,3 +455,22 @@ def test_dataset_modes_follow_the_umask(tmp_path):
     written = [os.path.join(summary.path, name) for name in os.listdir(summary.path)]
     assert {os.stat(folder).st_mode & 0o777 for folder in folders} == {0o750}
     assert {os.stat(path).st_mode & 0o777 for path in written} == {0o640}
+
+
+def test_a_build_of_an_older_version_without_a_codes_fingerprint_asks_for_overwrite(tmp_path):
+    manifest = write_test_manifest(tmp_path / "m", GOOD[:2], bad=False)
+    summary = build_dataset(manifest, tmp_path / "d", progress=False)
+    summary_path = os.path.join(summary.path, dataset.SUMMARY_FILE)
+    with open(summary_path) as f:
+        stored = json.load(f)
+    with open(summary_path, "w") as f:
+        json.dump({key: value for key, value in stored.items() if key != "codes_fingerprint"}, f)
+    with pytest.raises(DatasetError, match="older flmjax did not fingerprint.*--overwrite"):
+        build_dataset(manifest, tmp_path / "d", progress=False)
+
+
+def test_a_synthetic_dataset_named_like_its_source_folder_is_refused(tmp_path, capsys):
+    argv = ["--synthetic", "5", "--name", "synthetic_source", "--out", str(tmp_path / "d"), "--no_progress"]
+    assert cli.run(prepare_data.main, argv) == 2
+    assert "sits inside the input" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
