@@ -99,8 +99,9 @@ def write_synthetic_manifest(num_records: int, seed: int, folder: str) -> str:
 
 
 def build_synthetic(args: argparse.Namespace) -> dataset.BuildSummary:
-    """Generates the corpus beside OUT/synthetic_source and builds it, replacing the old corpus only when the
-    dataset is rebuilt: a reused or refused build leaves OUT as it was (the generated copy is thrown away)."""
+    """Generates the corpus beside OUT/synthetic_source and builds it. The new corpus replaces the old one only
+    when a build is due (just before it, so the build reads it where it stays): a reused or refused build leaves
+    OUT as it was (the generated copy is thrown away)."""
     source = os.path.join(args.out, SYNTHETIC_SOURCE)
     files.check_apart(dataset.dataset_dir(args.out, args.name), [source], what="the dataset")
     files.remove_leftovers(source)  # of a killed run (one run per data dir at a time)
