@@ -198,14 +198,14 @@ FORWARD_COLUMNS = (
 def _bench_data_dir(settings: Settings, scratch: str) -> str:
     if settings.data_dir:
         return settings.data_dir
-    from launch import prepare_data
+    from launch import cli, prepare_data
 
     progress(f"[data] building {settings.records} synthetic records in {scratch}")
     import contextlib
 
     with contextlib.redirect_stdout(sys.stderr):  # its summary is progress here, not the benchmark's table
-        status = prepare_data.main(["--synthetic", str(settings.records), "--seed", str(settings.seed), "--out",
-                                    scratch, "--no_progress"])
+        status = cli.run(prepare_data.main, ["--synthetic", str(settings.records), "--seed", str(settings.seed),
+                                             "--out", scratch, "--no_progress"])
     if status != 0:
         raise RuntimeError("building the synthetic corpus failed")
     return scratch

@@ -5,7 +5,9 @@
 
 Reads the model config from the checkpoint's meta item, restores only the params onto one CPU device (no training
 mesh, no accelerator memory) and writes them with `flmjax.convert.save_official`. Prints the files written.
-Exits 1 with a message when there is no checkpoint, the step is missing, or OUT is not empty (without --overwrite).
+Exits 2 with a one-line `error:` and nothing written when there is no checkpoint, the step is missing, OUT is not
+empty (without --overwrite), OUT holds anything but a previous export (--overwrite replaces only an export), or OUT
+is, contains or sits inside WORKDIR. A new export is written beside OUT and swapped in when whole.
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ import os
 import sys
 from typing import Sequence
 
+from flmjax import files
 from flmjax.convert import official
+from flmjax.errors import UserError
 from flmjax.train import checkpoint as ckpt_lib
+from launch import cli
 
 
 EXPORT_DTYPES = ("bfloat16", "float16", "float32")  # what save_official writes
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """An export that cannot run as asked; the message names the problem."""
 
 
@@ -30,6 +35,7 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None 
            max_shard_bytes: int = official.DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False) -> list[str]:
     """Writes checkpoint `step` (newest complete one by default) of `workdir` to `out`; returns the files written."""
     out = os.fspath(out)
+    files.check_apart(out, [workdir], what="--out")
     try:  # before reading the checkpoint: refuse what save_official would refuse
         official.check_export_target(out, dtype, overwrite)
     except (ValueError, FileExistsError) as error:
@@ -57,15 +63,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        written = export(args.workdir, args.out, args.step, args.dtype, args.max_shard_bytes, args.overwrite)
-    except (ExportError, ckpt_lib.CheckpointError, official.CheckpointError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    written = export(args.workdir, args.out, args.step, args.dtype, args.max_shard_bytes, args.overwrite)
     for path in written:
         print(f"wrote {path} ({os.path.getsize(path):,} bytes)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -3,8 +3,9 @@
     python -m launch.import_official SRC --workdir DIR [--param_dtype float32]
 
 Writes DIR/checkpoints/0 with the params and the meta item (model config), no optimizer or data-iterator
-state: a stage starts from it with `Checkpointer.restore_params`. Refuses (exit 1, nothing touched) when DIR
-already holds checkpoints, or when SRC is not a valid released checkpoint.
+state: a stage starts from it with `Checkpointer.restore_params`. Refuses (exit 2, one `error:` line, nothing
+touched) when DIR already holds checkpoints, when SRC and DIR overlap, or when SRC is not a valid released
+checkpoint (a damaged config.json or safetensors file included).
 """
 
 from __future__ import annotations
@@ -17,20 +18,24 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from flmjax.config import DTYPES, ConfigError
-from flmjax.convert import CheckpointError, load_official
+from flmjax import files
+from flmjax.config import DTYPES
+from flmjax.convert import load_official
+from flmjax.errors import UserError
 from flmjax.train import checkpoint as ckpt_lib
+from launch import cli
 
 IMPORT_STEP = 0
 
 
-class ImportRefusedError(RuntimeError):
+class ImportRefusedError(UserError, RuntimeError):
     """An import that cannot run as asked; the message names the problem."""
 
 
 def import_official(src: str | os.PathLike, workdir: str | os.PathLike, param_dtype: str = "float32") -> int:
     """Loads the released checkpoint `src` and saves it as checkpoint step 0 of `workdir`; returns the step."""
     directory = ckpt_lib.checkpoint_dir(workdir)
+    files.check_apart(directory, [src], what="the checkpoint folder")
     if os.path.isdir(directory) and os.listdir(directory):
         raise ImportRefusedError(f"{directory} already holds checkpoints ({sorted(os.listdir(directory))[:5]}); "
                                  "import into a fresh workdir")
@@ -55,14 +60,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        step = import_official(args.src, args.workdir, args.param_dtype)
-    except (ImportRefusedError, ckpt_lib.CheckpointError, CheckpointError, ConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    step = import_official(args.src, args.workdir, args.param_dtype)
     print(f"imported {args.src} as step {step} of {ckpt_lib.checkpoint_dir(args.workdir)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -8,15 +8,18 @@
 
 The dataset lands in DATA_DIR/NAME/1.0.0 (read it with `flmjax.data.dataset.DialogSource(DATA_DIR, NAME, split)`
 or `tfds.data_source(NAME, data_dir=DATA_DIR, split=split)`). Records that fail validation are rejected and
-reported, not fatal. A finished dataset is reused when its manifest is unchanged; a changed manifest is an error
-unless --overwrite. `--synthetic N` writes N generated records as a manifest in DATA_DIR/synthetic_source first
-(splits `train_dialog`, `train_asr`, `train_tts`, `validation_*`) and trains DATA_DIR/tokenizer.model on its text.
+reported, not fatal. A finished dataset is reused when its manifest and codes files are unchanged; changed ones
+are an error unless --overwrite. A dataset is built beside the old one and replaces it only when whole; refusals
+(changed inputs without --overwrite, every record rejected, a dataset folder holding its own inputs) change
+nothing on disk. `--synthetic N` generates N records as a manifest beside DATA_DIR/synthetic_source, which
+replaces that folder only when a build is due (splits `train_dialog`, `train_asr`, `train_tts`, `validation_*`),
+then trains DATA_DIR/tokenizer.model on its text if there is none.
 `--audio-manifest` reads recorded conversations in moshi-finetune's layout (stereo WAVs, left = assistant, right =
 user, with word alignments beside them; see `flmjax.data.recordings`), encodes them with the JAX Mimi of
 `--mimi` into DATA_DIR/NAME_source (codes and a manifest; files already encoded there are reused, so an
 interrupted run resumes) and builds that manifest (splits `train_dialog`, and `train_tts`/`train_asr` for mono
 files with `--mono_as utterance`). Its rejections (mono audio, no alignments, ...) are counted with the others.
-Prints a summary table on stdout; a progress bar on stderr. Exits non-zero with a message on errors.
+Prints a summary table on stdout; a progress bar on stderr. Exits 2 with one `error:` line on errors.
 """
 
 from __future__ import annotations
@@ -27,13 +30,16 @@ import os
 import sys
 from typing import Sequence
 
+from flmjax import files
 from flmjax.data import dataset, recordings, synthetic, text
 from flmjax.data.manifest import read_manifest, write_manifest
 from flmjax.data.records import CHANNELS
+from launch import cli
 
 DEFAULT_NAMES = {"manifest": "dialogs", "synthetic": "synthetic", "audio_manifest": "recordings"}
 MESSAGES_SHOWN = 3  # per rejection category
 TOKENIZER_FILE = "tokenizer.model"
+SYNTHETIC_SOURCE = "synthetic_source"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -81,15 +87,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def write_synthetic_manifest(num_records: int, seed: int, out: str) -> str:
-    """Generates records with `flmjax.data.synthetic` and writes them as OUT/synthetic_source/manifest.jsonl.
+def write_synthetic_manifest(num_records: int, seed: int, folder: str) -> str:
+    """Generates records with `flmjax.data.synthetic` and writes them as FOLDER/manifest.jsonl (+ codes).
 
     Splits are named `{train,validation}_{dialog,asr,tts}`, so that a stage can draw each kind of record with
     its own task (see configs/stages).
     """
     pairs = ((example.record, f"{example.split}_{example.kind}")
              for example in synthetic.generate_examples(num_records=num_records, seed=seed))
-    return write_manifest(pairs, os.path.join(out, "synthetic_source"))
+    return write_manifest(pairs, folder)
+
+
+def build_synthetic(args: argparse.Namespace) -> dataset.BuildSummary:
+    """Generates the corpus beside OUT/synthetic_source and builds it. The new corpus replaces the old one only
+    when a build is due (just before it, so the build reads it where it stays): a reused or refused build leaves
+    OUT as it was (the generated copy is thrown away)."""
+    source = os.path.join(args.out, SYNTHETIC_SOURCE)
+    files.check_apart(dataset.dataset_dir(args.out, args.name), [source], what="the dataset")
+    files.remove_leftovers(source)  # of a killed run (one run per data dir at a time)
+    with files.staging_folder(source) as staging:
+        generated = write_synthetic_manifest(args.synthetic, args.seed or 0, staging)
+        existing = dataset.existing_build(generated, args.out, args.name, args.overwrite)
+        manifest = os.path.join(source, os.path.basename(generated))
+        if existing is None or not os.path.isfile(manifest):  # a build is due, or the corpus was deleted
+            files.swap_in(staging, source)
+    summary = existing or dataset.build_dataset(manifest, args.out, name=args.name, progress=not args.no_progress,
+                                                overwrite=args.overwrite)
+    train_synthetic_tokenizer(manifest, args.out, args.tokenizer_vocab_size)
+    return summary
 
 
 def train_synthetic_tokenizer(manifest: str, out: str, vocab_size: int) -> str:
@@ -172,25 +197,19 @@ def format_summary(summary: dataset.BuildSummary) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        if args.synthetic is not None:
-            manifest = write_synthetic_manifest(args.synthetic, args.seed or 0, args.out)
-            train_synthetic_tokenizer(manifest, args.out, args.tokenizer_vocab_size)
-        elif args.audio_manifest is not None:
-            prepared = prepare_recordings(args)
-            manifest = prepared.manifest
-        else:
-            manifest = args.manifest
-        summary = dataset.build_dataset(manifest, args.out, name=args.name, progress=not args.no_progress,
+    if args.synthetic is not None:
+        summary = build_synthetic(args)
+    elif args.audio_manifest is not None:
+        prepared = prepare_recordings(args)
+        summary = with_rejections(dataset.build_dataset(prepared.manifest, args.out, name=args.name,
+                                                        progress=not args.no_progress, overwrite=args.overwrite),
+                                  prepared.rejections)
+    else:
+        summary = dataset.build_dataset(args.manifest, args.out, name=args.name, progress=not args.no_progress,
                                         overwrite=args.overwrite)
-        if args.audio_manifest is not None:
-            summary = with_rejections(summary, prepared.rejections)
-    except (dataset.DatasetError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
     print(format_summary(summary), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -56,7 +56,7 @@ def ensure_synthetic_data(data_dir: str, records: int, seed: int) -> None:
     if dataset.read_summary(data_dir, "synthetic") and os.path.exists(os.path.join(data_dir, "tokenizer.model")):
         return
     print(f"building the synthetic corpus ({records} records) in {data_dir}", flush=True)
-    if prepare_data.main(["--synthetic", str(records), "--seed", str(seed), "--out", data_dir]) != 0:
+    if cli.run(prepare_data.main, ["--synthetic", str(records), "--seed", str(seed), "--out", data_dir]) != 0:
         raise UserError(f"building the synthetic corpus in {data_dir} failed")
 
 

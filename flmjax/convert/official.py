@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import re
 import contextlib
 import functools
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from flmjax import files
 from flmjax import model as flm_model
 from flmjax.config import ModelConfig
 from flmjax.convert.name_map import Entry, name_map
@@ -24,6 +24,7 @@ from flmjax.errors import UserError
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 CONFIG_FILE = "config.json"
+EXPORT_FILE = re.compile(r"^(config\.json|model\.safetensors(\.index\.json)?|model-\d{5}-of-\d{5}\.safetensors)$")
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024 ** 3
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 _EXPORT_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float16": np.float16}
@@ -88,9 +89,9 @@ def load_official(path: str | os.PathLike, **execution: Any) -> tuple[ModelConfi
     """
     path = os.fspath(path)
     config = ModelConfig.from_official(path, **execution)
-    files = _tensor_files(path)
+    tensor_files = _tensor_files(path)
     found, dtypes, location = {}, {}, {}
-    for file in files:
+    for file in tensor_files:
         with _open_tensors(file) as f:
             for name in f.keys():
                 tensor_slice = f.get_slice(name)
@@ -106,7 +107,7 @@ def load_official(path: str | os.PathLike, **execution: Any) -> tuple[ModelConfi
     shapes = _canonical_shapes(config)
     params: dict = {}
     with contextlib.ExitStack() as stack:
-        handles = {file: stack.enter_context(_open_tensors(file)) for file in files}
+        handles = {file: stack.enter_context(_open_tensors(file)) for file in tensor_files}
         for entry in name_map(config):
             shape = shapes[entry.path]
             array = np.empty(shape, param_dtype)
@@ -143,14 +144,21 @@ def _plan_shards(sizes: list[tuple[str, int]], max_shard_bytes: int) -> list[lis
 
 
 def check_export_target(path: str | os.PathLike, dtype: str, overwrite: bool) -> None:
-    """What `save_official` refuses, checked up front: an unknown dtype, a file, a non-empty folder."""
+    """What `save_official` refuses, checked up front: an unknown dtype, a file, a non-empty folder (without
+    `overwrite`), and, even with it, a folder that holds anything but a previous export (a workdir, a parent)."""
     path = os.fspath(path)
     if dtype not in _EXPORT_DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(_EXPORT_DTYPES)}")
     if os.path.isfile(path):
         raise FileExistsError(f"{path} is a file, not a checkpoint folder")
-    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+    entries = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    if entries and not overwrite:
         raise FileExistsError(f"{path} is not empty; pass overwrite=True to replace it")
+    others = [entry for entry in entries if not EXPORT_FILE.match(entry)]
+    if others:
+        shown = ", ".join(others[:5]) + (f", ... ({len(others)} in all)" if len(others) > 5 else "")
+        raise FileExistsError(f"{path} holds more than a previous export ({shown}); overwrite replaces only an "
+                              "export folder: choose an empty or new folder")
 
 
 def save_official(path: str | os.PathLike, config: ModelConfig, params: dict, dtype: str = "bfloat16",
@@ -193,15 +201,8 @@ def save_official(path: str | os.PathLike, config: ModelConfig, params: dict, dt
             host_leaves[entry.path] = np.asarray(jax.device_get(_get_path(params, entry.path)))
         return entry.to_official(host_leaves[entry.path][index].astype(np_dtype))
 
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=os.path.basename(path) + ".writing-", dir=parent)
-    try:
-        written = _write_folder(staging, config.replace(torch_dtype=dtype), shards, sizes, tensor)
-        _swap_in(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    written = files.replace_folder(
+        path, lambda staging: _write_folder(staging, config.replace(torch_dtype=dtype), shards, sizes, tensor))
     return [os.path.join(path, name) for name in written]
 
 
@@ -215,6 +216,7 @@ def _write_folder(folder: str, config: ModelConfig, shards: list[list[str]], siz
     for shard_name, shard in zip(shard_names, shards):
         save_file({name: tensor(name) for name in shard}, os.path.join(folder, shard_name),
                   metadata={"format": "pt"})
+        files.follow_umask(os.path.join(folder, shard_name))
         written.append(shard_name)
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(size for _, size in sizes)},
@@ -225,13 +227,3 @@ def _write_folder(folder: str, config: ModelConfig, shards: list[list[str]], siz
         written.append(INDEX_FILE)
     return written
 
-
-def _swap_in(staging: str, path: str) -> None:
-    """Moves the finished `staging` folder to `path`; an existing `path` is removed only after that."""
-    if not os.path.exists(path):
-        os.rename(staging, path)
-        return
-    retired = staging + ".old"
-    os.rename(path, retired)
-    os.rename(staging, path)
-    shutil.rmtree(retired)

@@ -5,9 +5,10 @@
     record = source[0]                                                              # -> DialogRecord
 
 On disk (tfds's layout) `DATA_DIR/NAME/1.0.0/` holds `NAME-SPLIT.array_record-0000i-of-0000n` shards, tfds's
-`dataset_info.json` and `features.json`, and our `build_summary.json` (the summary and the manifest's sha256).
-tfds writes everything into a temporary sibling folder and renames it when done; the summary is written inside
-that folder, so it appears with the data in one rename and marks a finished build. The builder class is not
+`dataset_info.json` and `features.json`, and our `build_summary.json` (the summary, the manifest's sha256 and
+a fingerprint of the codes files it names). A build writes into a staging folder beside `DATA_DIR/NAME/1.0.0`
+(`flmjax.files.staging_folder`), the summary inside it, and swaps it in when whole: a finished build is one
+that holds the summary, and an existing dataset is replaced only by a finished one. The builder class is not
 registered with tfds: `tfds.data_source(NAME, data_dir=DATA_DIR, split=SPLIT)` and `DialogSource` read a dataset
 from its files alone.
 
@@ -32,7 +33,8 @@ Building reads the manifest twice: a first pass parses each line (no codes) to f
 lines, duplicate ids and bad split names; the second loads, validates and writes each record. A record that
 fails is rejected (counted, its message kept under a category), never fatal. tfds cannot write an empty
 split: a split whose records all fail is left out, found when it is written, at the cost of one more attempt.
-The manifest's hash covers its text, not the `.npy` files it names. Run one build per dataset at a time.
+The manifest's hash covers its text; the codes fingerprint each `.npy` file's size and content (BLAKE2b), so a
+file changed behind an unchanged manifest is a changed build. Run one build per dataset at a time.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from absl import logging
 from tensorflow_datasets.core import utils as tfds_utils
 from tensorflow_datasets.core.utils import tqdm_utils
 
+from flmjax import files
 from flmjax.data.manifest import ManifestEntry, parse_line
 from flmjax.data.records import CHANNELS, FRAME_RATE, NUM_CODEBOOKS, DialogRecord, RecordError, Segment, Word
 from flmjax.errors import UserError
@@ -77,6 +80,8 @@ REJECTION_CATEGORIES = (
     ("frame count mismatch", r"frames but .*_codes has|but the codes have"),
     ("missing num_frames", r"num_frames is required"),
     ("no frames", r"num_frames is -?\d+; expected at least"),
+    ("impossible duration", r"num_frames is \d+ .*is not a recording"),
+    ("empty record", r"holds nothing to learn from"),
     ("start >= end", r"has start -?\d+ >= end"),
     ("segment outside record", r"lies outside the record"),
     ("overlapping segments", r"segments overlap"),
@@ -110,6 +115,7 @@ class BuildSummary:
     text_words: dict[str, int]
     rejections: dict[str, list[str]]  # category -> full messages
     left_out_splits: list[str] = dataclasses.field(default_factory=list)  # every record rejected
+    codes_fingerprint: str = ""  # of the codes files the manifest names (older builds: none, so they differ)
     path: str = ""  # DATA_DIR/NAME/VERSION; set from where the summary was read, not stored
     already_built: bool = False  # not stored
 
@@ -237,6 +243,11 @@ class _Plan:
     lines: dict[str, _Lines]  # split -> lines to load and write
     rejections: list[tuple[str, str]]  # (category, message) found before loading, or in splits left out
     left_out_splits: list[str] = dataclasses.field(default_factory=list)
+    codes_files: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (as written, full path)
+
+    @functools.cached_property
+    def codes_fingerprint(self) -> str:
+        return _codes_fingerprint(self.codes_files)
 
     @property
     def num_lines(self) -> int:
@@ -249,6 +260,29 @@ def _sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _file_digest(path: str) -> str:
+    """Size and BLAKE2b of a file (faster than sha256 over many codes files); "missing" if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f"{os.fstat(f.fileno()).st_size}:{hashlib.file_digest(f, 'blake2b').hexdigest()}"
+    except OSError:
+        return "missing"
+
+
+def _codes_fingerprint(codes_files: list[tuple[str, str]]) -> str:
+    """One digest over the codes files by the names the manifest gives them (so a copy of the manifest's folder
+    fingerprints the same) and their contents."""
+    digest = hashlib.sha256()
+    for written, full in codes_files:
+        digest.update(f"{written}\0{_file_digest(full)}\n".encode())
+    return digest.hexdigest()
+
+
+def _codes_files(entry: ManifestEntry, base_dir: str) -> list[tuple[str, str]]:
+    paths = [entry.fields.get(f"{channel}_codes") for channel in CHANNELS]
+    return [(path, os.path.join(base_dir, path)) for path in paths if isinstance(path, str)]
 
 
 def _plan(manifest: str, sha256: str) -> _Plan:
@@ -265,6 +299,7 @@ def _plan(manifest: str, sha256: str) -> _Plan:
             except RecordError as error:
                 plan.rejections.append(("malformed line", str(error)))
                 continue
+            plan.codes_files.extend(_codes_files(entry, os.path.dirname(manifest)))
             if entry.id in seen_ids:
                 plan.rejections.append(("duplicate id", f"line {number}: record {entry.id!r}: id already used "
                                                         "by an earlier line"))
@@ -289,14 +324,16 @@ class EmptySplitError(DatasetError):
     def __init__(self, split: str):
         super().__init__(f"every record of split {split!r} was rejected")
         self.split = split
+        self.rejections: list[tuple[str, str]] = []  # (category, message) of the split's records
 
 
 class DialogDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Builds a manifest into ArrayRecord files, one split per manifest `split`.
 
     `DialogDataset(data_dir=..., manifest_path=...)` writes ArrayRecord files of a dataset named "dialogs";
-    `dialog_builder` gives other names (a subclass per name, not registered with tfds). `build_dataset` adds what a plain `download_and_prepare` lacks: reuse of a finished build,
-    removal of an unfinished one, a check that the manifest did not change, and splits that are all rejected.
+    `dialog_builder` gives other names (a subclass per name, not registered with tfds). `build_dataset` adds
+    what a plain `download_and_prepare` lacks: reuse of a finished build, a build beside the old one swapped in
+    when whole, a check that the inputs did not change, and splits that are all rejected.
     """
 
     name = "dialogs"
@@ -373,7 +410,7 @@ class DialogDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             name=self.name, manifest=self.plan.manifest, manifest_sha256=self.plan.sha256,
             records={s: self._stats[s][0] for s in splits}, frames={s: self._stats[s][1] for s in splits},
             text_words={s: self._stats[s][2] for s in splits}, rejections=rejections,
-            left_out_splits=sorted(self.plan.left_out_splits))
+            left_out_splits=sorted(self.plan.left_out_splits), codes_fingerprint=self.plan.codes_fingerprint)
         # self.data_dir is tfds's temporary folder here: the summary lands with the data in one rename.
         with open(os.path.join(self.data_dir, SUMMARY_FILE), "w", encoding="utf-8") as f:
             f.write(self.summary.to_json())
@@ -398,7 +435,9 @@ class DialogDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 def _builder_class(name: str) -> type[DialogDataset]:
     if name == DialogDataset.name:
         return DialogDataset
-    return type(f"DialogDataset_{name}", (DialogDataset,), {"name": name}, skip_registration=True)
+    # __module__ given: `type` would take it from the caller's frame (abc's, under ABCMeta), and tfds records it
+    return type(f"DialogDataset_{name}", (DialogDataset,), {"name": name, "__module__": __name__},
+                skip_registration=True)
 
 
 def dialog_builder(data_dir: str | os.PathLike, name: str = "dialogs", **kwargs) -> DialogDataset:
@@ -421,18 +460,26 @@ def _tfds_progress_bars_off():
         tfds.display_progress_bar(was_active)
 
 
-def _remove_unfinished(data_dir: str, name: str) -> None:
-    """Removes DATA_DIR/NAME/VERSION and tfds's temporary folders beside it (a build killed midway)."""
-    path = dataset_dir(data_dir, name)
+def _check_replaceable(path: str) -> None:
+    """Refuses to replace DATA_DIR/NAME/VERSION unless it is ours: a finished build (it holds our summary), an
+    unfinished one an older version left (tfds's files naming this module), or an empty folder."""
+    if not os.path.isdir(path) or not os.listdir(path) or os.path.isfile(os.path.join(path, SUMMARY_FILE)):
+        return
     info_path = os.path.join(path, "dataset_info.json")
+    module = None
     if os.path.isfile(info_path):
         with open(info_path, encoding="utf-8") as f:
-            module = json.load(f).get("moduleName", __name__)
-        if module != __name__:
-            raise DatasetError(f"{path} holds a tfds dataset written by {module}, not by {__name__}; "
-                               "refusing to remove it: choose another --name or --out")
-    if os.path.isdir(path):
-        shutil.rmtree(path)
+            module = json.load(f).get("moduleName")
+    if module != __name__:
+        raise DatasetError(f"{path} holds files not written by {__name__} ({sorted(os.listdir(path))[:5]}); "
+                           "refusing to replace it: choose another --name or --out")
+
+
+def _remove_leftovers(data_dir: str, name: str) -> None:
+    """Removes what a killed build left beside DATA_DIR/NAME/VERSION: staging folders, and tfds's temporary
+    folders from builds of older versions."""
+    path = dataset_dir(data_dir, name)
+    files.remove_leftovers(path)
     parent = os.path.dirname(path)
     for entry in os.listdir(parent) if os.path.isdir(parent) else ():
         if entry.startswith("incomplete.") and entry.endswith(f"_{VERSION}"):
@@ -450,43 +497,85 @@ def _all_rejected_error(plan: _Plan) -> DatasetError:
     return DatasetError(f"every record in {plan.manifest} was rejected ({len(plan.rejections)}): {reasons}")
 
 
-def build_dataset(manifest_path: str | os.PathLike, data_dir: str | os.PathLike, name: str = "dialogs",
-                  progress: bool = True, overwrite: bool = False) -> BuildSummary:
-    """Builds the manifest into DATA_DIR/NAME/VERSION and returns what was written.
-
-    A finished build of the same manifest (same sha256) is kept and its stored summary returned with
-    `already_built=True`; one of a different manifest is a `DatasetError` unless `overwrite`, which rebuilds.
-    An unfinished one (no summary file) is removed and rebuilt from scratch. A manifest whose records all fail
-    is a `DatasetError` naming the reasons; a missing manifest a `FileNotFoundError`. `progress` shows one
-    progress bar on stderr.
-    """
+def _planned(manifest_path: str | os.PathLike) -> _Plan:
     manifest = os.path.abspath(os.fspath(manifest_path))
-    data_dir = os.path.abspath(os.fspath(data_dir))
     if not os.path.isfile(manifest):
         raise FileNotFoundError(f"manifest {manifest} does not exist")
-    sha256 = _sha256(manifest)
+    return _plan(manifest, _sha256(manifest))
+
+
+def _existing_build(plan: _Plan, data_dir: str, name: str, overwrite: bool) -> BuildSummary | None:
+    """The finished build of the same manifest and codes (`already_built=True`), or None when one must be built.
+
+    Raises, before anything is written, `DatasetError` for a build of different inputs without `overwrite` or a
+    folder that is not ours, `files.OverlapError` for a dataset folder that holds the manifest or its codes."""
+    target = dataset_dir(data_dir, name)
+    files.check_apart(target, [plan.manifest] + [full for _, full in plan.codes_files], what="the dataset")
     existing = read_summary(data_dir, name)
     if existing is not None and not overwrite:
-        if existing.manifest_sha256 == sha256:
+        if (existing.manifest_sha256, existing.codes_fingerprint) == (plan.sha256, plan.codes_fingerprint):
             return dataclasses.replace(existing, already_built=True)
-        raise DatasetError(f"{existing.path} was built from a different manifest ({existing.manifest}, sha256 "
-                           f"{existing.manifest_sha256[:12]}...; {manifest} now has {sha256[:12]}...): pass "
-                           "overwrite=True (--overwrite) to rebuild it, or choose another --name")
-    plan = _plan(manifest, sha256)
-    while True:
-        if not plan.lines:
-            raise _all_rejected_error(plan)
-        _remove_unfinished(data_dir, name)
-        builder = dialog_builder(data_dir, name, manifest_path=manifest, progress=progress, plan=plan)
+        if existing.manifest_sha256 != plan.sha256:
+            changed = (f"a different manifest ({existing.manifest}, sha256 {existing.manifest_sha256[:12]}...; "
+                       f"{plan.manifest} now has {plan.sha256[:12]}...)")
+        elif not existing.codes_fingerprint:
+            changed = "codes files an older flmjax did not fingerprint (it cannot tell whether they changed)"
+        else:
+            changed = f"different codes files (some of the {len(plan.codes_files)} that {plan.manifest} names changed)"
+        raise DatasetError(f"{existing.path} was built from {changed}: pass overwrite=True (--overwrite) to "
+                           "rebuild it, or choose another --name")
+    _check_replaceable(target)
+    return None
+
+
+def existing_build(manifest_path: str | os.PathLike, data_dir: str | os.PathLike, name: str = "dialogs",
+                   overwrite: bool = False) -> BuildSummary | None:
+    """What `build_dataset` would do first, without writing anything: the finished build of these inputs
+    (`already_built=True`), None when it would build, or the `DatasetError` it would refuse with."""
+    return _existing_build(_planned(manifest_path), os.path.abspath(os.fspath(data_dir)), name, overwrite)
+
+
+def _build_once(plan: _Plan, data_dir: str, name: str, progress: bool) -> BuildSummary:
+    """Builds the plan into a staging folder and swaps it in as DATA_DIR/NAME/VERSION; raises `EmptySplitError`
+    (nothing swapped) when every record of a split was rejected."""
+    target = dataset_dir(data_dir, name)
+    with files.staging_folder(target) as staging:  # a data dir of its own: tfds writes staging/NAME/VERSION
+        builder = dialog_builder(staging, name, manifest_path=plan.manifest, progress=progress, plan=plan)
         try:
             with _tfds_progress_bars_off(), tempfile.TemporaryDirectory() as download_dir:
                 builder.download_and_prepare(download_dir=download_dir)  # tfds makes one; nothing is downloaded
         except EmptySplitError as empty:
-            plan.rejections.extend(builder._rejections[empty.split])  # pylint: disable=protected-access
+            empty.rejections = builder._rejections[empty.split]  # pylint: disable=protected-access
+            raise
+        files.swap_in(dataset_dir(staging, name), target)
+    return dataclasses.replace(builder.summary, path=target)
+
+
+def build_dataset(manifest_path: str | os.PathLike, data_dir: str | os.PathLike, name: str = "dialogs",
+                  progress: bool = True, overwrite: bool = False) -> BuildSummary:
+    """Builds the manifest into DATA_DIR/NAME/VERSION and returns what was written.
+
+    A finished build of the same manifest (same sha256) and codes files (same fingerprint) is kept and its
+    stored summary returned with `already_built=True`; one of different inputs is a `DatasetError` unless
+    `overwrite`, which rebuilds. The new dataset is built beside the old one and replaces it only when whole:
+    a manifest whose records all fail is a `DatasetError` naming the reasons and leaves the old dataset as it
+    was. A missing manifest is a `FileNotFoundError`. `progress` shows one progress bar on stderr.
+    """
+    plan = _planned(manifest_path)
+    data_dir = os.path.abspath(os.fspath(data_dir))
+    existing = _existing_build(plan, data_dir, name, overwrite)
+    if existing is not None:
+        return existing
+    _remove_leftovers(data_dir, name)
+    while True:
+        if not plan.lines:
+            raise _all_rejected_error(plan)
+        try:
+            return _build_once(plan, data_dir, name, progress)
+        except EmptySplitError as empty:
+            plan.rejections.extend(empty.rejections)
             del plan.lines[empty.split]
             plan.left_out_splits.append(empty.split)
-            continue
-        return dataclasses.replace(builder.summary, path=dataset_dir(data_dir, name))
 
 
 # ---------------------------------------------------------------------------------------------------------------

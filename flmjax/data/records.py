@@ -27,6 +27,8 @@ NUM_CODEBOOKS = 8
 NUM_CODES = 2048
 FRAME_RATE = 12.5  # Mimi frames per second
 CHANNELS = ("speak", "listen")
+MAX_HOURS = 24  # longer than any conversation or session; more is a typo or a unit mix-up (samples, ms)
+MAX_FRAMES = int(MAX_HOURS * 3600 * FRAME_RATE)
 
 
 class RecordError(UserError, ValueError):
@@ -137,6 +139,11 @@ def validate(record: DialogRecord) -> None:
     name = f"record {record.id!r}"
     if record.num_frames <= 0:
         raise RecordError(f"{name}: num_frames is {record.num_frames}; expected at least 1")
+    if record.num_frames > MAX_FRAMES:
+        raise RecordError(f"{name}: num_frames is {record.num_frames} ({record.hours:,.0f} hours); more than "
+                          f"{MAX_FRAMES} ({MAX_HOURS} hours) is not a recording")
+    if all(record.codes(c) is None and not record.segments(c) for c in CHANNELS):
+        raise RecordError(f"{name}: holds nothing to learn from (no codes and no segments on either channel)")
     for channel in CHANNELS:
         previous_end = None
         for i, segment in enumerate(record.segments(channel)):

@@ -162,10 +162,10 @@ def test_export_with_overwrite_replaces_the_folder_whole(tmp_path):
     config = flm_config.tiny()
     target = tmp_path / "out"
     save_official(target, config, model.init_params(config, jax.random.key(0)), dtype="float32")
-    (target / "stale.txt").write_text("old")
+    (target / "model-00002-of-00002.safetensors").write_text("a shard of an older export")
     new_params = model.init_params(config, jax.random.key(1))
     save_official(target, config, new_params, dtype="float32", overwrite=True)
-    assert not (target / "stale.txt").exists()
+    assert not (target / "model-00002-of-00002.safetensors").exists()
     assert_trees_equal(load_official(target)[1], new_params)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 

@@ -3,16 +3,19 @@
 import json
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from flmjax import files
 from flmjax.data import dataset, synthetic
 from flmjax.data.dataset import DatasetError, DialogSource, build_dataset, read_summary, record_from_example
 from flmjax.data.manifest import write_manifest
 from flmjax.data.records import FRAME_RATE, Segment, Word, make_record
-from launch import prepare_data
+from launch import cli, prepare_data
+from tests.helpers import assert_one_line_error, run_module, tree_hash
 
 
 def random_codes(seed, frames):
@@ -290,7 +293,7 @@ def test_cli_exits_non_zero_with_a_message(tmp_path, capsys, change):
     else:
         manifest = write_test_manifest(tmp_path / "m", [])
     capsys.readouterr()
-    assert prepare_data.main(["--manifest", manifest, "--out", out, "--no_progress"]) == 1
+    assert cli.run(prepare_data.main, ["--manifest", manifest, "--out", out, "--no_progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and {"changed manifest": "different manifest", "missing manifest":
                                           "does not exist", "all rejected": "every record"}[change] in err
@@ -318,3 +321,156 @@ def test_cli_synthetic_builds_the_generated_corpus_with_a_split_per_kind(tmp_pat
     for record_id, (record, split) in generated.items():
         assert read_back[record_id][1] == split and read_back[record_id][0] == record, record_id
     assert "dataset synthetic" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Nothing lost, nothing silent: refusals change nothing on disk, a dataset is replaced only by a finished one.
+
+def test_overwrite_with_a_manifest_whose_records_all_fail_leaves_the_dataset_as_it_was(tmp_path):
+    data_dir = tmp_path / "d"
+    build_dataset(write_test_manifest(tmp_path / "m", bad=False), data_dir, progress=False)
+    before = tree_hash(data_dir)
+    result = run_module("launch.prepare_data", "--manifest", write_test_manifest(tmp_path / "bad", records=[]),
+                        "--out", data_dir, "--overwrite", "--no_progress")
+    assert_one_line_error(result, "every record")
+    assert tree_hash(data_dir) == before
+    assert read_split(data_dir, "train") == expected("train")
+
+
+@pytest.fixture(scope="module")
+def synthetic_data_dir(tmp_path_factory):
+    """A data dir holding a 60-record synthetic corpus (seed 0), built once; tests copy it."""
+    data_dir = tmp_path_factory.mktemp("synthetic") / "d"
+    assert prepare_data.main(["--synthetic", "60", "--out", str(data_dir), "--no_progress"]) == 0
+    return data_dir
+
+
+@pytest.fixture
+def synthetic_copy(synthetic_data_dir, tmp_path):
+    copy = tmp_path / "d"
+    shutil.copytree(synthetic_data_dir, copy)
+    return copy
+
+
+def test_a_refused_synthetic_build_leaves_the_corpus_and_dataset_untouched(synthetic_copy):
+    before = tree_hash(synthetic_copy)
+    result = run_module("launch.prepare_data", "--synthetic", "50", "--seed", "1", "--out", synthetic_copy,
+                        "--no_progress")
+    assert_one_line_error(result, "different manifest")
+    assert tree_hash(synthetic_copy) == before
+
+
+def test_a_synthetic_rerun_is_already_built_and_rewrites_nothing(synthetic_copy, capsys):
+    before = tree_hash(synthetic_copy)
+    assert prepare_data.main(["--synthetic", "60", "--out", str(synthetic_copy), "--no_progress"]) == 0
+    assert "already built" in capsys.readouterr().out
+    assert tree_hash(synthetic_copy) == before
+
+
+def test_overwrite_rebuilds_a_synthetic_dataset_with_its_new_corpus(synthetic_copy):
+    assert prepare_data.main(["--synthetic", "50", "--seed", "1", "--out", str(synthetic_copy), "--no_progress",
+                              "--overwrite"]) == 0
+    summary = read_summary(synthetic_copy, "synthetic")
+    assert sum(summary.records.values()) == 50 and summary.manifest == str(synthetic_copy / "synthetic_source"
+                                                                            / "manifest.jsonl")
+    assert len(read_manifest_lines(synthetic_copy / "synthetic_source" / "manifest.jsonl")) == 50
+    assert sorted(os.listdir(synthetic_copy)) == ["synthetic", "synthetic_source", "tokenizer.model"]
+
+
+def read_manifest_lines(path):
+    with open(path) as f:
+        return [line for line in f if line.strip()]
+
+
+@pytest.mark.parametrize("recorded_module", [None, "abc"], ids=["now", "as older versions recorded it"])
+def test_overwrite_rebuilds_a_dataset_of_any_name(tmp_path, recorded_module):
+    build_dataset(write_test_manifest(tmp_path / "m", GOOD[:3], bad=False), tmp_path / "d", name="my_set",
+                  progress=False)
+    info_path = os.path.join(dataset.dataset_dir(tmp_path / "d", "my_set"), "dataset_info.json")
+    with open(info_path) as f:
+        info = json.load(f)
+    assert info["moduleName"] == "flmjax.data.dataset"
+    if recorded_module:
+        with open(info_path, "w") as f:
+            json.dump({**info, "moduleName": recorded_module}, f)
+    summary = build_dataset(write_test_manifest(tmp_path / "m", GOOD, bad=False), tmp_path / "d", name="my_set",
+                            progress=False, overwrite=True)
+    assert summary.records == {"train": 3, "validation": 2, "test": 1}
+
+
+def test_a_folder_that_is_not_our_dataset_is_never_replaced(tmp_path):
+    foreign = dataset.dataset_dir(tmp_path / "d", "dialogs")
+    os.makedirs(foreign)
+    with open(os.path.join(foreign, "dataset_info.json"), "w") as f:
+        json.dump({"moduleName": "someone.elses.builder"}, f)
+    before = tree_hash(tmp_path / "d")
+    with pytest.raises(DatasetError, match="not written by flmjax.data.dataset"):
+        build_dataset(write_test_manifest(tmp_path / "m", bad=False), tmp_path / "d", progress=False,
+                      overwrite=True)
+    assert tree_hash(tmp_path / "d") == before
+
+
+def test_a_dataset_folder_holding_its_own_manifest_is_refused(tmp_path):
+    folder = dataset.dataset_dir(tmp_path / "d", "dialogs")
+    manifest = write_test_manifest(folder, GOOD[:2], bad=False)
+    before = tree_hash(tmp_path / "d")
+    with pytest.raises(files.OverlapError, match="contains the input"):
+        build_dataset(manifest, tmp_path / "d", progress=False, overwrite=True)
+    assert tree_hash(tmp_path / "d") == before
+
+
+def test_a_codes_file_changed_behind_an_unchanged_manifest_is_a_changed_build(tmp_path):
+    manifest = write_test_manifest(tmp_path / "m", GOOD[:3], bad=False)
+    build_dataset(manifest, tmp_path / "d", progress=False)
+    codes_path = os.path.join(tmp_path / "m", json.loads(read_manifest_lines(manifest)[0])["speak_codes"])
+    changed = (np.load(codes_path) + 1) % 2048
+    np.save(codes_path, changed)
+    with pytest.raises(DatasetError, match="different codes files"):
+        build_dataset(manifest, tmp_path / "d", progress=False)
+    build_dataset(manifest, tmp_path / "d", progress=False, overwrite=True)
+    np.testing.assert_array_equal(read_split(tmp_path / "d", "train")["dialog-1"].speak_codes, changed)
+
+
+def test_impossible_durations_and_empty_records_are_rejected_with_reasons(tmp_path):
+    manifest = write_test_manifest(tmp_path / "m", GOOD[:1], bad=False)
+    with open(manifest, "a") as f:
+        f.write(json.dumps({"id": "forever", "num_frames": 1e10,
+                            "speak_segments": [{"start": 0, "end": 5, "text": "hi"}]}) + "\n")
+        f.write(json.dumps({"id": "nothing", "num_frames": 10}) + "\n")
+    summary = build_dataset(manifest, tmp_path / "d", progress=False)
+    assert summary.records == {"train": 1}
+    assert "'forever'" in summary.rejections["impossible duration"][0]
+    assert "'nothing'" in summary.rejections["empty record"][0]
+    assert sum(summary.hours.values()) < 1
+
+
+def test_dataset_modes_follow_the_umask(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        summary = build_dataset(write_test_manifest(tmp_path / "m", GOOD[:2], bad=False), tmp_path / "d",
+                                progress=False)
+    finally:
+        os.umask(umask)
+    folders = [summary.path, os.path.dirname(summary.path)]
+    written = [os.path.join(summary.path, name) for name in os.listdir(summary.path)]
+    assert {os.stat(folder).st_mode & 0o777 for folder in folders} == {0o750}
+    assert {os.stat(path).st_mode & 0o777 for path in written} == {0o640}
+
+
+def test_a_build_of_an_older_version_without_a_codes_fingerprint_asks_for_overwrite(tmp_path):
+    manifest = write_test_manifest(tmp_path / "m", GOOD[:2], bad=False)
+    summary = build_dataset(manifest, tmp_path / "d", progress=False)
+    summary_path = os.path.join(summary.path, dataset.SUMMARY_FILE)
+    with open(summary_path) as f:
+        stored = json.load(f)
+    with open(summary_path, "w") as f:
+        json.dump({key: value for key, value in stored.items() if key != "codes_fingerprint"}, f)
+    with pytest.raises(DatasetError, match="older flmjax did not fingerprint.*--overwrite"):
+        build_dataset(manifest, tmp_path / "d", progress=False)
+
+
+def test_a_synthetic_dataset_named_like_its_source_folder_is_refused(tmp_path, capsys):
+    argv = ["--synthetic", "5", "--name", "synthetic_source", "--out", str(tmp_path / "d"), "--no_progress"]
+    assert cli.run(prepare_data.main, argv) == 2
+    assert "sits inside the input" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -36,6 +36,9 @@ def test_a_valid_record_keeps_its_fields_and_stores_int16_codes():
      "speak_segments\\[0\\].words\\[0\\]"),
     (dict(), "num_frames is required when both"),
     (dict(speak_codes=CODES, num_frames=21), "num_frames is 21 but the codes have 20 frames"),
+    (dict(num_frames=10 ** 10, speak_segments=[seg(0, 5)]), "num_frames is 10000000000 \\(222,222 hours\\); more "
+                                                            "than 1080000 \\(24 hours\\) is not a recording"),
+    (dict(num_frames=10), "record 'bad': holds nothing to learn from"),
 ])
 def test_invalid_records_name_the_record_and_the_field(kwargs, message):
     with pytest.raises(RecordError, match=message):

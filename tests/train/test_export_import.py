@@ -13,8 +13,10 @@ from flmjax import config as flm_config
 from flmjax import model
 from flmjax.convert import load_official, save_official
 from flmjax.train.checkpoint import Checkpointer
+from launch import cli
 from launch import export as export_cli
 from launch import import_official as import_cli
+from tests.helpers import assert_one_line_error, run_module, tree_hash
 
 CONFIG = flm_config.tiny()
 CPU = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -74,19 +76,19 @@ def test_export_refuses_a_non_empty_out_and_leaves_it_alone(workdir, tmp_path, c
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert export_cli.main(["--workdir", str(workdir), "--out", str(out)]) == 1
+    assert cli.run(export_cli.main, ["--workdir", str(workdir), "--out", str(out)]) == 2
     assert "is not empty" in capsys.readouterr().err
     assert os.listdir(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
 
 
 def test_export_of_a_missing_step_names_it_and_the_steps_there_are(workdir, tmp_path, capsys):
-    assert export_cli.main(["--workdir", str(workdir), "--step", "15", "--out", str(tmp_path / "out")]) == 1
+    assert cli.run(export_cli.main, ["--workdir", str(workdir), "--step", "15", "--out", str(tmp_path / "out")]) == 2
     assert "no complete checkpoint for step 15" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 def test_export_of_a_workdir_without_checkpoints_fails_without_creating_anything(tmp_path, capsys):
-    assert export_cli.main(["--workdir", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 1
+    assert cli.run(export_cli.main, ["--workdir", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
     assert "no complete checkpoint under" in capsys.readouterr().err
     assert not (tmp_path / "empty").exists() and not (tmp_path / "out").exists()
 
@@ -103,6 +105,65 @@ def test_imported_release_restores_the_original_params_and_config(params, tmp_pa
 def test_import_refuses_a_workdir_that_holds_checkpoints(params, workdir, tmp_path, capsys):
     save_official(tmp_path / "release", CONFIG, params, dtype="float32")
     before = folder_state(workdir / "checkpoints")
-    assert import_cli.main([str(tmp_path / "release"), "--workdir", str(workdir)]) == 1
+    assert cli.run(import_cli.main, [str(tmp_path / "release"), "--workdir", str(workdir)]) == 2
     assert "already holds checkpoints" in capsys.readouterr().err
     assert folder_state(workdir / "checkpoints") == before
+
+
+@pytest.mark.parametrize("target", ["parent", "itself", "inside"])
+def test_export_into_its_own_workdir_or_a_parent_is_refused_and_changes_nothing(workdir, target):
+    out = {"parent": workdir.parent, "itself": workdir, "inside": workdir / "export"}[target]
+    before = tree_hash(workdir.parent)
+    result = run_module("launch.export", "--workdir", workdir, "--out", out, "--overwrite")
+    assert_one_line_error(result, "the input")
+    assert tree_hash(workdir.parent) == before
+
+
+def test_overwrite_replaces_a_previous_export_but_no_other_folder(workdir, tmp_path, capsys):
+    out = tmp_path / "out"
+    export_cli.export(workdir, out, step=10, dtype="float32")
+    export_cli.export(workdir, out, step=20, dtype="float32", overwrite=True)  # a previous export: replaced
+    (out / "notes.txt").write_text("mine")
+    before = tree_hash(out)
+    assert cli.run(export_cli.main, ["--workdir", str(workdir), "--out", str(out), "--overwrite"]) == 2
+    assert "holds more than a previous export (notes.txt)" in capsys.readouterr().err
+    assert tree_hash(out) == before
+
+
+def test_export_modes_follow_the_umask(workdir, tmp_path):
+    umask = os.umask(0o027)
+    try:
+        written = export_cli.export(workdir, tmp_path / "out", max_shard_bytes=2 ** 20)
+    finally:
+        os.umask(umask)
+    assert os.stat(tmp_path / "out").st_mode & 0o777 == 0o750
+    assert {os.stat(path).st_mode & 0o777 for path in written} == {0o640}
+
+
+def test_export_of_a_checkpoint_with_damaged_metadata_is_one_line(workdir, tmp_path):
+    (workdir / "checkpoints" / "20" / "meta" / "metadata").write_text('{"format": ')
+    result = run_module("launch.export", "--workdir", workdir, "--out", tmp_path / "out")
+    assert_one_line_error(result, "unreadable")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated safetensors", "malformed config.json"])
+def test_import_of_a_damaged_release_is_one_line_and_creates_nothing(params, tmp_path, damage):
+    save_official(tmp_path / "release", CONFIG, params, dtype="float32")
+    if damage == "truncated safetensors":
+        tensors = tmp_path / "release" / "model.safetensors"
+        tensors.write_bytes(tensors.read_bytes()[:1000])
+    else:
+        (tmp_path / "release" / "config.json").write_text('{"hidden_size": 64,')
+    result = run_module("launch.import_official", tmp_path / "release", "--workdir", tmp_path / "work")
+    assert_one_line_error(result, {"truncated safetensors": "model.safetensors: not a readable safetensors",
+                                   "malformed config.json": "config.json: not valid JSON"}[damage])
+    assert not (tmp_path / "work" / "checkpoints").exists() or not os.listdir(tmp_path / "work" / "checkpoints")
+
+
+def test_import_into_the_release_folder_itself_is_refused_and_changes_nothing(params, tmp_path, capsys):
+    save_official(tmp_path / "release", CONFIG, params, dtype="float32")
+    before = tree_hash(tmp_path / "release")
+    assert cli.run(import_cli.main, [str(tmp_path / "release"), "--workdir", str(tmp_path / "release")]) == 2
+    assert "sits inside the input" in capsys.readouterr().err
+    assert tree_hash(tmp_path / "release") == before
