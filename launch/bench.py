@@ -64,6 +64,7 @@ import numpy as np
 from flmjax import compiled as compiled_lib
 from flmjax import config as config_lib
 from flmjax import model
+from launch import cli
 from launch.bench_codec import CODEC_COLUMNS, run_codec_bench
 from launch.bench_stream import STREAM_COLUMNS, STREAM_DEFAULTS, run_stream_bench, stream_notes
 from launch.bench_common import (PARAM_DTYPE_FOR, Benchmark, Column, Settings, fixed, format_table,
@@ -198,7 +199,7 @@ FORWARD_COLUMNS = (
 def _bench_data_dir(settings: Settings, scratch: str) -> str:
     if settings.data_dir:
         return settings.data_dir
-    from launch import cli, prepare_data
+    from launch import prepare_data
 
     progress(f"[data] building {settings.records} synthetic records in {scratch}")
     import contextlib
@@ -559,7 +560,7 @@ def _counts(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m launch.bench", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m launch.bench", description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
     for name, benchmark in BENCHMARKS.items():
         sub = subparsers.add_parser(name, help=(benchmark.run.__doc__ or "").split("\n")[0])

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import struct
 import sys
@@ -23,6 +24,13 @@ from flmjax.errors import UserError, one_line
 
 USAGE_ERROR = 2
 INTERRUPTED = 130
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose refusals are one `error: ...` line too (argparse prints its usage first)."""
+
+    def error(self, message: str):
+        self.exit(USAGE_ERROR, f"error: {message} (usage: {self.prog} --help)\n")
 
 
 def input_errors() -> tuple[type[BaseException], ...]:

@@ -98,7 +98,7 @@ def decode_codes(config, params, codes: np.ndarray, chunk_frames: int = DEFAULT_
 # The command line.
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m launch.codec", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m launch.codec", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name, source, target in (("encode", "IN.wav", "OUT.npy"), ("decode", "IN.npy", "OUT.wav")):
         command = commands.add_parser(name, help=f"{source} -> {target}")

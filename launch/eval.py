@@ -192,7 +192,7 @@ def run_tokens(args) -> int:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m launch.eval", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m launch.eval", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     tokens = commands.add_parser("tokens", help="token-level duplex metrics of the streaming model on dialog "
                                  "records with known turns (no audio)")

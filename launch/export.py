@@ -49,7 +49,7 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, step: int | None 
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m launch.export", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m launch.export", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="training workdir (checkpoints in WORKDIR/checkpoints)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the newest complete one)")
     parser.add_argument("--out", required=True, help="folder to write config.json and safetensors into")

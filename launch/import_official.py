@@ -51,7 +51,7 @@ def import_official(src: str | os.PathLike, workdir: str | os.PathLike, param_dt
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m launch.import_official", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m launch.import_official", description=__doc__.split("\n")[0])
     parser.add_argument("src", help="released-format folder (config.json + model.safetensors or shards + index)")
     parser.add_argument("--workdir", required=True, help="training workdir to create checkpoint 0 in")
     parser.add_argument("--param_dtype", default="float32", choices=DTYPES, help="dtype of the stored params")

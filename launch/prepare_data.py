@@ -43,7 +43,7 @@ SYNTHETIC_SOURCE = "synthetic_source"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m launch.prepare_data", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m launch.prepare_data", description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", help="JSON-lines manifest (flmjax.data.manifest)")
     source.add_argument("--synthetic", type=int, metavar="N", help="build from N generated records instead")

@@ -133,7 +133,7 @@ def write_session(path: str, frames: np.ndarray, step_s: np.ndarray, monologue: 
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m launch.stream", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m launch.stream", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="released-format folder or training workdir")
     parser.add_argument("--step", type=int, help="training checkpoint step (default: newest complete)")
     source = parser.add_mutually_exclusive_group(required=True)

@@ -205,7 +205,9 @@ def test_max_frames_zero_is_an_error_not_the_default(golden_stream, tmp_path, ca
     with pytest.raises(SystemExit) as exited:
         run(["--checkpoint", folder, "--listen", tmp_path / "user.npy", "--out", tmp_path / "a.npz",
              "--max_frames", "0"])
-    assert exited.value.code == 2 and "--max_frames 0: must be at least 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "--max_frames 0: must be at least 1" in err
+    assert err.startswith("error:") and err.count("\n") == 1, err  # one line, not argparse's usage + error
     assert not (tmp_path / "a.npz").exists()
 
 
