@@ -369,7 +369,6 @@ def stream_step(params: Params, state: StreamState, listen_codes, rng: jax.Array
     return new_state, out_frame, out_valid
 
 
-
 def lower_stream_step(config: ModelConfig, mesh, batch_size: int, max_frames: int,
                       sampling: SamplingConfig | None = None, sliding_window: bool = False, unrolled: bool = False,
                       auto_layouts: bool = False):
