@@ -201,6 +201,7 @@ def save_official(path: str | os.PathLike, config: ModelConfig, params: dict, dt
             host_leaves[entry.path] = np.asarray(jax.device_get(_get_path(params, entry.path)))
         return entry.to_official(host_leaves[entry.path][index].astype(np_dtype))
 
+    files.remove_leftovers(path)  # of a killed export (one export per folder at a time)
     written = files.replace_folder(
         path, lambda staging: _write_folder(staging, config.replace(torch_dtype=dtype), shards, sizes, tensor))
     return [os.path.join(path, name) for name in written]

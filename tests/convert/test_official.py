@@ -163,6 +163,7 @@ def test_export_with_overwrite_replaces_the_folder_whole(tmp_path):
     target = tmp_path / "out"
     save_official(target, config, model.init_params(config, jax.random.key(0)), dtype="float32")
     (target / "model-00002-of-00002.safetensors").write_text("a shard of an older export")
+    (tmp_path / ".out.staging-0123abcd").mkdir()  # left by an export that was killed
     new_params = model.init_params(config, jax.random.key(1))
     save_official(target, config, new_params, dtype="float32", overwrite=True)
     assert not (target / "model-00002-of-00002.safetensors").exists()
