@@ -31,6 +31,19 @@ def tiny_stage(layers: int = 4, accumulation: int = 2, batch: int = 8, frames: i
     return config
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_compilation_cache_writes():
+    """Executables compiled for devices that are not attached cannot be read back from the persistent cache
+    (jax warns on every hit), and nothing here is compiled twice: keep them out of it. (Switching the cache
+    off would not hold: jax decides that once per process.)"""
+    import jax
+
+    min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
+    yield
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
+
+
 @pytest.fixture(scope="module")
 def v5e():
     return hardware.topology_devices("v5e:2x2")
