@@ -3,6 +3,7 @@
 import hashlib
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -42,3 +43,15 @@ def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) ->
     assert "Traceback" not in result.stderr + result.stdout, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and fragment in errors[0], result.stderr
+
+
+def damaged_copies(folder, tmp_path, config_name: str, config_text: str) -> list[tuple[pathlib.Path, str]]:
+    """Two copies of a checkpoint `folder` under `tmp_path`: one whose model.safetensors is cut in half, one
+    whose `config_name` holds `config_text` (malformed JSON); each with the name of its damaged file."""
+    truncated, malformed = pathlib.Path(tmp_path) / "truncated", pathlib.Path(tmp_path) / "malformed"
+    for copy in (truncated, malformed):
+        shutil.copytree(folder, copy)
+    weights = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    (malformed / config_name).write_text(config_text)
+    return [(truncated, "model.safetensors"), (malformed, config_name)]

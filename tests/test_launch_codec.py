@@ -1,6 +1,5 @@
 """`python -m launch.codec`: WAV files to Mimi codes and back, on real speech with the small golden Mimi."""
 
-import shutil
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ from flmjax.audio import load_audio, read_wav, resample, write_wav
 from launch import cli
 from launch import codec as codec_cli
 from tests.conftest import REPO_ROOT, golden_path
+from tests.helpers import damaged_copies
 
 
 @pytest.fixture(scope="module")
@@ -152,13 +152,7 @@ def test_a_wav_cut_inside_its_header_is_one_error_line(tmp_path, mimi, speech):
 def test_a_damaged_codec_folder_is_one_error_line_naming_the_file(tmp_path, mimi, speech, capsys):
     directory, _, _ = mimi
     write_wav(tmp_path / "speech.wav", speech[:, :1920], 24000)
-    truncated, malformed = tmp_path / "truncated", tmp_path / "malformed"
-    for copy in (truncated, malformed):
-        shutil.copytree(directory, copy)
-    weights = (truncated / "model.safetensors").read_bytes()
-    (truncated / "model.safetensors").write_bytes(weights[:len(weights) // 2])
-    (malformed / "mimi_config.json").write_text('{"mimi_config": ')
-    for folder, named in ((truncated, "model.safetensors"), (malformed, "mimi_config.json")):
+    for folder, named in damaged_copies(directory, tmp_path, "mimi_config.json", '{"mimi_config": '):
         assert run("encode", tmp_path / "speech.wav", tmp_path / "out.npy", "--mimi", folder) == 2
         error = capsys.readouterr().err
         assert error.startswith(f"error: {folder / named}: not ") and error.count("\n") == 1

@@ -1,7 +1,6 @@
 """`python -m launch.stream`: golden tokens through the CLI, batch files, the monologue text, and its errors."""
 
 import dataclasses
-import shutil
 import subprocess
 import sys
 
@@ -19,6 +18,7 @@ from flmjax.infer import sessions
 from launch import cli
 from launch import stream as stream_cli
 from tests.conftest import REPO_ROOT, golden_path
+from tests.helpers import damaged_copies
 
 
 def run(argv) -> int:
@@ -242,13 +242,7 @@ def test_a_bad_session_of_a_batch_is_skipped_and_listed(golden_stream, tmp_path,
 def test_damaged_checkpoint_and_wav_are_one_error_line_naming_the_file(golden_stream, speech_wav, tmp_path):
     folder, reference = golden_stream
     np.save(tmp_path / "user.npy", reference["listen"][..., :5])
-    truncated, malformed = tmp_path / "truncated", tmp_path / "malformed"
-    for copy in (truncated, malformed):
-        shutil.copytree(folder, copy)
-    weights = (truncated / "model.safetensors").read_bytes()
-    (truncated / "model.safetensors").write_bytes(weights[:len(weights) // 2])
-    (malformed / "config.json").write_text('{"hidden_size": 64,')
-    for checkpoint, named in ((truncated, "model.safetensors"), (malformed, "config.json")):
+    for checkpoint, named in damaged_copies(folder, tmp_path, "config.json", '{"hidden_size": 64,'):
         done = run_process("--checkpoint", checkpoint, "--listen", tmp_path / "user.npy", "--out", tmp_path / "o")
         assert_one_error_line(done, str(checkpoint / named))
 
