@@ -9,6 +9,7 @@
   `error: <message on one line>` on stderr and exit status 2;
 - the first Ctrl-C to exit status 130 with one line (a training loop handles SIGINT itself and saves first);
 - anything else is left alone, so a bug keeps its traceback.
+The project's own warnings (a repaired input, say) print as `warning: ...` lines, without Python's file:line.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import struct
 import sys
+import warnings
 import zipfile
 from typing import Callable, Sequence
 
@@ -54,8 +56,15 @@ def describe(error: BaseException) -> str:
     return one_line(error)
 
 
+def _format_warning(message, category, filename, lineno, line=None, *, python_format=warnings.formatwarning):
+    if category.__module__.split(".")[0] == "flmjax":
+        return f"warning: {message}\n"
+    return python_format(message, category, filename, lineno, line)
+
+
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """`main(argv)` with input errors as `error: ...` (exit 2); returns the exit status."""
+    python_format, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
         code = main(argv)
     except input_errors() as error:
@@ -64,4 +73,6 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         return INTERRUPTED
+    finally:
+        warnings.formatwarning = python_format
     return 0 if code is None else int(code)

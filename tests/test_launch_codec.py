@@ -138,6 +138,20 @@ def test_non_finite_samples_are_refused_or_encoded_as_silence_with_a_warning(tmp
                                   np.asarray(codec.encode(config, params, silenced[None])))
 
 
+def test_a_repaired_input_is_one_warning_line_without_pythons_file_and_line(tmp_path, mimi, speech):
+    directory, _, _ = mimi
+    poisoned = speech[:, :3840].copy()
+    poisoned[0, 100] = np.inf
+    write_wav(tmp_path / "inf.wav", poisoned, 24000, dtype="float32")
+    done = subprocess.run([sys.executable, "-m", "launch.codec", "encode", str(tmp_path / "inf.wav"),
+                           str(tmp_path / "out.npy"), "--mimi", directory, "--no_progress", "--allow_nonfinite"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "non-finite" in line]
+    assert warned == [f"warning: {tmp_path / 'inf.wav'}: 1 non-finite samples (NaN or Inf), the first at 0.004 s, "
+                      "read as zeros (--allow_nonfinite)"], done.stderr
+
+
 def test_a_wav_cut_inside_its_header_is_one_error_line(tmp_path, mimi, speech):
     directory, _, _ = mimi
     write_wav(tmp_path / "whole.wav", speech[:, :1920], 24000)
