@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import math
 import os
 import re
@@ -111,23 +112,27 @@ def topology_chip(name: str) -> Chip:
     return CHIPS[parse_topology(name)[0]]
 
 
-# A one-host accelerator name per generation: libtpu asks for one when it loads, and prints a warning without it.
-# Compiles for a topology read only the topology (checked: the same memory and cost for any of these names).
-_LIBTPU_ACCELERATOR_TYPE = {"v4": "v4-8", "v5e": "v5litepod-4", "v5p": "v5p-8", "v6e": "v6e-4"}
+# libtpu, installed with the `test` and `tpu` extras, loads whenever jax looks for backends. On a machine without
+# TPU chips it then writes /tmp/tpu_logs and prints warnings about metadata and hosts it cannot find; these
+# defaults stop that. It asks for an accelerator type too: compiles for a topology read only the topology (checked:
+# the same memory and cost for every generation's name), so one name serves.
+_QUIET_LIBTPU = (("TPU_LOG_DIR", "disabled"), ("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
+                 ("TPU_ACCELERATOR_TYPE", "v5litepod-4"))
 
 
-def _quiet_libtpu(generation: str) -> None:
-    """Keeps libtpu, loaded only to compile on a machine without TPUs, from writing logs or querying hosts.
+def has_tpu_chips() -> bool:
+    """Whether this machine has TPU chips attached (v4/v5p show as /dev/accel*, v5e/v6e as /dev/vfio/N)."""
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
-    Without these it writes /tmp/tpu_logs and prints warnings about metadata it cannot find. Only defaults (a
-    user's own settings win) and only when jax will not run on TPUs in this process, whose runtime needs them.
-    """
-    if "tpu" in (jax.config.jax_platforms or "tpu"):
+
+def quiet_libtpu() -> None:
+    """Sets the libtpu settings above as defaults (a user's own settings win), unless this process will run on
+    TPU chips, whose runtime needs the real ones: called on importing flmjax, and before compiling for a
+    topology."""
+    if has_tpu_chips() and "tpu" in (jax.config.jax_platforms or "tpu"):
         return
-    os.environ.setdefault("TPU_LOG_DIR", "disabled")
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-    os.environ.setdefault("TPU_ACCELERATOR_TYPE", _LIBTPU_ACCELERATOR_TYPE[generation])
+    for key, value in _QUIET_LIBTPU:
+        os.environ.setdefault(key, value)
 
 
 def _libtpu_available() -> bool:
@@ -152,7 +157,7 @@ def topology_devices(name: str, num_slices: int = 1) -> tuple[jax.Device, ...]:
                             f"{LIBTPU_INSTALL}")
     from jax.experimental import topologies
 
-    _quiet_libtpu(generation)
+    quiet_libtpu()
     try:
         description = topologies.get_topology_desc(platform="tpu", topology_name=name, num_slices=num_slices)
     except Exception as error:  # noqa: BLE001 - libtpu raises runtime errors of several types

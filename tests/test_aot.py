@@ -244,6 +244,22 @@ def test_a_program_that_does_not_fit_gets_a_report_and_exit_status_1(tmp_path):
     assert "TPU_ACCELERATOR_TYPE" not in result.stderr, result.stderr[-2000:]
 
 
+def test_importing_flmjax_keeps_libtpu_quiet_on_a_machine_without_tpu_chips():
+    """libtpu (the test extra) loads whenever jax looks for backends, e.g. in `python -m launch.train` on a CPU."""
+    if hardware.has_tpu_chips():
+        pytest.skip("TPU chips attached: libtpu's settings are the TPU runtime's own there")
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.startswith("TPU_") and key != "JAX_PLATFORMS"}
+    with subprocess.Popen([sys.executable, "-c", "import flmjax, jax; print(jax.devices()[0].platform)"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                          env=environment) as process:
+        stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0 and stdout.strip() == "cpu", stderr
+    assert "TPU" not in stderr and "libtpu" not in stderr, stderr
+    tpu_logs = pathlib.Path("/tmp/tpu_logs")
+    assert not tpu_logs.exists() or not [p for p in tpu_logs.iterdir() if p.name.endswith(f".{process.pid}")]
+
+
 # ---------------------------------------------------------------------- the pieces
 def test_topology_names_are_checked():
     assert hardware.parse_topology("v5p:4x4x4") == ("v5p", (4, 4, 4))
