@@ -341,9 +341,31 @@ def _on_mesh(step, params: Params, state: StreamState, *args):
     activation constraints in force while it traces."""
     if state.mesh is None:
         return step(params, state, *args)
-    params = jax.device_put(params, stream_param_shardings(state.config, state.mesh, state.batch_size))
+    params = jax.tree.map(_placed, params, stream_param_shardings(state.config, state.mesh, state.batch_size))
     with sharding.activation_rules(state.mesh, stream_rules(state.mesh, state.batch_size)):
         return step(params, state, *args)
+
+
+def _placed(param, target_sharding):
+    """`param` on `target_sharding`; one already there is left as it is (in whatever memory layout it has)."""
+    if isinstance(param, jax.Array) and param.sharding == target_sharding:
+        return param
+    return jax.device_put(param, target_sharding)
+
+
+def place_stream_params(params: Params, state: StreamState) -> Params:
+    """`params` placed for a sharded stream's step in the memory layouts the compiler chooses for that step.
+
+    With the default (row-major) layouts the TPU program re-lays some weights out on every frame (`launch.aot
+    stream` measures both); placed once here, `stream_step` compiles for these layouts (jit takes a committed
+    array's layout as given) and the tokens are the same. Compiles the step once, from abstract arrays.
+    """
+    if state.mesh is None:
+        raise StreamError("place_stream_params needs a sharded stream (init_stream(..., mesh=...))")
+    lowered = lower_stream_step(state.config, state.mesh, state.batch_size, state.max_frames, state.sampling,
+                                state.sliding_window, auto_layouts=True)
+    formats = lowered.compile().input_formats[0][0]
+    return jax.device_put(params, formats)
 
 
 def stream_step_details(params: Params, state: StreamState, listen_codes, rng: jax.Array

@@ -243,6 +243,27 @@ def test_a_sharded_stream_gives_the_single_device_tokens(tiny, sampling):
         assert spec_of(state.text) == spec_of((batch_axes,)), shape
 
 
+def test_params_placed_in_the_compilers_layouts_have_its_formats_and_give_the_same_tokens(tiny):
+    from flmjax import sharding
+    from flmjax.infer.stream import lower_stream_step, place_stream_params
+
+    config, params = tiny
+    sessions, steps = 4, 6
+    users = np.moveaxis(user_streams(config, sessions, steps, seed=5), 0, 1)
+    keys = session_keys(steps, sessions, seed=5)
+    mesh = sharding.make_mesh({"data": 2, "tensor": 2}, jax.devices()[:4])
+    state = init_stream(config, params, sessions, steps, SamplingConfig(), mesh=mesh)
+    placed = place_stream_params(params, state)
+    chosen = lower_stream_step(config, mesh, sessions, steps, SamplingConfig(), auto_layouts=True).compile()
+    for leaf, wanted in zip(jax.tree.leaves(placed), jax.tree.leaves(chosen.input_formats[0][0])):
+        assert leaf.format == wanted
+    _, frames, _ = run_frames(placed, state, users, keys)
+    _, expected, _ = run_frames(params, init_stream(config, params, sessions, steps, SamplingConfig()), users, keys)
+    np.testing.assert_array_equal(frames, expected)
+    with pytest.raises(StreamError, match="needs a sharded stream"):
+        place_stream_params(params, init_stream(config, params, sessions, steps))
+
+
 def spec_of(array_or_axes) -> tuple:
     """A partition spec as a tuple without trailing Nones (P() and P(None,) mean the same)."""
     spec = list(array_or_axes.sharding.spec if hasattr(array_or_axes, "sharding") else array_or_axes)
