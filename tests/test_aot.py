@@ -164,6 +164,41 @@ def test_stream_report_compiles_the_sharded_step_and_its_bound(v5e):
     assert r["real_time"] is True
 
 
+def test_stream_step_compiles_for_params_in_the_layouts_place_stream_params_gives(v5e):
+    """`stream_step`'s own jit (no layouts given) takes the placed params' layouts as they are: the same program,
+    by XLA's estimate, as the one compiled with the layouts left to the compiler."""
+    import jax
+    import jax.numpy as jnp
+
+    from flmjax import model, sharding
+    from flmjax.config import tiny
+    from flmjax.infer import stream as stream_lib
+
+    config = tiny(dtype="bfloat16", param_dtype="bfloat16")
+    mesh = sharding.make_mesh({"data": 2, "tensor": 2}, v5e)
+    batch, frames = 2, 64
+    chosen = stream_lib.lower_stream_step(config, mesh, batch, frames, auto_layouts=True).compile()
+    formats = chosen.input_formats[0][0]
+    row_major = stream_lib.lower_stream_step(config, mesh, batch, frames).compile().input_formats[0][0]
+    assert any(a.layout != b.layout for a, b in zip(jax.tree.leaves(formats), jax.tree.leaves(row_major)))
+    rules = stream_lib.stream_rules(mesh, batch)
+    fresh = jax.eval_shape(lambda: stream_lib._fresh_state(config, stream_lib.SamplingConfig(), batch, frames, False))
+    state_shardings = stream_lib.stream_state_shardings(fresh.replace(mesh=mesh)).replace(mesh=None)
+    state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), fresh, state_shardings)
+    params = jax.tree.map(lambda p, f: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=f),
+                          model.abstract_params(config), formats)
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch))
+    with sharding.activation_rules(mesh, rules):
+        placed = stream_lib._step_frames.lower(
+            params, state.replace(mesh=mesh), jax.ShapeDtypeStruct((batch, config.aud_channel), jnp.int32,
+                                                                   sharding=sharding.logical_sharding(mesh, ("batch", None), rules)),
+            jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=sharding.logical_sharding(mesh, ("batch",), rules))
+        ).compile()
+    assert [f.layout for f in jax.tree.leaves(placed.input_formats[0][0])] == \
+        [f.layout for f in jax.tree.leaves(formats)]
+    assert compiled_lib.cost(placed)["optimal_seconds"] == pytest.approx(compiled_lib.cost(chosen)["optimal_seconds"])
+
+
 def test_default_stream_mesh_is_the_widest_tensor_size_the_model_divides_into(v5e):
     from flmjax.config import tiny
     from launch import aot
