@@ -38,7 +38,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for the topology; claim
 import dataclasses  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from typing import Any, Callable, Sequence  # noqa: E402

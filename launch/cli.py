@@ -22,6 +22,8 @@ import warnings
 import zipfile
 from typing import Callable, Sequence
 
+from safetensors import SafetensorError
+
 from flmjax.errors import UserError, one_line
 
 USAGE_ERROR = 2
@@ -35,16 +37,9 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"error: {message} (usage: {self.prog} --help)\n")
 
 
-def input_errors() -> tuple[type[BaseException], ...]:
-    """The error types that mean "this input is missing or damaged", not "this code is wrong"."""
-    errors: list[type[BaseException]] = [UserError, OSError, EOFError, struct.error, json.JSONDecodeError,
-                                         UnicodeDecodeError, zipfile.BadZipFile]
-    try:
-        from safetensors import SafetensorError
-        errors.append(SafetensorError)
-    except ImportError:  # pragma: no cover - safetensors is a dependency
-        pass
-    return tuple(errors)
+# The error types that mean "this input is missing or damaged", not "this code is wrong".
+INPUT_ERRORS = (UserError, OSError, EOFError, struct.error, json.JSONDecodeError, UnicodeDecodeError,
+                zipfile.BadZipFile, SafetensorError)
 
 
 def describe(error: BaseException) -> str:
@@ -67,7 +62,7 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
     python_format, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
         code = main(argv)
-    except input_errors() as error:
+    except INPUT_ERRORS as error:
         print(f"error: {describe(error)}", file=sys.stderr, flush=True)
         return USAGE_ERROR
     except KeyboardInterrupt:

@@ -130,7 +130,7 @@ def _read_codes(path: str) -> np.ndarray:
         codes = codes[None]
     if codes.ndim != 3 or codes.shape[1] != 8 or codes.shape[2] == 0 or not np.issubdtype(codes.dtype, np.integer):
         raise CodecCliError(f"{path}: codes of shape {codes.shape} and dtype {codes.dtype}; expected integers "
-                         "[channels, 8, T] or [8, T] with T > 0")
+                            "[channels, 8, T] or [8, T] with T > 0")
     if codes.min() < 0 or codes.max() >= 2048:
         raise CodecCliError(f"{path}: codes must be in 0..2047, found {codes.min()}..{codes.max()}")
     return codes

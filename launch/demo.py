@@ -29,7 +29,8 @@ def count_params(tree) -> int:
 
 
 def main(argv=None) -> None:
-    parser = cli.ArgumentParser(prog="python -m launch.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m launch.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=sorted(flm_config.PRESETS))
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)

@@ -39,7 +39,8 @@ def read_sentences(paths, counts):
 
 
 def main(argv=None) -> None:
-    parser = cli.ArgumentParser(prog="python -m launch.train_tokenizer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m launch.train_tokenizer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, action="append",
                         help="text file(s), one sentence per line; comma-separated and/or repeated")
     parser.add_argument("--vocab_size", required=True, type=int, help="pieces in all, specials included")

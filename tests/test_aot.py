@@ -187,13 +187,12 @@ def test_stream_step_compiles_for_params_in_the_layouts_place_stream_params_give
     state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), fresh, state_shardings)
     params = jax.tree.map(lambda p, f: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=f),
                           model.abstract_params(config), formats)
+    listen = jax.ShapeDtypeStruct((batch, config.aud_channel), jnp.int32,
+                                  sharding=sharding.logical_sharding(mesh, ("batch", None), rules))
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch))
+    keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=sharding.logical_sharding(mesh, ("batch",), rules))
     with sharding.activation_rules(mesh, rules):
-        placed = stream_lib._step_frames.lower(
-            params, state.replace(mesh=mesh), jax.ShapeDtypeStruct((batch, config.aud_channel), jnp.int32,
-                                                                   sharding=sharding.logical_sharding(mesh, ("batch", None), rules)),
-            jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=sharding.logical_sharding(mesh, ("batch",), rules))
-        ).compile()
+        placed = stream_lib._step_frames.lower(params, state.replace(mesh=mesh), listen, keys).compile()
     assert [f.layout for f in jax.tree.leaves(placed.input_formats[0][0])] == \
         [f.layout for f in jax.tree.leaves(formats)]
     assert compiled_lib.cost(placed)["optimal_seconds"] == pytest.approx(compiled_lib.cost(chosen)["optimal_seconds"])

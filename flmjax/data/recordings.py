@@ -53,8 +53,8 @@ import numpy as np
 from flmjax import codec
 from flmjax.audio import AudioError, load_audio
 from flmjax.data.records import CHANNELS, FRAME_RATE, NUM_CODEBOOKS, Segment, Word
-from flmjax.files import write_atomically
 from flmjax.errors import UserError
+from flmjax.files import write_atomically
 
 MAIN_SPEAKER = "SPEAKER_MAIN"
 SENTENCE_END = ".?!"

@@ -37,10 +37,10 @@ from flax import struct
 
 from flmjax import model, sharding
 from flmjax.config import ModelConfig
+from flmjax.errors import UserError
 from flmjax.infer import sampling as sampling_lib
 from flmjax.infer.sampling import SamplingConfig
 from flmjax.streams import AUDIO_DELAYS, FRAME_S
-from flmjax.errors import UserError
 
 Params = Any
 

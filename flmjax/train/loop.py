@@ -27,12 +27,12 @@ from flmjax import model, sharding
 from flmjax.convert import load_official
 from flmjax.data import pipeline, text
 from flmjax.data.examples import StreamIds
+from flmjax.errors import UserError, one_line
 from flmjax.train import checkpoint as checkpoint_lib
 from flmjax.train import loss as loss_lib
 from flmjax.train import metrics as metrics_lib
 from flmjax.train import optimizer as optimizer_lib
 from flmjax.train import step as step_lib
-from flmjax.errors import UserError, one_line
 
 
 class StageError(UserError, ValueError):

@@ -38,8 +38,8 @@ import jax.numpy as jnp
 
 from flmjax import model
 from flmjax.config import ModelConfig
-from flmjax.train.config_fields import dataclass_kwargs
 from flmjax.errors import UserError
+from flmjax.train.config_fields import dataclass_kwargs
 
 Batch = Mapping[str, jax.Array]
 Sums = dict[str, jax.Array]

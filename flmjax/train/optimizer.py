@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from flmjax.train.config_fields import dataclass_kwargs
 from flmjax.errors import UserError
+from flmjax.train.config_fields import dataclass_kwargs
 
 PARAM_GROUPS = ("embeddings", "temporal", "text_head", "depth")
 SCHEDULES = ("cosine", "constant")

@@ -115,11 +115,11 @@ def check_batch_layout(mesh: Mesh, global_batch_size: int, accumulation_steps: i
     """The global batch must split into micro-batches, and each micro-batch over the data-parallel devices."""
     if global_batch_size % accumulation_steps:
         raise BatchLayoutError(f"global batch size {global_batch_size} is not divisible into {accumulation_steps} "
-                         "micro-batches")
+                               "micro-batches")
     data_parallel = int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
     if (global_batch_size // accumulation_steps) % data_parallel:
-        raise BatchLayoutError(f"micro-batch size {global_batch_size // accumulation_steps} does not divide over the "
-                         f"{data_parallel} devices of the data and fsdp mesh axes {dict(mesh.shape)}")
+        raise BatchLayoutError(f"micro-batch size {global_batch_size // accumulation_steps} does not divide over "
+                               f"the {data_parallel} devices of the data and fsdp mesh axes {dict(mesh.shape)}")
 
 
 @dataclasses.dataclass
