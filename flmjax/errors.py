@@ -7,6 +7,11 @@ where callers already catch it as such, from the builtin it used to be (`ValueEr
 
 from __future__ import annotations
 
+from typing import Callable, Iterable, TypeVar
+
+Item = TypeVar("Item")
+Read = TypeVar("Read")
+
 
 class UserError(Exception):
     """Bad input or settings; the message names the file, field or value and what was expected."""
@@ -18,3 +23,18 @@ def one_line(error: BaseException) -> str:
     if not lines:
         return type(error).__name__
     return lines[0] + ("" if len(lines) < 2 else " " + "; ".join(lines[1:]))
+
+
+def read_each(items: Iterable[Item], read: Callable[[Item], Read]
+              ) -> tuple[list[Item], list[Read], list[tuple[Item, str]]]:
+    """A batch command's inputs read one by one, a bad one skipped rather than fatal: (the items that read, what
+    `read` gave for each, (item, one-line reason) of those whose read raised a `UserError`)."""
+    kept, values, skipped = [], [], []
+    for item in items:
+        try:
+            values.append(read(item))
+        except UserError as error:
+            skipped.append((item, one_line(error)))
+            continue
+        kept.append(item)
+    return kept, values, skipped

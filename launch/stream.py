@@ -47,7 +47,7 @@ import numpy as np
 from flmjax import audio as audio_lib
 from flmjax import codec
 from flmjax.data import text as text_lib
-from flmjax.errors import UserError, one_line
+from flmjax.errors import UserError, read_each
 from flmjax.infer import SamplingConfig
 from flmjax.infer import audio as audio_sessions
 from flmjax.infer import loading, sessions
@@ -84,16 +84,10 @@ def read_listen_codes(path: str, channels: int, codebook: int) -> np.ndarray:
 def read_sessions(paths: list[str], read: Callable[[str], np.ndarray], skip_bad: bool
                   ) -> tuple[list[int], list[np.ndarray], list[tuple[str, str]]]:
     """`(indices read, their inputs, (path, reason) of those skipped)`; without `skip_bad` a bad input raises."""
-    kept, inputs, skipped = [], [], []
-    for index, path in enumerate(paths):
-        try:
-            inputs.append(read(path))
-        except UserError as error:
-            if not skip_bad:
-                raise
-            skipped.append((path, one_line(error)))
-            continue
-        kept.append(index)
+    if not skip_bad:
+        return list(range(len(paths))), [read(path) for path in paths], []
+    kept, inputs, skipped = read_each(range(len(paths)), lambda index: read(paths[index]))
+    skipped = [(paths[index], reason) for index, reason in skipped]
     if not kept:
         raise CliError(f"no session could be read ({len(skipped)} skipped): " +
                        "; ".join(reason for _, reason in skipped))

@@ -102,7 +102,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from flmjax import audio as audio_lib
-from flmjax.errors import UserError, one_line
+from flmjax.errors import UserError, one_line, read_each
 from flmjax.files import write_atomically
 from flmjax.streams import FRAME_S
 
@@ -345,15 +345,10 @@ def sample_seed(sample) -> int:
 def _read_group(group: Sequence[Sample], allow_nonfinite: bool, skipped: dict[str, str],
                 log: Callable[[str], None]) -> tuple[list[Sample], list[tuple[np.ndarray, int, int]]]:
     """The samples of `group` whose input reads, and their `read_input`s; the others go to `skipped`."""
-    kept, inputs = [], []
-    for sample in group:
-        try:
-            inputs.append(read_input(sample.folder / INPUT_WAV, allow_nonfinite))
-        except audio_lib.AudioError as error:
-            skipped[sample.rel] = one_line(error)
-            log(f"fdb: warning: skipping {sample.rel}: {skipped[sample.rel]}")
-            continue
-        kept.append(sample)
+    kept, inputs, bad = read_each(group, lambda sample: read_input(sample.folder / INPUT_WAV, allow_nonfinite))
+    for sample, reason in bad:
+        skipped[sample.rel] = reason
+        log(f"fdb: warning: skipping {sample.rel}: {reason}")
     return kept, inputs
 
 
