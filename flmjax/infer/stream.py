@@ -28,7 +28,7 @@ Context: the KV cache holds `max_frames` frames per slot. A step that would go p
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +64,9 @@ class StreamState:
     text_history: jax.Array  # [B,window] sampled text ids, a ring (EMPTY = unused)
     audio_history: jax.Array  # [B,window,P] sampled codes of codebooks 0..P-1, a ring
     steps: jax.Array  # [B] steps taken since the slot's session began
+    # Each slot's sampling (temperatures, top-p/k, penalties and their windows), set by `reset_slots`; the
+    # static `sampling` gives the defaults, whether anything is sampled at all, and the history rings' sizes.
+    slot_sampling: sampling_lib.SlotSampling
     config: ModelConfig = struct.field(pytree_node=False)
     sampling: SamplingConfig = struct.field(pytree_node=False)
     sliding_window: bool = struct.field(pytree_node=False, default=False)
@@ -111,6 +114,7 @@ def _fresh_state(config: ModelConfig, sampling: SamplingConfig, batch_size: int,
         text_history=jnp.full((batch_size, sampling.text.window), sampling_lib.EMPTY, jnp.int32),
         audio_history=jnp.full((batch_size, sampling.audio.window, penalised), sampling_lib.EMPTY, jnp.int32),
         steps=jnp.zeros((batch_size,), jnp.int32),
+        slot_sampling=sampling_lib.SlotSampling.of(sampling, batch_size),
         config=config, sampling=sampling, sliding_window=sliding_window)
 
 
@@ -156,7 +160,8 @@ def stream_state_shardings(state: StreamState) -> StreamState:
              "length": named("batch")}
     return state.replace(cache=cache, text=named("batch"), speak=named("batch", None), listen=named("batch", None),
                          text_history=named("batch", None), audio_history=named("batch", None, None),
-                         steps=named("batch"))
+                         steps=named("batch"),
+                         slot_sampling=jax.tree.map(lambda _: named("batch"), state.slot_sampling))
 
 
 def init_stream(config: ModelConfig, params: Params, batch_size: int, max_frames: int,
@@ -188,14 +193,20 @@ def init_stream(config: ModelConfig, params: Params, batch_size: int, max_frames
 
 
 @jax.jit
-def reset_slots(state: StreamState, mask: jax.Array) -> StreamState:
+def reset_slots(state: StreamState, mask: jax.Array,
+                slot_sampling: sampling_lib.SlotSampling | None = None) -> StreamState:
     """Starts a new session in every slot where `mask [B]` is True; the other slots are left untouched.
 
-    The reset slots' cache contents stay in memory but are never attended to again: a session's frame at
+    The new sessions sample with their rows of `slot_sampling` (`SlotSampling` of [B] rows, e.g. from
+    `with_settings`), or with the stream's `sampling`. A window longer than the stream's history ring is an
+    error. The reset slots' cache contents stay in memory but are never attended to again: a session's frame at
     position p attends only to slots written at positions <= p of that session.
     """
     mask = jnp.asarray(mask, bool)
     fresh = _fresh_state(state.config, state.sampling, state.batch_size, 1, state.sliding_window)
+    if slot_sampling is not None:
+        fresh = fresh.replace(slot_sampling=jax.tree.map(lambda row, ref: jnp.asarray(row, ref.dtype),
+                                                         slot_sampling, fresh.slot_sampling))
 
     def pick(new, old):
         return jnp.where(mask.reshape(mask.shape + (1,) * (old.ndim - 1)), new, old)
@@ -204,7 +215,34 @@ def reset_slots(state: StreamState, mask: jax.Array) -> StreamState:
         cache={**state.cache, "length": pick(fresh.cache["length"], state.cache["length"])},
         text=pick(fresh.text, state.text), speak=pick(fresh.speak, state.speak),
         listen=pick(fresh.listen, state.listen), text_history=pick(fresh.text_history, state.text_history),
-        audio_history=pick(fresh.audio_history, state.audio_history), steps=pick(fresh.steps, state.steps)))
+        audio_history=pick(fresh.audio_history, state.audio_history), steps=pick(fresh.steps, state.steps),
+        slot_sampling=jax.tree.map(pick, fresh.slot_sampling, state.slot_sampling)))
+
+
+def slot_sampling(state: StreamState, settings: Sequence[SamplingConfig | None]) -> sampling_lib.SlotSampling:
+    """The per-slot sampling `reset_slots` takes: slot b samples with `settings[b]` (None: the stream's own).
+
+    Each setting must fit the stream: penalty windows within its history rings, the same penalised codebooks,
+    and sampling only in a stream made to sample (`init_stream` with `do_sample=True`)."""
+    if len(settings) != state.batch_size:
+        raise StreamError(f"{len(settings)} sampling settings for {state.batch_size} slots")
+    own = state.sampling
+    rows = []
+    for slot, setting in enumerate(settings):
+        setting = own if setting is None else setting
+        problems = []
+        if setting.text.window > own.text.window or setting.audio.window > own.audio.window:
+            problems.append(f"penalty windows (text {setting.text.window}, audio {setting.audio.window}) must be "
+                            f"at most the stream's (text {own.text.window}, audio {own.audio.window})")
+        if setting.audio_penalty_codebooks != own.audio_penalty_codebooks:
+            problems.append(f"audio_penalty_codebooks {setting.audio_penalty_codebooks} differs from the "
+                            f"stream's {own.audio_penalty_codebooks}")
+        if setting.do_sample and not own.do_sample:
+            problems.append("the stream was made without sampling (do_sample=False)")
+        if problems:
+            raise StreamError(f"sampling settings of slot {slot} do not fit the stream: " + "; ".join(problems))
+        rows.append(sampling_lib.SlotSampling.of(setting, 1))
+    return jax.tree.map(lambda *row: np.concatenate([np.asarray(r) for r in row]), *rows)
 
 
 def _keep_layout(state: StreamState) -> StreamState:
@@ -236,17 +274,19 @@ def _sample_audio(state: StreamState, params: Params, hidden: jax.Array, keys: j
     channels, penalised = config.aud_channel, sampling.audio_penalty_codebooks
     batch = hidden.shape[0]
 
+    rows = state.slot_sampling.audio
+
     def codebook_step(j, carry):
         codes, all_logits, cache, token = carry
         logits, cache = model.depth_step(config, params, hidden, token, j, cache)
         scored = logits
-        if penalised and sampling.audio.repetition_penalty != 1.0:
+        if penalised:
             history = jax.lax.dynamic_index_in_dim(state.audio_history, jnp.minimum(j, penalised - 1), axis=2,
                                                    keepdims=False)
             scored = jnp.where(j < penalised, sampling_lib.apply_repetition_penalty(
-                logits, history, sampling.audio.repetition_penalty), logits)
+                logits, history, rows.repetition_penalty, rows.window, state.steps), logits)
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, j)
-        token = sampling_lib.sample(scored, sampling.audio, sampling.do_sample, step_keys, state.unrolled)
+        token = sampling_lib.sample(scored, rows, sampling.do_sample, step_keys, state.unrolled)
         codes = jax.lax.dynamic_update_index_in_dim(codes, token, j, axis=1)
         all_logits = jax.lax.dynamic_update_index_in_dim(all_logits, logits, j, axis=1)
         return codes, all_logits, cache, token
@@ -273,9 +313,10 @@ def _step(params: Params, state: StreamState, listen_codes: jax.Array, rng: jax.
                                                       state.speak[:, None], listen_input[:, None])
     text_logits, hidden = text_logits[:, 0], hidden[:, 0]
 
-    scored = sampling_lib.apply_repetition_penalty(text_logits, state.text_history,
-                                                   sampling.text.repetition_penalty)
-    text_token = sampling_lib.sample(scored, sampling.text, sampling.do_sample, text_keys, state.unrolled)
+    rows = state.slot_sampling.text
+    scored = sampling_lib.apply_repetition_penalty(text_logits, state.text_history, rows.repetition_penalty,
+                                                   rows.window, state.steps)
+    text_token = sampling_lib.sample(scored, rows, sampling.do_sample, text_keys, state.unrolled)
     audio_tokens, depth_logits = _sample_audio(state, params, hidden, audio_keys)
 
     penalised = sampling.audio_penalty_codebooks

@@ -110,3 +110,40 @@ def test_invalid_settings_name_the_problem():
         StreamSampling(temperature=1.0, top_p=1.5)
     with pytest.raises(ValueError, match="repetition_penalty must be > 0"):
         StreamSampling(temperature=1.0, repetition_penalty=0.0)
+
+
+def test_rows_sample_each_row_with_its_own_settings():
+    """SamplingRows: every row gives what sampling it alone with its StreamSampling gives (same key)."""
+    logits = jax.random.normal(jax.random.key(7), (4, 300)) * 3
+    keys = jax.random.split(jax.random.key(8), 4)
+    settings = [StreamSampling(temperature=0.7, top_p=0.9), StreamSampling(temperature=1.3, top_p=0.0, top_k=5),
+                StreamSampling(temperature=0.0), StreamSampling(temperature=1.0, top_p=0.0, top_k=0)]
+    rows = jax.tree.map(lambda *r: jnp.concatenate(r), *[sampling.SamplingRows.of(s, True, 1) for s in settings])
+    for draw in range(5):
+        step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, draw)
+        together = np.asarray(sampling.sample(logits, rows, True, step_keys))
+        for row, setting in enumerate(settings):
+            alone = sampling.sample(logits[row:row + 1], setting, True, step_keys[row:row + 1])
+            assert together[row] == int(alone[0]), (draw, row, setting)
+
+
+def test_top_k_bisection_keeps_what_lax_top_k_keeps():
+    probs = jax.nn.softmax(jax.random.normal(jax.random.key(2), (6, 500)) * 2, axis=-1)
+    probs = probs.at[:, :3].set(probs[:, 3:4])  # ties at the cut are kept, as by the top_k threshold
+    for k in (1, 3, 4, 10, 499):
+        expected = probs >= jax.lax.top_k(probs, k)[0][:, -1:]
+        got = sampling._keep_while(probs, jnp.ones_like(probs), jnp.full((6, 1), k - 1.0))
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_penalty_window_per_row_counts_only_the_last_tokens():
+    history = jnp.full((2, 4), sampling.EMPTY)
+    for count, token in enumerate([1, 2, 3, 4, 5, 6]):  # the ring of 4 holds 3, 4, 5, 6
+        history = sampling.push(history, jnp.array([token, token]), jnp.array([count, count]))
+    seen = np.asarray(sampling.window_mask(history, 10, jnp.array([2, 4]), jnp.array([6, 6])))
+    assert seen[0].nonzero()[0].tolist() == [5, 6] and seen[1].nonzero()[0].tolist() == [3, 4, 5, 6]
+    logits = jnp.full((2, 10), 2.0)
+    got = np.asarray(sampling.apply_repetition_penalty(logits, history, jnp.array([2.0, 4.0]), jnp.array([2, 4]),
+                                                       jnp.array([6, 6])))
+    np.testing.assert_allclose(got[0], [2, 2, 2, 2, 2, 1, 1, 2, 2, 2])
+    np.testing.assert_allclose(got[1], [2, 2, 2, .5, .5, .5, .5, 2, 2, 2])

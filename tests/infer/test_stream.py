@@ -291,3 +291,35 @@ def test_a_model_that_does_not_divide_over_the_mesh_is_an_error_naming_the_param
     config, params = tiny
     with pytest.raises(sharding.ShardingError, match=r"kv_kernel|k_kernel.*not divisible by mesh axes \('tensor',\)"):
         init_stream(config, params, 4, 4, mesh=sharding.make_mesh({"data": 2, "tensor": 4}))
+
+
+def test_each_slot_samples_with_its_own_settings(tiny):
+    """reset_slots with per-slot sampling: a session gives the tokens of a stream made with its settings alone,
+    whatever the other slot samples with."""
+    from flmjax.infer import StreamSampling, slot_sampling
+
+    config, params = tiny
+    own = SamplingConfig(text=StreamSampling(temperature=0.9, top_p=0.0, top_k=7, repetition_penalty=1.3,
+                                             window=20),
+                         audio=StreamSampling(temperature=1.1, top_p=0.8, repetition_penalty=1.1, window=10))
+    listen = np.random.default_rng(0).integers(0, 2048, (6, 2, config.aud_channel)).astype(np.int32)
+    keys = jax.random.split(jax.random.key(3), 2)
+
+    def run(state):
+        frames = []
+        for step in range(6):
+            state, frame, _ = stream_step(params, state, listen[step],
+                                          jax.vmap(jax.random.fold_in, (0, None))(keys, step))
+            frames.append(np.asarray(frame))
+        return np.stack(frames)
+
+    alone = run(init_stream(config, params, 2, 8, own))
+    mixed = init_stream(config, params, 2, 8, SamplingConfig())
+    mixed = reset_slots(mixed, np.array([True, False]), slot_sampling(mixed, [own, None]))
+    together = run(mixed)
+    np.testing.assert_array_equal(together[:, 0], alone[:, 0])
+    default = run(init_stream(config, params, 2, 8, SamplingConfig()))
+    np.testing.assert_array_equal(together[:, 1], default[:, 1])
+    assert (together[:, 0] != default[:, 0]).any()  # the settings matter
+    with pytest.raises(StreamError, match="windows"):
+        slot_sampling(mixed, [SamplingConfig(text=StreamSampling(temperature=1.0, window=51)), None])
