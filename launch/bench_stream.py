@@ -2,8 +2,8 @@
 
 For every preset x dtype x batch (concurrent sessions) it builds a stream with a `--frames` KV cache, times the
 first step (compilation included; the CLI turns the persistent cache off) and then `--steps` steps, each
-`stream.stream_step` plus the host read of its output frame, as a live session would. Reported: p50 and p99
-per-frame latency, the real-time factor (p50 / 80 ms: below 1 keeps up), the KV-cache memory, and the
+`stream.stream_step` plus the host read of its output frame, as the session scheduler (`Scheduler.step`) runs
+it for a live session. Reported: p50 and p99 per-frame latency, the real-time factor (p50 / 80 ms: below 1 keeps up), the KV-cache memory, and the
 bandwidth lower bound: the bytes a step must read at least (every weight once, except the embedding tables of
 which it reads 17 rows per session, plus the KV cache up to the frames it holds during the timed steps) over the
 machine's measured read bandwidth. `x bound` is measured p50 / bound: how far the step is from the limit.
@@ -25,7 +25,7 @@ import numpy as np
 from flmjax import config as config_lib
 from flmjax import hardware
 from flmjax import model
-from flmjax.infer import SamplingConfig, init_stream, stream_step
+from flmjax.infer.sessions import Scheduler
 from flmjax.streams import FRAME_S
 from launch.bench_common import PARAM_DTYPE_FOR, Column, Settings, fixed, progress, random_params, significant
 
@@ -77,15 +77,12 @@ def _bench_case(preset: str, dtype: str, batch: int, settings: Settings, bandwid
     config = config_lib.preset(preset, dtype=dtype, param_dtype=PARAM_DTYPE_FOR[dtype])
     params = jax.block_until_ready(random_params(config, settings.seed))
     progress(f"stream {preset} {dtype} batch {batch}: cache {settings.frames} frames, 1 + {settings.steps} steps")
-    state = init_stream(config, params, batch, settings.frames, SamplingConfig())
+    scheduler = Scheduler(config, params, slots=batch, max_frames=settings.frames)
+    for key in jax.random.split(jax.random.key(settings.seed), batch):
+        scheduler.open(key)
     codes = np.random.default_rng(settings.seed).integers(0, 2048, (settings.steps + 1, batch, config.aud_channel))
-    keys = jax.random.split(jax.random.key(settings.seed), settings.steps + 1)
-    times = []
-    for step in range(settings.steps + 1):
-        start = time.perf_counter()
-        state, out_frame, _ = stream_step(params, state, codes[step], keys[step])
-        np.asarray(out_frame)
-        times.append(time.perf_counter() - start)
+    times = [scheduler.step(codes[step]).model_s for step in range(settings.steps + 1)]
+    state = scheduler.state
     first_s, steady = times[0], times[1:]
     p50 = statistics.median(steady)
     mean_fill = (1 + settings.steps + 1) / 2  # frames in the cache, averaged over the timed steps

@@ -213,11 +213,10 @@ def run(args: argparse.Namespace) -> int:
                    max_frames=args.max_frames, sliding_window=args.sliding_window, seed=args.seed,
                    session_seeds=[zlib.crc32(os.path.basename(path).encode()) for path in inputs],
                    progress=progress)
-    codec_s = None
     if audio_in:
-        user_audio = session_input
-        heard = audio_sessions.run_audio_sessions(config, params, mimi_config, mimi_params, user_audio, **options)
-        result, model_audio, listen, codec_s = heard.sessions, heard.model_audio, heard.user_codes, heard.codec_s
+        result = sessions.run_sessions(config, params, session_input, **options,
+                                       codec=audio_sessions.streaming_codec(config, mimi_config, mimi_params))
+        user_audio, model_audio, listen = session_input, result.voice, result.heard
     else:
         listen = session_input
         result = sessions.run_sessions(config, params, listen, **options)
@@ -244,8 +243,8 @@ def run(args: argparse.Namespace) -> int:
           f"p90 {summary['p90_ms']:.2f} ms, p99 {summary['p99_ms']:.2f} ms, max {summary['max_ms']:.2f} ms "
           f"(first step, with compilation: {summary['first_step_ms']:.0f} ms); real-time factor "
           f"{summary['real_time_factor']:.3f}")
-    if codec_s is not None and len(codec_s) > 1:
-        both = result.step_s[1:] + codec_s[1:]
+    if audio_in and len(result.codec_s) > 1:
+        both = result.step_s[1:] + result.codec_s[1:]
         print(f"with the streaming codec (encode + decode each frame): p50 {np.median(both) * 1e3:.2f} ms, "
               f"real-time factor {np.median(both) / FRAME_S:.3f}")
     if skipped:

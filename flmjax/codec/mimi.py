@@ -287,12 +287,15 @@ def decode_step(config: MimiConfig, params: Params, state: StreamState,
     return {**state, "decoder": decoder_state}, _channels_first(out["pcm"])
 
 
-@_jit
-def reset_stream(config: MimiConfig, state: StreamState, mask: jax.Array) -> StreamState:
-    """Restarts the sessions where mask [batch] (bool) is True; the other rows keep their state."""
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def reset_stream(config: MimiConfig, state: StreamState, mask: jax.Array,
+                 parts: tuple[str, ...] = ("encoder", "decoder")) -> StreamState:
+    """Restarts the sessions where mask [batch] (bool) is True, in the given `parts` of the state (both by
+    default; a live server restarts a new session's decoder one frame after its encoder); the other rows keep
+    their state."""
     fresh = init_codec_stream(config, None, mask.shape[0])
 
     def pick(new, old):
         return jnp.where(mask.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)
 
-    return jax.tree.map(pick, fresh, state)
+    return {**state, **{part: jax.tree.map(pick, fresh[part], state[part]) for part in parts}}

@@ -171,51 +171,21 @@ def decoding(text_temperature: float = 0.0):
 def stream_sessions(config: ModelConfig, params, listen_codes: Sequence[np.ndarray], *, batch_size: int = 8,
                     sampling=None, seed: int = 0, idle_codes: np.ndarray | None = None,
                     ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Runs the streaming model on each user channel listen_codes[i] [T_i, 8], `batch_size` sessions at a time
-    (a slot whose session ends starts the next; sessions never see each other). Returns per session (text ids
-    [T_i], undelayed speak codes [T_i, 8]): the model's frames 0..T_i-1. Session i's random keys depend only on
-    (seed, i, step), so sampled runs do not depend on the batching. `idle_codes` [8] feeds idle slots and the
-    one extra step each session needs to emit its last frame (default: the first frame of the first session)."""
+    """The model's frames 0..T_i-1 on each user channel listen_codes[i] [T_i, 8]: per session (text ids [T_i],
+    undelayed speak codes [T_i, 8]). Each session runs `batch_size` at a time through the session scheduler
+    (`flmjax.infer.sessions.run_sessions`), fed one more frame, `idle_codes` [8] (default the first frame of
+    the first session), so that it emits its frame T_i-1. Session i's keys depend only on (seed, i, step), so
+    sampled runs do not depend on the batching."""
     from flmjax import infer
 
-    sampling = infer.SamplingConfig.greedy() if sampling is None else sampling
-    lengths = [len(codes) for codes in listen_codes]
-    if not lengths:
+    if not listen_codes:
         return []
-    batch_size = max(1, min(batch_size, len(lengths)))
-    idle = np.asarray(listen_codes[0][0] if idle_codes is None else idle_codes, np.int32)
-    state = infer.init_stream(config, params, batch_size, max(lengths) + 1, sampling)
-    keys = sessions_lib.session_keys(seed, len(lengths), range(len(lengths)))  # session i: fold_in(seed, i)
-    outputs = [np.zeros((n, 1 + config.aud_channel), np.int32) for n in lengths]
-    slot_session = np.full(batch_size, -1)  # which session each slot runs (-1: idle)
-    slot_step = np.zeros(batch_size, np.int64)
-    next_session = 0
-    while True:
-        starting = np.zeros(batch_size, bool)
-        for b in range(batch_size):
-            if slot_session[b] < 0 or slot_step[b] > lengths[slot_session[b]]:
-                if next_session < len(lengths):
-                    slot_session[b], slot_step[b], starting[b] = next_session, 0, True
-                    next_session += 1
-                elif slot_session[b] >= 0:  # nothing left to start: the slot idles, from a fresh cache
-                    slot_session[b], starting[b] = -1, True
-        if (slot_session < 0).all():
-            break
-        if starting.any():
-            state = infer.reset_slots(state, starting)
-        listen = np.tile(idle, (batch_size, 1))
-        for b in np.flatnonzero(slot_session >= 0):
-            codes = listen_codes[slot_session[b]]
-            if slot_step[b] < len(codes):
-                listen[b] = codes[slot_step[b]]
-        slot_keys = sessions_lib.step_keys(keys[np.maximum(slot_session, 0)], slot_step.astype(np.uint32))
-        state, out_frame, out_valid = infer.stream_step(params, state, listen, slot_keys)
-        out_frame, out_valid = np.asarray(out_frame), np.asarray(out_valid)
-        for b in np.flatnonzero(slot_session >= 0):
-            if out_valid[b]:
-                outputs[slot_session[b]][slot_step[b] - 1] = out_frame[b]
-            slot_step[b] += 1
-    return [(out[:, 0], out[:, 1:]) for out in outputs]
+    idle = np.asarray(listen_codes[0][0] if idle_codes is None else idle_codes, np.int32).reshape(1, -1)
+    fed = [np.concatenate([np.asarray(codes, np.int32), idle]) for codes in listen_codes]
+    result = sessions_lib.run_sessions(config, params, fed, slots=batch_size,
+                                       sampling=infer.SamplingConfig.greedy() if sampling is None else sampling,
+                                       seed=seed, session_seeds=range(len(fed)))
+    return [(frames[:, 0], frames[:, 1:]) for frames in result.frames]
 
 
 # ---------------------------------------------------------------------------------------------- quality

@@ -40,11 +40,11 @@ Task name: the nearest folder on the sample's path (its parent first, up to `--d
 contains the task's keyword (`turn_taking`, `pause`, `interrupt`, `backchannel`, or a v1.5 category), e.g.
 `candor_pause_handling`, `synthetic_user_interruption`, `icc_backchannel`; else the metric family.
 
-Running: samples stream through `flmjax.infer.audio.run_audio_sessions` (Mimi encode, one model step and Mimi
-decode per 80 ms frame), `--batch` samples at a time as parallel sessions of one batch (sorted by length, so a
-batch's sessions are of similar length). The model's 24 kHz voice is resampled to the input's rate and cut or
-zero-padded to the input's length, so `output.wav` has exactly the input's samples and rate (mono, 16-bit).
-`frames.npz` beside it holds the model's frames (text id + 8 speak codes, `[T-1, 9]`), what it heard and its
+Running: samples stream through `flmjax.infer.sessions.run_sessions` with the streaming codec (Mimi encode, one
+model step and Mimi decode per 80 ms frame), `--batch` samples at a time as parallel sessions of one batch
+(sorted by length, so a batch's sessions are of similar length). The model's 24 kHz voice is resampled to the
+input's rate and cut or zero-padded to the input's length, so `output.wav` has exactly the input's samples and
+rate (mono, 16-bit). `frames.npz` beside it holds the model's frames (text id + 8 speak codes, `[T-1, 9]`), what it heard and its
 `<wait>` id. Both are written to a temporary file and renamed; `output.wav` last, so its presence (with the
 input's length and rate) marks a finished sample, and a rerun skips it. The KV cache holds the longest sample of
 the whole dataset (`--max_frames` to change), and each sample samples from its own key (from `--seed` and its
@@ -361,6 +361,7 @@ def run_samples(samples: Sequence[Sample], out_dir, config, params, mimi_config,
     `samples`). A sample whose input cannot be read (damaged, NaN/Inf unless `allow_nonfinite`) is skipped and
     logged. Returns what ran, what was skipped and why, and how long it took."""
     from flmjax.infer import audio as audio_sessions
+    from flmjax.infer import sessions
 
     log = log or (lambda line: None)
     total = total if total is not None else len(samples)
@@ -379,16 +380,15 @@ def run_samples(samples: Sequence[Sample], out_dir, config, params, mimi_config,
             if step == steps or step % 25 == 0:
                 log(f"  batch {index + 1}/{len(groups)} ({len(group)} sessions): step {step}/{steps}")
 
-        result = audio_sessions.run_audio_sessions(config, params, mimi_config, mimi_params,
-                                                   [audio for audio, _, _ in inputs], sampling=sampling,
-                                                   max_frames=max_frames, sliding_window=sliding_window,
-                                                   seed=seed, session_seeds=[sample_seed(s) for s in group],
-                                                   progress=progress)
+        result = sessions.run_sessions(config, params, [audio for audio, _, _ in inputs], sampling=sampling,
+                                       max_frames=max_frames, sliding_window=sliding_window, seed=seed,
+                                       session_seeds=[sample_seed(s) for s in group], progress=progress,
+                                       codec=audio_sessions.streaming_codec(config, mimi_config, mimi_params))
         for i, sample in enumerate(group):
             _, n_samples, rate = inputs[i]
             folder = sample.out_folder(out_dir)
-            frames = np.asarray(result.sessions.frames[i], np.int32)
-            voice = np.asarray(result.model_audio[i], np.float32)
+            frames = np.asarray(result.frames[i], np.int32)
+            voice = np.asarray(result.voice[i], np.float32)
             bad = ~np.isfinite(voice)
             if bad.any():  # e.g. a speak code outside the codebook (the audio pad id) decodes to NaN
                 outside = np.argwhere(frames[:, 1:] >= mimi_config.bins)
@@ -399,7 +399,7 @@ def run_samples(samples: Sequence[Sample], out_dir, config, params, mimi_config,
                     f"{np.argmax(bad) / MODEL_RATE:.2f} s, written as silence{where}")
                 voice = np.where(bad, np.float32(0), voice)
             write_npz_atomic(folder / FRAMES_NPZ, frames=frames, text_ids=frames[:, 0],
-                             speak_codes=frames[:, 1:].T, listen_codes=np.asarray(result.user_codes[i]).T,
+                             speak_codes=frames[:, 1:].T, listen_codes=np.asarray(result.heard[i]).T,
                              text_wait_id=np.int32(config.text_wait_id), frame_s=np.float32(FRAME_S),
                              nonfinite_audio_s=np.float32(bad.sum() / MODEL_RATE))
             write_wav_atomic(folder / OUTPUT_WAV, to_input_timeline(voice, n_samples, rate), rate)

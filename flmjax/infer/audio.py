@@ -12,29 +12,13 @@ streaming state stays finite and in step.
 
 from __future__ import annotations
 
-import dataclasses
-import time
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from flmjax import codec
 from flmjax.config import ModelConfig
 from flmjax.infer import stream as stream_lib
-from flmjax.infer.sampling import SamplingConfig
-from flmjax.infer.sessions import SessionsResult, run_sessions
-
-
-@dataclasses.dataclass
-class AudioSessionsResult:
-    """Per session i: `model_audio[i]` [n_i] float32 at 24 kHz (same length as its input), `user_codes[i]`
-    [T_i, 8] (what the encoder heard), and `sessions` (the model's frames and step times). `codec_s` [steps]:
-    wall seconds of each step's encode + decode."""
-
-    model_audio: list[np.ndarray]
-    user_codes: list[np.ndarray]
-    sessions: SessionsResult
-    codec_s: np.ndarray
 
 
 def voice_step(config: ModelConfig, mimi_config: codec.MimiConfig, mimi_params: Any, state: Any,
@@ -58,48 +42,33 @@ def decode_voice(config: ModelConfig, mimi_config: codec.MimiConfig, mimi_params
     return pcm
 
 
-def run_audio_sessions(config: ModelConfig, params: Any, mimi_config: codec.MimiConfig, mimi_params: Any,
-                       user_audio: Sequence[np.ndarray], *, sampling: SamplingConfig | None = None,
-                       max_frames: int | None = None, sliding_window: bool = False, seed: int = 0,
-                       session_seeds: Sequence[int] | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> AudioSessionsResult:
-    """Streams every session of `user_audio` (each [n_i] float32 mono at 24 kHz) in one batch."""
-    frame = mimi_config.frame_size
-    lengths = [len(audio) for audio in user_audio]
-    if min(lengths, default=0) < 1:
-        raise ValueError(f"every session needs audio; lengths {lengths}")
-    frames = [-(-n // frame) for n in lengths]
-    steps = max(frames)
-    user = np.zeros((len(user_audio), steps * frame), np.float32)
-    for row, audio in enumerate(user_audio):
-        user[row, :len(audio)] = audio
-    state = codec.init_codec_stream(mimi_config, mimi_params, len(user_audio))
-    heard = np.zeros((len(user_audio), steps, config.aud_channel), np.int32)
-    spoken = np.zeros_like(user)
-    codec_s = np.zeros(steps)
+class StreamingCodec:
+    """The streaming Mimi on a scheduler's slots (`flmjax.infer.sessions.Scheduler`): each step encodes every
+    slot's 1920 new samples of the user's voice and decodes every slot's emitted frame (`voice_step`)."""
 
-    def listen_hook(step: int, _: np.ndarray) -> np.ndarray:
-        nonlocal state
-        start = time.perf_counter()
-        state, codes = codec.encode_step(mimi_config, mimi_params, state, user[:, None, step * frame:(step + 1) * frame])
-        heard[:, step] = np.asarray(codes)[:, :, 0]
-        codec_s[step] += time.perf_counter() - start
-        return heard[:, step]
+    def __init__(self, config: ModelConfig, mimi_config: codec.MimiConfig, mimi_params: Any, slots: int):
+        self.config, self.mimi_config, self.mimi_params = config, mimi_config, mimi_params
+        self.frame_size = mimi_config.frame_size
+        self.state = codec.init_codec_stream(mimi_config, mimi_params, slots)
 
-    def frame_hook(step: int, out_frame: np.ndarray, out_valid: np.ndarray) -> None:
-        nonlocal state
-        if not out_valid.any():  # a session's first step emits nothing; all sessions start together
-            return
-        start = time.perf_counter()
-        state, spoken[:, step * frame:(step + 1) * frame] = voice_step(config, mimi_config, mimi_params, state,
-                                                                       out_frame[:, 1:])
-        codec_s[step] += time.perf_counter() - start
+    def _restart(self, mask: np.ndarray, part: str) -> None:
+        if mask.any():
+            self.state = codec.reset_stream(self.mimi_config, self.state, mask, (part,))
 
-    placeholder = [np.zeros((count, config.aud_channel), np.int32) for count in frames]  # the hook hears
-    sessions = run_sessions(config, params, placeholder, sampling=sampling, max_frames=max_frames,
-                            sliding_window=sliding_window, seed=seed, session_seeds=session_seeds,
-                            listen_hook=listen_hook,
-                            frame_hook=frame_hook, progress=progress)
-    return AudioSessionsResult(model_audio=[spoken[i, :n] for i, n in enumerate(lengths)],
-                               user_codes=[heard[i, :count] for i, count in enumerate(frames)],
-                               sessions=sessions, codec_s=codec_s)
+    def encode(self, pcm: np.ndarray, restart: np.ndarray) -> np.ndarray:
+        """pcm [B, 1920] -> codes [B, C]; the encoder of each slot in `restart` [B] starts afresh first."""
+        self._restart(restart, "encoder")
+        self.state, codes = codec.encode_step(self.mimi_config, self.mimi_params, self.state,
+                                              np.asarray(pcm, np.float32)[:, None, :])
+        return np.asarray(codes)[:, :, 0]
+
+    def decode(self, speak: np.ndarray, restart: np.ndarray) -> np.ndarray:
+        """speak codes [B, C] -> pcm [B, 1920]; the decoder of each slot in `restart` [B] starts afresh first."""
+        self._restart(restart, "decoder")
+        self.state, pcm = voice_step(self.config, self.mimi_config, self.mimi_params, self.state, speak)
+        return np.array(pcm, np.float32)
+
+
+def streaming_codec(config: ModelConfig, mimi_config: codec.MimiConfig, mimi_params: Any):
+    """The `codec` argument of `run_sessions`: slots -> a `StreamingCodec` for them."""
+    return lambda slots: StreamingCodec(config, mimi_config, mimi_params, slots)

@@ -186,7 +186,7 @@ def test_non_finite_model_voice_is_written_as_silence_and_flagged(tmp_path, monk
     """A speak code outside the codebook decodes to NaN: the runner writes silence there, warns and records it."""
     from types import SimpleNamespace
 
-    from flmjax.infer import audio as audio_sessions
+    from flmjax.infer import sessions
 
     data = tmp_path / "data"
     _write_sample(data / "candor_turn_taking" / "7", np.full(8000, 0.1, np.float32), RATE, "turn_taking.json",
@@ -194,13 +194,12 @@ def test_non_finite_model_voice_is_written_as_silence_and_flagged(tmp_path, monk
     frames = np.zeros((7, 9), np.int32)
     frames[3, 8] = 2048  # the audio pad id
 
-    def fake_run(config, params, mimi_config, mimi_params, user_audio, **options):
+    def fake_run(config, params, user_audio, **options):
         voice = np.full(len(user_audio[0]), 0.25, np.float32)
         voice[4 * 1920:] = np.nan
-        return SimpleNamespace(model_audio=[voice], user_codes=[np.zeros((8, 8), np.int32)],
-                               sessions=SimpleNamespace(frames=[frames]))
+        return SimpleNamespace(voice=[voice], heard=[np.zeros((8, 8), np.int32)], frames=[frames])
 
-    monkeypatch.setattr(audio_sessions, "run_audio_sessions", fake_run)
+    monkeypatch.setattr(sessions, "run_sessions", fake_run)
     logged = []
     sample, = fdb.discover_samples(data)
     stats = fdb.run_samples([sample], tmp_path / "out", SimpleNamespace(text_wait_id=3), None,
