@@ -258,7 +258,8 @@ def score_samples(samples: Sequence[Sample], out_dir, *, transcripts: str = "flm
             log(f"fdb: scored {k + 1}/{len(done)} samples")
     md_path, json_path = report.write_summary(out_dir, per_task, title=SUMMARY_TITLE)
     tasks = {s.task: s.task_dir for s in scored}
-    families = {s.task: s.family for s in scored}
+    families = {s.task: ("v1.5" if s.task_file is not None and s.task_file.name == "metadata.json" else s.family)
+                for s in scored}
     commands = fdb_commands(tasks, families, out_dir)
     unscored = [s.rel for s in samples if s not in done and s.rel not in skipped]
     extra = (f"\n{len(unscored)} of {len(samples)} samples have no output yet and are not scored.\n"
@@ -269,7 +270,6 @@ def score_samples(samples: Sequence[Sample], out_dir, *, transcripts: str = "flm
     summary = json.loads(json_path.read_text())
     for task, entry in summary["tasks"].items():
         entry["root_dir"] = tasks[task]
-        entry["family"] = families[task]
     summary["notes"] = SUMMARY_NOTES.strip()
     summary["fdb_commands"] = commands
     summary["unscored_samples"] = unscored

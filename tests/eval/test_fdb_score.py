@@ -143,6 +143,7 @@ def test_fdb_figures_from_a_results_folder(tmp_path, exact_vad, capsys):
     assert "fdb_TOR" not in summary["overall"]["metrics"]
     assert f"python evaluate.py --task smooth_turn_taking --root_dir {out / 'v1.0/candor_turn_taking'}" in \
         summary["fdb_commands"]
+    assert f"python get_timing.py --root_dir {out / 'v1.5/user_interruption'}" in summary["fdb_commands"]
     # OUT is an FDB results folder: inputs and task files beside each output; nothing else in a task folder
     assert (out / "v1.0/candor_turn_taking/1/turn_taking.json").is_file()
     assert (out / "v1.5/user_interruption/1/clean_input.wav").is_file()
