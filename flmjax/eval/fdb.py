@@ -67,7 +67,7 @@ import shutil
 import sys
 import time
 import zlib
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
