@@ -1,19 +1,20 @@
 """Evaluation of a model's full-duplex behaviour.
 
     python -m launch.eval fdb --data DIR --checkpoint CKPT --mimi MIMI --out OUT [--batch 4] [--greedy]
-                              [--seed 0] [--no_score] [--no_asr] [--tokenizer TOK] [--timeline SAMPLE]
+                              [--seed 0] [--no_score] [--transcripts flmjax|keep] [--icc_gt PATH]
+                              [--tokenizer TOK] [--timeline SAMPLE]
     python -m launch.eval tokens --checkpoint CKPT [--untrained PRESET] --data_dir DATA
                                  [--dataset synthetic] [--split validation_dialog] [--dialogs N] [--batch 8]
                                  [--frames N] [--text_temperature 0] [--placement auto|leading|trailing|none]
                                  [--out OUT.json]
 
-`fdb`: the Full-Duplex-Bench file contract (`flmjax.eval.fdb`): every sample folder under DIR holding
+`fdb`: Full-Duplex-Bench (`flmjax.eval.fdb`, `fdb_score`, `fdb_metrics`): every sample folder under DIR holding
 `input.wav` and its task file (`turn_taking.json`, `pause.json`, `interrupt.json`, or v1.5 `metadata.json`) is
-streamed through the model frame by frame as live, several samples as parallel sessions, and gets a
-time-synchronous `output.wav` (the input's length and rate) under OUT at the same relative path, so the
-benchmark's own scripts can score it; finished samples are not redone. Then (unless `--no_score`) the outputs
-are scored here: Silero VAD speech activity, the benchmark's turn-taking, pause, interruption and backchannel
-metrics, `OUT/summary.md` + `summary.json` per task and overall, and `OUT/timeline.png` of one session.
+streamed through the model frame by frame as live (v1.5's `clean_input.wav` too), several sessions in parallel,
+and OUT becomes an FDB results folder its own scripts score unchanged (`output.wav`, `output.json`, copies of
+`input.wav` and the task files; v1.5 `clean_output.wav`/`.json`); finished samples are not redone. Then (unless
+`--no_score`) the same files are scored here with FDB's definitions (`fdb_*` columns, flmjax's own views as
+`flmjax_*`) into `OUT/summary.md` + `summary.json` per task folder and `OUT/timeline.png` of one session.
 
 `tokens`: token-level duplex metrics without audio (`flmjax.eval.dialogs`). The streaming model hears the user
 channel of N held-out dialog records whose turns are known, several dialogs as parallel sessions, greedily

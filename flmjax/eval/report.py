@@ -7,8 +7,10 @@ import json
 import math
 import pathlib
 
-# TOR is "higher is better" for turn-taking and "lower is better" for pauses and backchannels: never pooled.
-NOT_POOLED = frozenset({"took_turn"})
+# TOR is "higher is better" for turn-taking and "lower is better" for pauses and backchannels: never pooled
+# (`fdb_score`'s names included).
+NOT_POOLED = frozenset({"took_turn", "fdb_TOR", "flmjax_TOR_after_event", "flmjax_clean_TOR_after_event",
+                        "flmjax_vad_stopped", "flmjax_vad_was_speaking"})
 
 
 def _as_dict(result) -> dict:

@@ -64,13 +64,16 @@ def build_dataset(root: pathlib.Path) -> pathlib.Path:
     _write_sample(v1 / "synthetic_user_interruption" / "0001",
                   np.concatenate([cut(long, 3.0, 5.0), _silence(1.5), cut(speech, 0, 1.5)]), RATE, "interrupt.json",
                   [{"context": "a question", "interrupt": "wait, another one", "timestamp": [3.5, 5.0]}])
-    # ICC backchannel: input.wav alone (no task file), here at 24 kHz
-    _write_sample(v1 / "icc_backchannel" / "0001", resample(cut(long, 5.0, 8.5), RATE, 24000), 24000)
+    # ICC backchannel: input.wav alone (no task file)
+    _write_sample(v1 / "icc_backchannel" / "0001", cut(long, 5.0, 8.5), RATE)
     # v1.5 overlap: context, then the user's new turn starting at 2.5 s
     _write_sample(root / "v1.5" / "user_interruption" / "1",
                   np.concatenate([cut(long, 9.0, 11.0), _silence(0.5), cut(speech, 1.5, 3.0)]), RATE,
                   "metadata.json", {"context_text": "a question", "current_turn_text": "hold on",
                                     "timestamps": [2.5, 4.0]})
+    # ... and its clean input (no new turn), here at 24 kHz: run as a session of its own
+    write_wav(root / "v1.5" / "user_interruption" / "1" / "clean_input.wav",
+              resample(np.concatenate([cut(long, 9.0, 11.0), _silence(2.0)]), RATE, 24000), 24000)
     return root
 
 
@@ -148,11 +151,20 @@ def test_run_resume_score_and_batch_independence(tmp_path, capsys):
     assert "| overall | 5 |" in md and "pocketsphinx" in md.lower()
     records = {r["task"]: r for rs in summary["samples"].values() for r in rs}
     assert records["candor_turn_taking"]["task_info"] == {"duration_s": 4.50225, "turn_end_s": 3.0}
-    assert "took_turn" in records["candor_turn_taking"] and "n_words" in records["candor_turn_taking"]
+    assert "fdb_TOR" in records["candor_turn_taking"] and "flmjax_n_words" in records["candor_turn_taking"]
     assert "turn_end_s" not in summary["tasks"]["candor_turn_taking"]["metrics"]  # times are not averaged
-    assert "n_backchannels" in records["icc_backchannel"]
-    assert "v15_stop_latency_s" in records["user_interruption"]
-    assert "stopped" in records["synthetic_user_interruption"]
+    assert "flmjax_n_backchannels" in records["icc_backchannel"]
+    assert "fdb_stop_latency_s" in records["user_interruption"]
+    assert "flmjax_clean_response_latency_s" in records["user_interruption"]
+    assert "flmjax_vad_stopped" in records["synthetic_user_interruption"]
+    for sample in samples:  # FDB's files beside each output
+        written = out / sample.rel
+        assert json.loads((written / "output.json").read_text())["recogniser"].startswith("flmjax.eval.asr")
+        assert (written / "input.wav").read_bytes() == (sample.folder / "input.wav").read_bytes()
+    clean = out / "v1.5" / "user_interruption" / "1"
+    voice, rate = read_wav(clean / "clean_output.wav")
+    assert rate == 24000 and voice.shape == read_wav(clean / "clean_input.wav")[0].shape
+    assert (clean / "clean_output.json").is_file() and (clean / "metadata.json").is_file()
     png = (out / "timeline.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
 
@@ -237,7 +249,7 @@ def test_bad_samples_are_skipped_with_reasons_and_the_good_ones_finish(tmp_path,
     data = build_dataset_with_bad_samples(tmp_path / "data")
     out = tmp_path / "out"
     common = ["--data", data, "--out", out, "--checkpoint", golden_path("release_like"),
-              "--mimi", golden_path("mimi_small"), "--greedy", "--no_asr"]
+              "--mimi", golden_path("mimi_small"), "--greedy"]
     assert _cli(*common) == 0
     captured = capsys.readouterr()
     reasons = {entry["sample"].rsplit("/", 1)[1]: entry["reason"]
