@@ -73,6 +73,7 @@ def draw_stream_grid(axes: Sequence, arrays: Mapping[str, np.ndarray], wait_id: 
       their own channel: speak orange, listen blue.
     """
     from matplotlib.colors import ListedColormap
+    from matplotlib.ticker import MaxNLocator
 
     text_ax, speak_ax, listen_ax, mask_ax = axes
     text = np.asarray(arrays["text_targets"]).reshape(-1)
@@ -104,6 +105,7 @@ def draw_stream_grid(axes: Sequence, arrays: Mapping[str, np.ndarray], wait_id: 
     mask_ax.set_yticks([0, 1, NUM_CODEBOOKS], ["text", "c0", f"c{NUM_CODEBOOKS - 1}"], fontsize=6)
     mask_ax.set_ylabel("loss mask", rotation=0, ha="right", va="center")
     mask_ax.set_xlabel("step (80 ms frames, delayed grid)")
+    mask_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
     for segments, color, own_ax in ((speak_segments, SPEAK_COLOR, speak_ax),
                                     (listen_segments, LISTEN_COLOR, listen_ax)):
