@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from flmjax.data.dataset import DialogSource
-from flmjax.train import checkpoint as checkpoint_lib
+from flmjax import checkpoints as checkpoint_lib
 from flmjax.train import loop
 from flmjax.train.metrics import read_metrics
 from launch import cli

@@ -22,13 +22,12 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from flmjax import checkpoints as checkpoint_lib
 from flmjax import config as model_config_lib
 from flmjax import model, sharding
-from flmjax.convert import load_official
 from flmjax.data import pipeline, text
 from flmjax.data.examples import StreamIds
 from flmjax.errors import UserError, one_line
-from flmjax.train import checkpoint as checkpoint_lib
 from flmjax.train import loss as loss_lib
 from flmjax.train import metrics as metrics_lib
 from flmjax.train import optimizer as optimizer_lib
@@ -48,13 +47,11 @@ class StageResult:
 
 
 def stage_model_config(config) -> model_config_lib.ModelConfig:
-    """The model of a stage: its preset, or the released checkpoint it starts from, with execution overrides."""
+    """The model of a stage: its preset, or that of the checkpoint it starts from (`init_from`: any path
+    `flmjax.checkpoints.resolve` takes), with execution overrides."""
     overrides = dict(config.model_overrides)
-    if config.init_from and checkpoint_lib.is_released_checkpoint(config.init_from):
-        return model_config_lib.ModelConfig.from_official(config.init_from, **overrides)
-    if config.init_from and checkpoint_lib.latest_complete_step(config.init_from) is not None:
-        previous, _, _ = checkpoint_lib.Checkpointer(config.init_from).read_meta()
-        return previous.replace(**overrides)
+    if config.init_from:
+        return checkpoint_lib.resolve(config.init_from, what="init_from").model_config(**overrides)
     return model_config_lib.preset(config.model, **overrides)
 
 
@@ -214,17 +211,14 @@ def _resume(checkpointer, abstract_state, data_iterator, say) -> tuple[Any, list
 
 
 def _initial_params(config, model_config, shardings):
-    """Params an un-started stage begins from: None (fresh), an earlier stage's, or a released checkpoint's."""
+    """Params an un-started stage begins from: None (fresh), or those of `init_from` (an earlier stage's
+    checkpoint, the main job's last, or a released checkpoint), laid out in the state's shardings."""
     if not config.init_from:
         return None
-    if checkpoint_lib.is_released_checkpoint(config.init_from):
-        return load_official(config.init_from, **dict(config.model_overrides))[1]
-    if checkpoint_lib.latest_complete_step(config.init_from) is None:
-        raise StageError(f"init_from {config.init_from!r} is neither a released checkpoint folder (config.json + "
-                         "safetensors) nor a workdir holding a finished checkpoint")
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             model.abstract_params(model_config), shardings["params"])
-    return checkpoint_lib.Checkpointer(config.init_from).restore_params(abstract_params=abstract)
+    checkpoint = checkpoint_lib.resolve(config.init_from, what="init_from")
+    return checkpoint.params(abstract, **dict(config.model_overrides))
 
 
 def _eval_sources(config, say: Callable[[str], None]) -> list[pipeline.WeightedSource]:
