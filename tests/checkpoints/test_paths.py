@@ -26,7 +26,8 @@ def save_workdir(workdir, params, steps=(10, 20)):
     """A training workdir whose step s holds `params + s` and the stage config {"stage": "s<s>"}."""
     with Checkpointer(workdir) as checkpointer:
         for step in steps:
-            state = {"step": jnp.asarray(step, jnp.int32), "params": jax.tree.map(lambda x: x + step, params)}
+            offset_params = jax.tree.map(functools.partial(np.add, step), params)
+            state = {"step": jnp.asarray(step, jnp.int32), "params": offset_params}
             checkpointer.save(step, state, CONFIG, stage_config={"stage": f"s{step}"}, force=True)
     return workdir
 
