@@ -31,4 +31,17 @@ def get_config():
     # single likeliest token while the mass on starting spreads over many first words).
     config.duplex_eval_text_temperature = 1.0
     config.seed = 0
+    # What every stage takes from the settings above, by its place in a stage config (configs/stages/common.py
+    # `schedule_stage` lays it over each stage's own config). References, so that `--config.steps_per_stage=300`
+    # reaches every stage.
+    ref = config.get_ref
+    config.shared = ml_collections.ConfigDict(dict(
+        seed=ref("seed"),
+        data=dict(data_dir=ref("data_dir"), tokenizer=ref("data_dir") + "/tokenizer.model",
+                  sequence_length=ref("sequence_length"), global_batch_size=ref("global_batch_size")),
+        optimizer=dict(learning_rate=ref("learning_rate")),
+        train=dict(total_steps=ref("steps_per_stage"), log_every=ref("log_every"), eval_every=ref("eval_every"),
+                   save_every=ref("steps_per_stage")),
+        evals=dict(duplex=dict(dialogs=ref("duplex_eval_dialogs"),
+                               text_temperature=ref("duplex_eval_text_temperature")))))
     return config

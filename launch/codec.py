@@ -41,9 +41,8 @@ import jax
 import numpy as np
 
 from flmjax import codec
-from flmjax.codec import load_codec
+from flmjax.codec import DEFAULT_CHUNK_FRAMES, load_codec, stream_encode
 from flmjax.audio import load_audio, write_wav
-from flmjax.data.recordings import DEFAULT_CHUNK_FRAMES, stream_encode
 from flmjax.errors import UserError
 from flmjax.files import write_atomically
 from launch import cli
@@ -72,7 +71,7 @@ def _bar(total: int, desc: str, enabled: bool):
 
 def encode_audio(config, params, audio: np.ndarray, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
                  progress: bool = False) -> np.ndarray:
-    """Mono signals `[B, n]` at 24 kHz -> int16 codes `[B, 8, ceil(n / 1920)]` (`recordings.stream_encode`)."""
+    """Mono signals `[B, n]` at 24 kHz -> int16 codes `[B, 8, ceil(n / 1920)]` (`flmjax.codec.stream_encode`)."""
     with _bar(-(-audio.shape[1] // config.frame_size), "encoding", progress) as bar:
         return stream_encode(config, params, audio, chunk_frames, on_window=bar.update)
 

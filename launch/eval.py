@@ -26,7 +26,7 @@ Reported: turn-over rate and turn-taking latency (responsiveness), interruption 
 barge-in rate (duplexity), the share of frames the model is active, and the monologue quality in the model's
 placement (trailing: WER of its free-running text with the audio forced; leading: teacher-forced speak-code
 accuracy where the assistant speaks). Each of `--checkpoint` (a training workdir, the main job's workdir
-(its last stage), or a released-format folder) and `--untrained PRESET` (fresh params of a preset: the
+(its last stage), a step folder, or a released-format folder) and `--untrained PRESET` (fresh params of a preset: the
 baseline) is a column, beside the `reference` column: the records' own model channel scored the same way.
 Prints a table; `--out` writes every figure and the per-dialog details as JSON.
 
@@ -75,15 +75,12 @@ class EvalError(UserError, ValueError):
 
 
 def load_checkpoint(path: str, step: int | None = None) -> tuple[Any, Any, dict | None, str]:
-    """(model config, params, stage config dict or None, description) of a checkpoint folder."""
-    from flmjax.infer import loading
-    from flmjax.train import checkpoint as ckpt_lib
+    """(model config, params, stage config dict or None, description) of a checkpoint folder (any path
+    `flmjax.checkpoints.resolve` takes)."""
+    from flmjax import checkpoints
 
-    try:
-        config, params, description, stage_config = loading.load_model_and_stage(path, step)
-    except ckpt_lib.NoCheckpointError as error:
-        raise EvalError(str(error)) from None
-    return config, params, stage_config, description
+    checkpoint = checkpoints.resolve(path, step, what="--checkpoint")
+    return checkpoint.model_config(), checkpoint.params(), checkpoint.stage_config(), checkpoint.describe()
 
 
 def _placement_rule(args, stage_config: dict | None):

@@ -18,11 +18,11 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from flmjax import checkpoints as ckpt_lib
 from flmjax import files
 from flmjax.config import DTYPES
 from flmjax.convert import load_official
 from flmjax.errors import UserError
-from flmjax.train import checkpoint as ckpt_lib
 from launch import cli
 
 IMPORT_STEP = 0

@@ -45,12 +45,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from flmjax import audio as audio_lib
-from flmjax import codec
+from flmjax import checkpoints, codec
 from flmjax.data import text as text_lib
 from flmjax.errors import UserError, read_each
 from flmjax.infer import SamplingConfig
 from flmjax.infer import audio as audio_sessions
-from flmjax.infer import loading, sessions
+from flmjax.infer import sessions
 from flmjax.infer.stream import codebook_size
 from flmjax.streams import FRAME_S
 from launch import cli
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     existing = [path for path in outputs + wavs if os.path.exists(path)]
     if existing and not args.overwrite:
         raise CliError(f"output exists: {existing[0]} (use --overwrite to replace)")
-    config, params, loaded = loading.load_model(args.checkpoint, args.step)
+    config, params, loaded = checkpoints.load_model(args.checkpoint, args.step)
     print(f"model: {loaded}", file=sys.stderr)
     tokenizer = None
     if args.tokenizer:

@@ -18,7 +18,6 @@ where `jax.distributed.initialize()` finds the others by itself (see launch/tpu_
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 import sys
 
@@ -61,22 +60,12 @@ def ensure_synthetic_data(data_dir: str, records: int, seed: int) -> None:
 
 
 def stage_config(schedule, stage: str, previous_workdir: str):
-    """A stage of the main job: the stage's own config with the schedule's shared settings."""
-    config = importlib.import_module(f"configs.stages.{stage}").get_config(schedule.model)
+    """A stage of the main job (`configs.stages.common.schedule_stage`), starting from the previous stage's
+    workdir."""
+    from configs.stages.common import schedule_stage
+
+    config = schedule_stage(schedule, stage)
     config.init_from = previous_workdir
-    config.seed = schedule.seed
-    config.data.data_dir = schedule.data_dir
-    config.data.tokenizer = os.path.join(schedule.data_dir, "tokenizer.model")
-    config.data.sequence_length = schedule.sequence_length
-    config.data.global_batch_size = schedule.global_batch_size
-    config.optimizer.learning_rate = schedule.learning_rate
-    config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, schedule.steps_per_stage // 5)
-    config.train.total_steps = schedule.steps_per_stage
-    config.train.log_every = schedule.log_every
-    config.train.eval_every = schedule.eval_every
-    config.train.duplex_eval_dialogs = schedule.get("duplex_eval_dialogs", 0)
-    config.train.duplex_eval_text_temperature = schedule.get("duplex_eval_text_temperature", 0.0)
-    config.train.save_every = schedule.steps_per_stage
     return config
 
 
@@ -86,6 +75,7 @@ def exit_status(result) -> int | None:
 
 
 def run_schedule(schedule, workdir: str) -> int | None:
+    from flmjax.eval import evaluators
     from flmjax.train import loop
 
     ensure_synthetic_data(schedule.data_dir, schedule.synthetic_records, schedule.seed)
@@ -93,7 +83,8 @@ def run_schedule(schedule, workdir: str) -> int | None:
     for stage in schedule.schedule:
         stage_workdir = os.path.join(workdir, stage)
         print(f"=== {stage} -> {stage_workdir}", flush=True)
-        result = loop.run_stage(stage_config(schedule, stage, previous), stage_workdir)
+        config = stage_config(schedule, stage, previous)
+        result = loop.run_stage(config, stage_workdir, evaluators=evaluators.from_config(config))
         if result.stopped_early:
             print(f"stopped early in {stage} at step {result.final_step}; run again to resume", flush=True)
             return exit_status(result)
@@ -142,9 +133,10 @@ def main(argv) -> int | None:
     config = FLAGS.config
     if "schedule" in config:
         return run_schedule(config, FLAGS.workdir)
+    from flmjax.eval import evaluators
     from flmjax.train import loop
 
-    return exit_status(loop.run_stage(config, FLAGS.workdir))
+    return exit_status(loop.run_stage(config, FLAGS.workdir, evaluators=evaluators.from_config(config)))
 
 
 def main_or_abort(argv) -> int | None:

@@ -1,4 +1,5 @@
-"""The duplex eval inside the training loop (`train.duplex_eval_dialogs`) and `python -m launch.eval tokens`."""
+"""The duplex eval inside the training loop (`evals.duplex`, a hook built by `flmjax.eval.evaluators`) and
+`python -m launch.eval tokens`."""
 
 import dataclasses
 import importlib
@@ -8,8 +9,9 @@ import sys
 
 import pytest
 
+from flmjax import checkpoints as checkpoint_lib
 from flmjax.data.dataset import DialogSource
-from flmjax.train import checkpoint as checkpoint_lib
+from flmjax.eval import evaluators
 from flmjax.train import loop
 from flmjax.train.metrics import read_metrics
 from launch import cli
@@ -29,16 +31,22 @@ def data_dir(tmp_path_factory):
     return out
 
 
-def stage_config(data_dir, **train):
+def stage_config(data_dir, **duplex):
     config = importlib.import_module("configs.stages.stage4_duplex_leading").get_config()
     config.data.data_dir = str(data_dir)
     config.data.tokenizer = str(data_dir / "tokenizer.model")
     config.data.sequence_length = 32
     config.data.global_batch_size = 8
     config.optimizer.warmup_steps = 1
-    config.train.update(dict(total_steps=STEPS, log_every=2, eval_every=2, eval_batches=1, save_every=STEPS,
-                             async_checkpoints=False, **train))
+    config.train.update(dict(total_steps=STEPS, log_every=2, eval_every=2, save_every=STEPS,
+                             async_checkpoints=False))
+    config.evals.held_out.batches = 1
+    config.evals.duplex.update(duplex)
     return config
+
+
+def run_stage(config, workdir, log):
+    return loop.run_stage(config, workdir, log=log, evaluators=evaluators.from_config(config))
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +54,7 @@ def trained(data_dir, tmp_path_factory):
     """A stage-4 run of 4 steps with the duplex eval on (2 dialogs, 24 frames) at steps 2 and 4."""
     workdir = tmp_path_factory.mktemp("stage4")
     lines = []
-    loop.run_stage(stage_config(data_dir, duplex_eval_dialogs=2, duplex_eval_frames=24, duplex_eval_batch=2),
-                   str(workdir), log=lines.append)
+    run_stage(stage_config(data_dir, dialogs=2, frames=24, batch=2), str(workdir), log=lines.append)
     return workdir, lines
 
 
@@ -69,10 +76,11 @@ def test_the_loop_logs_duplex_metrics_at_each_eval(trained, data_dir):
 
 
 def test_duplex_eval_is_off_by_default_and_a_missing_split_is_an_error(data_dir, tmp_path):
-    config = stage_config(data_dir, duplex_eval_dialogs=2, duplex_eval_source="synthetic/no_such_split")
-    with pytest.raises(loop.StageError, match="duplex_eval_dialogs=0"):
-        loop.run_stage(config, str(tmp_path / "bad"), log=lambda line: None)
-    assert stage_config(data_dir).train.duplex_eval_dialogs == 0
+    config = stage_config(data_dir, dialogs=2, source="synthetic/no_such_split")
+    with pytest.raises(loop.StageError, match=r"evals\.duplex\.dialogs=0"):
+        run_stage(config, str(tmp_path / "bad"), log=lambda line: None)
+    assert stage_config(data_dir).evals.duplex.dialogs == 0
+    assert evaluators.from_config(stage_config(data_dir))[1](None) is None  # the duplex factory: off
 
 
 def test_cli_tokens_trained_and_untrained(trained, data_dir, tmp_path, capsys):

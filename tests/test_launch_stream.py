@@ -63,6 +63,24 @@ def test_cli_reproduces_golden_greedy_frames(golden_stream, tmp_path):
     assert written["step_ms"].shape == (60,) and (written["step_ms"] > 0).all()
 
 
+@pytest.mark.parametrize("kind", ["main job's workdir", "step folder"])
+def test_cli_takes_every_kind_of_checkpoint_path(golden_stream, tmp_path, kind):
+    """The golden release imported as step 0 of the main job's last stage streams the same greedy frames, named by
+    the main job's workdir or by the step's folder (`flmjax.checkpoints.resolve`)."""
+    from launch import import_official
+
+    folder, reference = golden_stream
+    import_official.import_official(folder, tmp_path / "main" / "stage4_duplex_leading")
+    (tmp_path / "main" / "stage1_post_train_trailing").mkdir()  # no checkpoint: passed over
+    checkpoint = tmp_path / "main" if kind == "main job's workdir" else \
+        tmp_path / "main" / "stage4_duplex_leading" / "checkpoints" / "0"
+    np.save(tmp_path / "user.npy", reference["listen"])
+    out = tmp_path / "out.npz"
+    assert run(["--checkpoint", str(checkpoint), "--listen", str(tmp_path / "user.npy"),
+                "--out", str(out), "--greedy"]) == 0
+    np.testing.assert_array_equal(np.load(out)["frames"], reference["greedy/out_tokens"][1:])
+
+
 def test_batch_file_sessions_equal_each_alone(golden_stream, tmp_path):
     folder, reference = golden_stream
     listen = reference["listen"][0]  # [8, 60]
@@ -131,7 +149,7 @@ def test_cli_errors_name_the_problem(golden_stream, tmp_path, capsys):
     assert (tmp_path / "out.npz").read_bytes() == b"keep me"
     assert run(["--checkpoint", str(tmp_path), "--listen", str(tmp_path / "ok.npy"),
                 "--out", str(tmp_path / "x.npz")]) == 2
-    assert "holds neither config.json" in capsys.readouterr().err
+    assert f"checkpoint {tmp_path}: it holds neither config.json" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- audio in and out (golden small Mimi)

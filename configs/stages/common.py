@@ -16,6 +16,8 @@ which losses it feeds. Override anything from the command line, e.g.
 `--config.data.sources.dialog.weight=2 --config.data.sequence_length=512`.
 """
 
+import importlib
+
 import ml_collections
 
 
@@ -43,13 +45,17 @@ def base_config(stage: str, previous_stage: str | None, model: str = "tiny") -> 
     config.seed = 0
     config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1: the rest of the devices
     config.train = ml_collections.ConfigDict(dict(
-        total_steps=200, accumulation_steps=1, log_every=10, eval_every=100, eval_batches=4,
-        save_every=100, max_to_keep=3, async_checkpoints=True,
-        # Token-level duplex eval at every eval step (flmjax.eval.dialogs): the streaming model on the first
-        # `duplex_eval_dialogs` held-out dialogs of "DATASET/SPLIT" (0: off), each cut to `duplex_eval_frames`
-        # frames (0: data.sequence_length), logged as eval metrics `duplex/...`; text temperature 0: greedy.
-        duplex_eval_dialogs=0, duplex_eval_frames=0, duplex_eval_batch=8, duplex_eval_text_temperature=0.0,
-        duplex_eval_source="synthetic/validation_dialog"))
+        total_steps=200, accumulation_steps=1, log_every=10, eval_every=100,  # eval_every 0: no evals
+        save_every=100, max_to_keep=3, async_checkpoints=True))
+    # Evaluators run every `train.eval_every` steps, named by type (flmjax.eval.evaluators maps the types).
+    config.evals = ml_collections.ConfigDict(dict(
+        # The loss on the first `batches` batches of the sources' held-out splits (each source's `eval_split`).
+        held_out=dict(type="held_out_loss", batches=4),
+        # Token-level duplex eval (flmjax.eval.dialogs): the streaming model on the first `dialogs` held-out
+        # dialogs of "DATASET/SPLIT" `source` (0: off), each cut to `frames` frames (0: data.sequence_length),
+        # `batch` at a time, logged as eval metrics `duplex/...`; text temperature 0: greedy.
+        duplex=dict(type="duplex", dialogs=0, frames=0, batch=8, text_temperature=0.0,
+                    source="synthetic/validation_dialog")))
     config.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=3e-3, schedule="cosine", warmup_steps=20, end_lr_fraction=0.1, b1=0.9, b2=0.95,
         eps=1e-8, weight_decay=0.1, clip_norm=1.0, frozen=(),
@@ -65,4 +71,14 @@ def base_config(stage: str, previous_stage: str | None, model: str = "tiny") -> 
         num_workers=0,
     ))
     config.data.sources = ml_collections.ConfigDict()
+    return config
+
+
+def schedule_stage(schedule: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
+    """A stage of a schedule (configs/main.py): the stage's own config for the schedule's model with the schedule's
+    shared settings (`schedule.shared`, by their places in a stage config) laid over it. A stage warms up over at
+    most a fifth of its steps."""
+    config = importlib.import_module(f"configs.stages.{stage}").get_config(schedule.model)
+    config.update(schedule.shared.to_dict())
+    config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, config.train.total_steps // 5)
     return config

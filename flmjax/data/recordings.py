@@ -26,7 +26,7 @@ follow the synthetic corpus (`train_dialog`, `train_asr`, `train_tts`), so the s
 Files with more than two channels, unreadable audio, or no or malformed alignments are rejected with a reason.
 
 Encoding (`make_encoder`): both channels of `batch_files` files at a time, zero-padded to the longest, the rows
-sharded over the local devices, through Mimi's streaming step in jitted windows (`stream_encode`): memory stays
+sharded over the local devices, through Mimi's streaming step in jitted windows (`flmjax.codec.stream_encode`): memory stays
 bounded for recordings of any length (batch `encode` attends over the whole file), and the codes are those a
 live session computes, equal to batch `encode`'s for the first 10 s.
 
@@ -39,7 +39,6 @@ standard `flmjax.data.manifest` manifest, built by `dataset.build_dataset` like 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import math
@@ -402,48 +401,9 @@ def _progress_bar(total: int, enabled: bool):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The encoder: Mimi's streaming step over windows.
+# The encoder: the codec's windowed streaming encode (`flmjax.codec.stream_encode`) over the local devices.
 
-DEFAULT_CHUNK_FRAMES = 50  # 4 s windows
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _encode_window(config, params, state, pcm):
-    """pcm [B, 1, W * frame_size] -> (state, codes [B, 8, W]): W streaming steps of one frame, scanned."""
-    frames = pcm.reshape(pcm.shape[0], 1, -1, config.frame_size).transpose(2, 0, 1, 3)  # [W, B, 1, F]
-    state, codes = jax.lax.scan(lambda s, frame: codec.encode_step(config, params, s, frame), state, frames)
-    return state, codes[..., 0].transpose(1, 2, 0)  # [W, B, 8, 1] -> [B, 8, W]
-
-
-def stream_encode(config, params, audio, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
-                  on_window: Callable[[int], None] | None = None, sharding=None) -> np.ndarray:
-    """Mono signals `audio [B, n]` -> int16 codes `[B, 8, ceil(n / 1920)]`, streaming in windows.
-
-    The codec's streaming step, one frame at a time under `lax.scan`, over windows of `chunk_frames` frames
-    with the stream state carried between them: one compiled window for any length, memory for one window.
-    The audio is zero-padded to whole windows (Mimi is causal: padding changes no earlier code). The codes are
-    moshi's streaming codes: equal to batch `encode` up to the transformers' 10 s context, and past it equal
-    to what the released code computes when streaming (../shared/golden/mimi_small/README.md). `on_window(k)`
-    is called after each window with its number of real frames; `sharding` places each window (rows sharded).
-    """
-    batch, n = audio.shape
-    frames = -(-n // config.frame_size)
-    window = chunk_frames * config.frame_size
-    padded = np.zeros((batch, 1, -(-frames // chunk_frames) * window), np.float32)
-    padded[:, 0, :n] = audio
-    state = codec.init_codec_stream(config, params, batch)
-    out = []
-    for start in range(0, padded.shape[-1], window):
-        pcm = padded[..., start:start + window]
-        state, codes = _encode_window(config, params, state, pcm if sharding is None else
-                                      jax.device_put(pcm, sharding))
-        out.append(np.asarray(codes))
-        if on_window is not None:
-            on_window(min(chunk_frames, frames - start // config.frame_size))
-    return np.concatenate(out, axis=-1)[..., :frames].astype(np.int16)
-
-
-def make_encoder(config, params, batch_size: int = 8, chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> Encoder:
+def make_encoder(config, params, batch_size: int = 8, chunk_frames: int = codec.DEFAULT_CHUNK_FRAMES) -> Encoder:
     """Encodes mono 24 kHz signals with `stream_encode`, `batch_size` at a time.
 
     Each batch is zero-padded to its longest signal and to `batch_size` rows, rounded up to a multiple of the
@@ -465,7 +425,7 @@ def make_encoder(config, params, batch_size: int = 8, chunk_frames: int = DEFAUL
             audio = np.zeros((rows, max(len(signal) for signal in chunk)), np.float32)
             for row, signal in enumerate(chunk):
                 audio[row, :len(signal)] = signal
-            codes = stream_encode(config, params, audio, chunk_frames, sharding=batch_sharding)
+            codes = codec.stream_encode(config, params, audio, chunk_frames, sharding=batch_sharding)
             out.extend(codes[row, :NUM_CODEBOOKS, :-(-len(signal) // config.frame_size)]
                        for row, signal in enumerate(chunk))
         return out

@@ -546,9 +546,10 @@ def run_fdb_command(args: argparse.Namespace) -> int:
         if not args.checkpoint or not args.mimi:
             raise FdbError(f"{len(pending)} samples need running: give --checkpoint and --mimi")
         from flmjax import codec
-        from flmjax.infer import SamplingConfig, loading
+        from flmjax.checkpoints import load_model
+        from flmjax.infer import SamplingConfig
 
-        config, params, loaded = loading.load_model(args.checkpoint, args.step)
+        config, params, loaded = load_model(args.checkpoint, args.step)
         _stderr(f"model: {loaded}")
         mimi_config, mimi_params = codec.load_codec(args.mimi)
         max_frames = args.max_frames or max(session_frames(s, p) for s in samples for p in s.prefixes)  # all samples: resume-stable

@@ -5,8 +5,9 @@ complete checkpoint there, or starts from `config.init_from` (an earlier stage's
 checkpoint folder), or from scratch. A damaged newest checkpoint (truncated, corrupt) is moved aside to
 WORKDIR/checkpoints_damaged with a warning and the newest one that reads is resumed. It saves every
 `train.save_every` steps (async), at the end, and when the process gets SIGTERM (a TPU preemption) or Ctrl-C
-(SIGINT), then stops; a second Ctrl-C stops at once without saving. Metrics go to WORKDIR/metrics.jsonl and
-TensorBoard.
+(SIGINT), then stops; a second Ctrl-C stops at once without saving. Every `train.eval_every` steps it runs the
+evaluators it is given (`flmjax.train.evaluators`: hooks built from the running stage; this module knows no
+particular evaluation). Metrics go to WORKDIR/metrics.jsonl and TensorBoard.
 """
 
 from __future__ import annotations
@@ -17,18 +18,17 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
-import numpy as np
 
+from flmjax import checkpoints as checkpoint_lib
 from flmjax import config as model_config_lib
 from flmjax import model, sharding
-from flmjax.convert import load_official
 from flmjax.data import pipeline, text
 from flmjax.data.examples import StreamIds
 from flmjax.errors import UserError, one_line
-from flmjax.train import checkpoint as checkpoint_lib
+from flmjax.train import evaluators as evaluators_lib
 from flmjax.train import loss as loss_lib
 from flmjax.train import metrics as metrics_lib
 from flmjax.train import optimizer as optimizer_lib
@@ -48,13 +48,11 @@ class StageResult:
 
 
 def stage_model_config(config) -> model_config_lib.ModelConfig:
-    """The model of a stage: its preset, or the released checkpoint it starts from, with execution overrides."""
+    """The model of a stage: its preset, or that of the checkpoint it starts from (`init_from`: any path
+    `flmjax.checkpoints.resolve` takes), with execution overrides."""
     overrides = dict(config.model_overrides)
-    if config.init_from and checkpoint_lib.is_released_checkpoint(config.init_from):
-        return model_config_lib.ModelConfig.from_official(config.init_from, **overrides)
-    if config.init_from and checkpoint_lib.latest_complete_step(config.init_from) is not None:
-        previous, _, _ = checkpoint_lib.Checkpointer(config.init_from).read_meta()
-        return previous.replace(**overrides)
+    if config.init_from:
+        return checkpoint_lib.resolve(config.init_from, what="init_from").model_config(**overrides)
     return model_config_lib.preset(config.model, **overrides)
 
 
@@ -99,16 +97,6 @@ def stage_step(config, devices=None) -> StageStep:
     shardings = step_lib.state_shardings(model_config, tx, mesh)
     return StageStep(model_config, loss_config, tx, mesh, shardings, config.data.global_batch_size,
                      config.data.sequence_length, train.accumulation_steps)
-
-
-def _to_global(batch: dict[str, np.ndarray], shardings: dict[str, Any], process_count: int) -> dict[str, jax.Array]:
-    """This process's rows -> global arrays (rows of process p at p * local .. (p + 1) * local - 1)."""
-    out = {}
-    for key, sharding_ in shardings.items():
-        local = batch[key]
-        global_shape = (local.shape[0] * process_count,) + local.shape[1:]
-        out[key] = jax.make_array_from_process_local_data(sharding_, local, global_shape)
-    return out
 
 
 class _Preemption:
@@ -214,84 +202,14 @@ def _resume(checkpointer, abstract_state, data_iterator, say) -> tuple[Any, list
 
 
 def _initial_params(config, model_config, shardings):
-    """Params an un-started stage begins from: None (fresh), an earlier stage's, or a released checkpoint's."""
+    """Params an un-started stage begins from: None (fresh), or those of `init_from` (an earlier stage's
+    checkpoint, the main job's last, or a released checkpoint), laid out in the state's shardings."""
     if not config.init_from:
         return None
-    if checkpoint_lib.is_released_checkpoint(config.init_from):
-        return load_official(config.init_from, **dict(config.model_overrides))[1]
-    if checkpoint_lib.latest_complete_step(config.init_from) is None:
-        raise StageError(f"init_from {config.init_from!r} is neither a released checkpoint folder (config.json + "
-                         "safetensors) nor a workdir holding a finished checkpoint")
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             model.abstract_params(model_config), shardings["params"])
-    return checkpoint_lib.Checkpointer(config.init_from).restore_params(abstract_params=abstract)
-
-
-def _eval_sources(config, say: Callable[[str], None]) -> list[pipeline.WeightedSource]:
-    """The held-out splits of the stage's sources (`eval_split`); a source without one is left out of eval."""
-    sources = []
-    for name, source in sorted(config.data.sources.items()):
-        try:
-            sources.append(pipeline.weighted_source(config.data.data_dir, name, source, source.eval_split))
-        except (ValueError, FileNotFoundError) as error:
-            say(f"eval: source {name!r} left out: {error}")
-    if not sources:
-        raise StageError(f"eval is on (train.eval_every={config.train.eval_every}) but no source has its held-out "
-                         "split; build one or set --config.train.eval_every=0")
-    return sources
-
-
-def _duplex_eval_setup(config, model_config, tokenizer, say):
-    """The token-level duplex eval of `train.duplex_eval_*` (flmjax.eval.dialogs) as `params -> {"duplex/...":
-    figure}`, or None when it is off (`duplex_eval_dialogs = 0`). It streams the first `duplex_eval_dialogs`
-    records of `duplex_eval_source` ("DATASET/SPLIT" under `data.data_dir`), each cut to `duplex_eval_frames`
-    frames (0: the stage's sequence length), greedily, and scores the monologue quality in the stage's placement.
-    Every process gathers the params (a collective); the tiny models it is meant for fit on one host."""
-    train = config.train
-    count = train.get("duplex_eval_dialogs", 0)
-    if not count:
-        return None
-    from flmjax.data.dataset import DialogSource
-    from flmjax.eval import dialogs
-
-    name, _, split = train.get("duplex_eval_source", "synthetic/validation_dialog").partition("/")
-    try:
-        source = DialogSource(config.data.data_dir, name, split)
-    except (ValueError, FileNotFoundError) as error:
-        raise StageError(f"duplex eval (train.duplex_eval_dialogs={count}): {error}; set "
-                         "--config.train.duplex_eval_dialogs=0 to turn it off") from None
-    records = [source[i] for i in range(min(count, len(source)))]
-    frames = train.get("duplex_eval_frames", 0) or config.data.sequence_length
-    rule = dialogs.monologue_rule(config.data.sources.to_dict())
-    temperature = train.get("duplex_eval_text_temperature", 0.0)
-    say(f"duplex eval: {len(records)} dialogs of {name}/{split}, first {frames} frames, "
-        f"{'greedy' if temperature <= 0 else f'text temperature {temperature}'}, monologue quality "
-        f"{rule.placement if rule else 'off'}")
-
-    def evaluate(params) -> dict[str, float]:
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            params = multihost_utils.process_allgather(params, tiled=True)
-        device = jax.local_devices()[0]
-        params = jax.device_put(jax.device_get(params), device)
-        # One device of its own, not the training mesh (the loop runs under it).
-        with sharding.activation_rules(sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, [device])):
-            result = dialogs.evaluate_dialogs(model_config, params, records, tokenizer, max_frames=frames,
-                                              batch_size=train.get("duplex_eval_batch", 8), quality_rule=rule,
-                                              sampling=dialogs.decoding(temperature), seed=config.seed)
-        return {f"duplex/{key}": value for key, value in result.metrics.items() if value is not None}
-
-    return evaluate
-
-
-def _duplex_summary(metrics: dict[str, float]) -> str:
-    names = {"speaking/turn_over_rate": "TOR", "speaking/turn_latency_s": "latency s",
-             "speaking/interruption_stop_rate": "stop rate", "speaking/stop_latency_s": "stop latency s",
-             "speaking/barge_in_rate": "barge-in rate", "speaking/active_fraction": "speaking",
-             "wer": "WER", "code_accuracy": "code acc"}
-    return " ".join(f"{label} {metrics[f'duplex/{key}']:.3f}" for key, label in names.items()
-                    if f"duplex/{key}" in metrics)
+    checkpoint = checkpoint_lib.resolve(config.init_from, what="init_from")
+    return checkpoint.params(abstract, **dict(config.model_overrides))
 
 
 def _wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
@@ -303,8 +221,10 @@ def _wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
         distributed.global_state.client.wait_at_barrier(f"flmjax:{name}", timeout_in_ms=timeout_s * 1000)
 
 
-def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> StageResult:
-    """Trains one stage in `workdir` (see the module docstring)."""
+def run_stage(config, workdir: str, log: Callable[[str], None] = print,
+              evaluators: Sequence[evaluators_lib.EvaluatorFactory] = ()) -> StageResult:
+    """Trains one stage in `workdir` (see the module docstring). `evaluators` run every `train.eval_every` steps
+    (`flmjax.eval.evaluators.from_config(config)` builds those the config names; none by default)."""
     process_index, process_count = jax.process_index(), jax.process_count()
     is_main = process_index == 0
     say = log if is_main else (lambda message: None)
@@ -317,14 +237,18 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
         tokenizer = text.load_tokenizer(config.data.tokenizer)
         text.check_compatible(tokenizer, model_config)
     ids = StreamIds.from_config(model_config)
-    eval_sources = _eval_sources(config, say) if train.eval_every else []
-    duplex_eval = _duplex_eval_setup(config, model_config, tokenizer, say) if train.eval_every else None
-
     local_batch = pipeline.per_process_batch_size(config.data.global_batch_size, process_count)
+    batch_shardings = step_lib.batch_shardings(mesh)
+    context = evaluators_lib.StageContext(config, model_config, loss_config, tokenizer, ids, shardings,
+                                          batch_shardings, process_index, process_count, local_batch, say)
+    with _stage_input("eval"):
+        hooks = [hook for factory in (evaluators if train.eval_every else ())
+                 if (hook := factory(context)) is not None]
+
     with _stage_input(f"data in {config.data.data_dir}"):
         data = pipeline.stage_dataset(pipeline.stage_sources(config.data), tokenizer, ids,
-                                      config.data.sequence_length, local_batch, config.seed, process_index,
-                                      process_count)
+                                      length=config.data.sequence_length, batch_size=local_batch,
+                                      seed=config.seed, process_index=process_index, process_count=process_count)
     iterator = pipeline.batch_iterator(data, num_workers=config.data.num_workers)
     abstract = step_lib.abstract_state(model_config, tx, shardings)
     # Created only now: a stage that cannot start (bad tokenizer, data, config) leaves no trace in the workdir.
@@ -350,15 +274,13 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
     _wait_for_all_processes(f"{workdir}:start")
     if set_aside:
         checkpointer.all_steps()  # reread the folder: process 0 moved the damaged steps before the barrier
-    batch_shardings = step_lib.batch_shardings(mesh)
     step = int(jax.device_get(state["step"]))
     start_step, start_time = step, time.perf_counter()
     last_metrics: dict[str, float] = {}
     stopped_by = ""
-    eval_fn = None
     with _Preemption() as preemption, sharding.activation_rules(mesh):
         while step < train.total_steps:
-            batch = _to_global(next(iterator), batch_shardings, process_count)
+            batch = step_lib.global_batch(next(iterator), batch_shardings, process_count)
             state, metrics = compiled.run(state, batch)
             step += 1
             if preemption.aborted:
@@ -374,16 +296,12 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
                     f"text {last_metrics['text_loss']:.4f} audio {last_metrics['audio_loss']:.4f} "
                     f"audio acc c0 {last_metrics.get('audio_accuracy_c0', float('nan')):.3f} "
                     f"| {frames_per_s:,.0f} frames/s MFU {mfu:.2%} ETA {eta:,.0f}s")
-            if train.eval_every and step % train.eval_every == 0:
-                eval_fn = eval_fn or _eval_function(model_config, loss_config, shardings, batch_shardings)
-                eval_metrics = _evaluate(eval_fn, state, eval_sources, tokenizer, ids, config, batch_shardings,
-                                         process_index, process_count, local_batch)
-                say(f"eval at step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in sorted(eval_metrics.items())
-                                                      if k in ("loss", "text_loss", "audio_loss")))
-                if duplex_eval is not None:
-                    duplex_metrics = duplex_eval(state["params"])
-                    eval_metrics.update(duplex_metrics)
-                    say(f"duplex eval at step {step}: {_duplex_summary(duplex_metrics)}")
+            if hooks and step % train.eval_every == 0:
+                eval_metrics = {}
+                for hook in hooks:
+                    hook_metrics = hook.run(state)
+                    say(f"{hook.name} at step {step}: {hook.summary(hook_metrics)}")
+                    eval_metrics.update(hook_metrics)
                 writer.write(step, eval_metrics, split="eval")
             if step % train.save_every == 0 or step == train.total_steps or preemption.requested:
                 checkpointer.save(step, state, model_config, data_iterator=iterator, stage_config=config.to_dict(),
@@ -403,26 +321,3 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print) -> Stage
 def _model_summary(config: model_config_lib.ModelConfig) -> str:
     return (f"hidden {config.hidden_size} x {config.num_hidden_layers} layers, depth {config.depth_dim} x "
             f"{config.depth_layers}, compute {config.dtype}, params {config.param_dtype}")
-
-
-def _eval_function(model_config, loss_config, shardings, batch_shardings):
-    def evaluate(params, batch):
-        return loss_lib.loss_and_metrics_full(model_config, params, batch, loss_config)[1]
-
-    return jax.jit(evaluate, in_shardings=(shardings["params"], batch_shardings))
-
-
-def _evaluate(eval_fn, state, sources, tokenizer, ids, config, batch_shardings, process_index, process_count,
-              local_batch) -> dict[str, float]:
-    """Mean metrics over the first `train.eval_batches` held-out batches (one pass, unshuffled)."""
-    data = pipeline.stage_dataset(sources, tokenizer, ids, config.data.sequence_length, local_batch, config.seed,
-                                  process_index, process_count, num_epochs=1, shuffle=False)
-    totals: dict[str, float] = {}
-    count = 0
-    for count, batch in enumerate(pipeline.batch_iterator(data), start=1):
-        values = jax.device_get(eval_fn(state["params"], _to_global(batch, batch_shardings, process_count)))
-        for key, value in values.items():
-            totals[key] = totals.get(key, 0.0) + float(value)
-        if count == config.train.eval_batches:
-            break
-    return {key: value / max(count, 1) for key, value in totals.items()}

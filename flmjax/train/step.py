@@ -68,6 +68,18 @@ def batch_shardings(mesh: Mesh, rules=sharding.DEFAULT_RULES) -> dict[str, Named
             for key in BATCH_KEYS}
 
 
+def global_batch(local_batch: dict[str, np.ndarray], shardings: dict[str, NamedSharding],
+                 process_count: int) -> Batch:
+    """This process's rows [local, ...] -> global arrays [local * process_count, ...] laid out as `shardings`
+    say (process p's rows at p * local .. (p + 1) * local - 1)."""
+    out = {}
+    for key, sharding_ in shardings.items():
+        local = local_batch[key]
+        global_shape = (local.shape[0] * process_count,) + local.shape[1:]
+        out[key] = jax.make_array_from_process_local_data(sharding_, local, global_shape)
+    return out
+
+
 def _split(batch: Batch, parts: int) -> Batch:
     """[B, ...] -> [parts, B / parts, ...]: micro-batch `i` holds examples i*B/parts .. (i+1)*B/parts - 1."""
     return jax.tree.map(lambda x: x.reshape(parts, x.shape[0] // parts, *x.shape[1:]), batch)

@@ -11,8 +11,8 @@ import pytest
 
 from flmjax import config as flm_config
 from flmjax import model
+from flmjax.checkpoints.checkpointer import Checkpointer
 from flmjax.convert import load_official, save_official
-from flmjax.train.checkpoint import Checkpointer
 from launch import cli
 from launch import export as export_cli
 from launch import import_official as import_cli
@@ -89,8 +89,35 @@ def test_export_of_a_missing_step_names_it_and_the_steps_there_are(workdir, tmp_
 
 def test_export_of_a_workdir_without_checkpoints_fails_without_creating_anything(tmp_path, capsys):
     assert cli.run(export_cli.main, ["--workdir", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
-    assert "no complete checkpoint under" in capsys.readouterr().err
+    assert "--workdir " + str(tmp_path / "empty") + ": no such folder; expected a released-format folder" in \
+        capsys.readouterr().err
     assert not (tmp_path / "empty").exists() and not (tmp_path / "out").exists()
+
+
+def test_export_of_a_folder_that_is_no_checkpoint_is_the_resolvers_one_line(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    assert cli.run(export_cli.main, ["--workdir", str(tmp_path / "notes"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "it holds neither config.json, nor checkpoints/" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_of_the_main_jobs_workdir_takes_its_last_stage(params, workdir, tmp_path):
+    main = tmp_path / "main"
+    main.mkdir()
+    workdir.rename(main / "stage2_b")
+    (main / "stage1_a").mkdir()  # an earlier stage without a checkpoint is passed over, as is a later empty one
+    (main / "stage3_c" / "checkpoints").mkdir(parents=True)
+    assert cli.run(export_cli.main, ["--workdir", str(main), "--out", str(tmp_path / "out"),
+                                     "--dtype", "float32"]) == 0
+    _, exported = load_official(tmp_path / "out")
+    assert_trees_equal(exported, jax.tree.map(lambda x: x + 1.0, params))  # stage2_b's newest step, 20
+
+
+def test_export_of_a_step_folder_exports_that_step(params, workdir, tmp_path):
+    assert cli.run(export_cli.main, ["--workdir", str(workdir / "checkpoints" / "10"), "--out",
+                                     str(tmp_path / "out"), "--dtype", "float32"]) == 0
+    assert_trees_equal(load_official(tmp_path / "out")[1], params)
 
 
 def test_imported_release_restores_the_original_params_and_config(params, tmp_path):

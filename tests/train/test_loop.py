@@ -17,7 +17,7 @@ import pytest
 
 from flmjax import model
 from flmjax.convert import load_official
-from flmjax.train import checkpoint as checkpoint_lib
+from flmjax import checkpoints as checkpoint_lib
 from flmjax.train.metrics import read_metrics
 from tests.conftest import REPO_ROOT
 

@@ -74,12 +74,6 @@ def checkpoint_dir(workdir: str | os.PathLike) -> str:
     return os.path.join(os.fspath(workdir), CHECKPOINT_DIR)
 
 
-def is_released_checkpoint(path: str | os.PathLike) -> bool:
-    """A released-format folder (config.json + safetensors), not a training workdir."""
-    return os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(
-        os.path.join(path, CHECKPOINT_DIR))
-
-
 def _is_complete(step_dir: str) -> bool:
     return os.path.isfile(os.path.join(step_dir, META, META_FILE))
 
