@@ -67,6 +67,7 @@ from flmjax import model
 from launch import cli
 from launch.bench_codec import CODEC_COLUMNS, run_codec_bench
 from launch.bench_stream import STREAM_COLUMNS, STREAM_DEFAULTS, run_stream_bench, stream_notes
+from launch.bench_serve import SERVE_COLUMNS, SERVE_DEFAULTS, run_serve_bench, serve_notes
 from launch.bench_common import (PARAM_DTYPE_FOR, Benchmark, Column, Settings, fixed, format_table,
                                   millions, progress, random_params, significant)
 
@@ -506,6 +507,7 @@ BENCHMARKS: dict[str, Benchmark] = {
                        defaults=(("dtypes", ("float32",)), ("batch", 8), ("meshes", TRAIN_DEFAULT_MESHES))),
     "stream": Benchmark(run_stream_bench, STREAM_COLUMNS, notes=stream_notes, defaults=STREAM_DEFAULTS),
     "codec": Benchmark(run_codec_bench, CODEC_COLUMNS, defaults=(("batches", (1, 8)),)),
+    "serve": Benchmark(run_serve_bench, SERVE_COLUMNS, notes=serve_notes, defaults=SERVE_DEFAULTS),
 }
 
 
@@ -585,6 +587,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                          help="stream, codec: comma-separated batch sizes (concurrent sessions)")
         sub.add_argument("--seconds", type=float, default=defaults.seconds, help="codec: seconds of audio per call")
         sub.add_argument("--steps", type=int, default=defaults.steps, help="stream: timed frames per case")
+        sub.add_argument("--slots", type=_counts, default=defaults.slots,
+                         help="serve: comma-separated server slot counts (as many clients each)")
         sub.add_argument("--out", default=f"bench_results/{name}.json", help="JSON report path")
     return parser.parse_args(argv)
 
@@ -621,7 +625,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = Settings(presets=args.presets, dtypes=args.dtypes, batch=args.batch, frames=args.frames,
                             repeats=args.repeats, seed=args.seed, workers=args.workers, records=args.records,
                             stage=args.stage, data_dir=args.data_dir, meshes=args.meshes,
-                            batches=args.batches, seconds=args.seconds, steps=args.steps)
+                            batches=args.batches, seconds=args.seconds, steps=args.steps, slots=args.slots)
     except ValueError as error:
         sys.exit(f"error: {error}")
     run_benchmark(args.benchmark, settings, args.out, command=shlex.join(["python", "-m", "launch.bench", *argv]))

@@ -36,6 +36,7 @@ class Settings:
     batches: tuple[int, ...] = (1, 8, 32)  # stream, codec: batch sizes (concurrent sessions), one row each
     seconds: float = 10.0  # codec: audio length per call
     steps: int = 32  # stream: timed frames per case after the warm-up
+    slots: tuple[int, ...] = (1, 4, 8, 16)  # serve: server slot counts (and concurrent clients), one row each
 
     def __post_init__(self):
         problems = [f"unknown preset {p!r}; expected one of {sorted(config_lib.PRESETS)}"
@@ -47,6 +48,7 @@ class Settings:
         problems += [f"workers must be >= 0, got {w}" for w in self.workers if w < 0]
         problems += [f"mesh sizes must be positive, got {n}" for n in self.meshes if n < 1]
         problems += [f"batch sizes must be positive, got {n}" for n in self.batches if n < 1]
+        problems += [f"slot counts must be positive, got {n}" for n in self.slots if n < 1]
         if self.seconds <= 0 or self.steps < 1:
             problems.append(f"seconds and steps must be positive, got {self.seconds} and {self.steps}")
         if not self.presets or not self.dtypes:

@@ -217,6 +217,8 @@ class Server:
                 connection.log_once("empty", "ignoring an empty message")
             elif data[0] != AUDIO:
                 connection.log_once("kind", f"ignoring messages of unknown kind {data[0]}")
+            elif len(data) == 1:
+                continue  # no pages yet: the released Gradio client sends its writer's empty reads as they are
             elif not data[1:].startswith(OGG_PAGE):
                 connection.log_once("opus", "ignoring audio that is not Ogg/Opus pages")
             else:
