@@ -257,12 +257,17 @@ def init_codec_stream(config: MimiConfig, params: Params | None, batch_size: int
     return Mimi(config).apply({}, batch_size, method=Mimi.init_state)
 
 
-@_jit
+# The streaming steps donate the state they are given (its buffers are reused for the new state: the
+# transformers' KV caches are most of a frame's memory traffic otherwise); use the state they return.
+_jit_stepping = functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+
+
+@_jit_stepping
 def encode_step(config: MimiConfig, params: Params, state: StreamState,
                 pcm: jax.Array) -> tuple[StreamState, jax.Array]:
     """Streaming encode of the next pcm [batch, 1, k * frame_size] -> (state, codes [batch, codebooks, k]).
 
-    Reads and replaces only `state["encoder"]`.
+    Reads and replaces only `state["encoder"]`; `state` is donated (use the one returned).
     """
     out, encoder_state = _encode(config, params, pcm, state["encoder"], streaming=True)
     return {**state, "encoder": encoder_state}, out["codes"]
@@ -276,12 +281,12 @@ def encode_step_latent(config: MimiConfig, params: Params, state: StreamState,
     return {**state, "encoder": encoder_state}, out["codes"], _channels_first(out["latent"])
 
 
-@_jit
+@_jit_stepping
 def decode_step(config: MimiConfig, params: Params, state: StreamState,
                 codes: jax.Array) -> tuple[StreamState, jax.Array]:
     """Streaming decode of the next codes [batch, codebooks, k] -> (state, pcm [batch, 1, k * frame_size]).
 
-    Reads and replaces only `state["decoder"]`.
+    Reads and replaces only `state["decoder"]`; `state` is donated (use the one returned).
     """
     out, decoder_state = _decode(config, params, codes, state["decoder"], streaming=True)
     return {**state, "decoder": decoder_state}, _channels_first(out["pcm"])
