@@ -234,7 +234,7 @@ def run_sessions(config: ModelConfig, params: Any, inputs: Sequence[np.ndarray],
     waiting, done, total = iter(range(len(inputs))), 0, sum(lengths)
     step_s, codec_s = [], []
     while True:
-        for slot in np.flatnonzero(running < 0):
+        for _ in np.flatnonzero(running < 0):
             session = next(waiting, None)
             if session is None:
                 break
