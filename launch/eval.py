@@ -51,7 +51,7 @@ import jax
 from flmjax import checkpoints, codec, model
 from flmjax import config as config_lib
 from flmjax.data import text
-from flmjax.data.dataset import DialogSource
+from flmjax.data.dataset_source import DialogSource
 from flmjax.data.examples import SourceRule
 from flmjax.errors import UserError
 from flmjax.eval import dialogs, fdb_io, fdb_run, fdb_score
