@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from flmjax import codec
-from launch.bench_common import Column, Settings, fixed, progress, significant
+from launch.bench_common import Benchmark, Column, Settings, fixed, progress, significant
 
 CODEC_COLUMNS = (
     Column("batch", "batch"),
@@ -108,3 +108,6 @@ def run_codec_bench(settings: Settings) -> list[dict[str, Any]]:
         progress(f"codec: released Mimi, batch {batch}, {settings.seconds:g} s of audio per stream")
         rows.append(_bench_batch_size(config, params, batch, settings))
     return rows
+
+
+BENCHMARK = Benchmark(run_codec_bench, CODEC_COLUMNS, defaults=(("batches", (1, 8)),))

@@ -78,6 +78,11 @@ class Benchmark:
         return dataclasses.replace(Settings(), **dict(self.defaults))
 
 
+def memory_bytes(memory: dict[str, int | None]) -> dict[str, int | None]:
+    """`flmjax.compiled.memory` figures under the reports' names (`temp_bytes`, `argument_bytes`, ...)."""
+    return {f"{key}_bytes": memory[key] for key in ("temp", "argument", "output", "alias")}
+
+
 def millions(n: int) -> str:
     return f"{n / 1e6:.2f}M"
 

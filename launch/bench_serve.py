@@ -33,7 +33,7 @@ from flmjax import config as config_lib
 from flmjax import model
 from flmjax.convert import save_official
 from flmjax.streams import FRAME_S
-from launch.bench_common import Column, Settings, fixed, progress
+from launch.bench_common import Benchmark, Column, Settings, fixed, progress
 
 SERVE_DEFAULTS = (("presets", ("tiny",)), ("dtypes", ("float32",)), ("seconds", 10.0))
 STARTUP_S = 900  # compiling the released-size Mimi for a large batch takes minutes on a small CPU
@@ -150,3 +150,5 @@ SERVE_COLUMNS = (
     Column("real time", "real_time"),
     Column("startup s", "startup_s", fixed(0)),
 )
+
+BENCHMARK = Benchmark(run_serve_bench, SERVE_COLUMNS, notes=serve_notes, defaults=SERVE_DEFAULTS)

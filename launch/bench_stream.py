@@ -23,11 +23,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from flmjax import config as config_lib
-from flmjax import hardware
-from flmjax import model
+from flmjax import hardware, model
 from flmjax.infer.sessions import Scheduler
 from flmjax.streams import FRAME_S
-from launch.bench_common import PARAM_DTYPE_FOR, Column, Settings, fixed, progress, random_params, significant
+from launch.bench_common import (
+    PARAM_DTYPE_FOR,
+    Benchmark,
+    Column,
+    Settings,
+    fixed,
+    progress,
+    random_params,
+    significant,
+)
 
 # Peak HBM bandwidth per chip, bytes/s (flmjax.hardware's table of vendor figures).
 HBM_BANDWIDTH = {"TPU v5e": hardware.CHIPS["v5e"].hbm_bandwidth, "H100 SXM": hardware.CHIPS["h100"].hbm_bandwidth}
@@ -146,3 +154,6 @@ STREAM_COLUMNS = (
 )
 
 STREAM_DEFAULTS = (("dtypes", ("float32",)), ("batches", (1, 8, 32)))
+
+
+BENCHMARK = Benchmark(run_stream_bench, STREAM_COLUMNS, notes=stream_notes, defaults=STREAM_DEFAULTS)

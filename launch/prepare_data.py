@@ -6,8 +6,9 @@
         [--gap_s 0.8] [--sentence_end '.?!'] [--main_speaker SPEAKER_MAIN] [--mono_as reject|utterance]
         [--batch_files 4] [--overwrite]
 
-The dataset lands in DATA_DIR/NAME/1.0.0 (read it with `flmjax.data.dataset.DialogSource(DATA_DIR, NAME, split)`
-or `tfds.data_source(NAME, data_dir=DATA_DIR, split=split)`). Records that fail validation are rejected and
+The dataset lands in DATA_DIR/NAME/1.0.0 (read it with
+`flmjax.data.dataset_source.DialogSource(DATA_DIR, NAME, split)` or `tfds.data_source(NAME, data_dir=DATA_DIR,
+split=split)`). Records that fail validation are rejected and
 reported, not fatal. A finished dataset is reused when its manifest and codes files are unchanged; changed ones
 are an error unless --overwrite. A dataset is built beside the old one and replaces it only when whole; refusals
 (changed inputs without --overwrite, every record rejected, a dataset folder holding its own inputs) change
@@ -32,6 +33,7 @@ from typing import Sequence
 
 from flmjax import files
 from flmjax.data import dataset, recordings, synthetic, text
+from flmjax.data.dataset_source import BuildSummary, DatasetError, dataset_dir
 from flmjax.data.manifest import read_manifest, write_manifest
 from flmjax.data.records import CHANNELS
 from launch import cli
@@ -98,12 +100,12 @@ def write_synthetic_manifest(num_records: int, seed: int, folder: str) -> str:
     return write_manifest(pairs, folder)
 
 
-def build_synthetic(args: argparse.Namespace) -> dataset.BuildSummary:
+def build_synthetic(args: argparse.Namespace) -> BuildSummary:
     """Generates the corpus beside OUT/synthetic_source and builds it. The new corpus replaces the old one only
     when a build is due (just before it, so the build reads it where it stays): a reused or refused build leaves
     OUT as it was (the generated copy is thrown away)."""
     source = os.path.join(args.out, SYNTHETIC_SOURCE)
-    files.check_apart(dataset.dataset_dir(args.out, args.name), [source], what="the dataset")
+    files.check_apart(dataset_dir(args.out, args.name), [source], what="the dataset")
     files.remove_leftovers(source)  # of a killed run (one run per data dir at a time)
     with files.staging_folder(source) as staging:
         generated = write_synthetic_manifest(args.synthetic, args.seed or 0, staging)
@@ -150,12 +152,12 @@ def prepare_recordings(args: argparse.Namespace) -> recordings.PreparedRecording
           f"encoded, {len(prepared.rejections)} rejected", file=sys.stderr)
     if not prepared.records:
         reasons = "; ".join(f"{category}: {message}" for category, message in prepared.rejections[:MESSAGES_SHOWN])
-        raise dataset.DatasetError(f"no usable recording in {args.audio_manifest} "
+        raise DatasetError(f"no usable recording in {args.audio_manifest} "
                                    f"({len(prepared.rejections)} rejected; {reasons})")
     return prepared
 
 
-def with_rejections(summary: dataset.BuildSummary, rejections: list[tuple[str, str]]) -> dataset.BuildSummary:
+def with_rejections(summary: BuildSummary, rejections: list[tuple[str, str]]) -> BuildSummary:
     """The summary with rejections found before the build (audio, alignments) counted in it."""
     merged: dict[str, list[str]] = {}
     for category, message in rejections:
@@ -172,7 +174,7 @@ def format_table(rows: list[list[str]]) -> str:
                                enumerate(zip(row, widths))).rstrip() for row in rows)
 
 
-def format_summary(summary: dataset.BuildSummary) -> str:
+def format_summary(summary: BuildSummary) -> str:
     state = "already built, nothing to do" if summary.already_built else "built"
     lines = [f"dataset {summary.name} at {summary.path} ({state})", f"from {summary.manifest}", ""]
     rows = [["split", "records", "hours", "frames", "words"]]

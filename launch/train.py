@@ -49,10 +49,10 @@ def initialize_distributed() -> None:
 
 def ensure_synthetic_data(data_dir: str, records: int, seed: int) -> None:
     """Builds the embedded synthetic corpus and its tokenizer in `data_dir` unless they are there."""
-    from flmjax.data import dataset
+    from flmjax.data import dataset_source
     from launch import prepare_data
 
-    if dataset.read_summary(data_dir, "synthetic") and os.path.exists(os.path.join(data_dir, "tokenizer.model")):
+    if dataset_source.read_summary(data_dir, "synthetic") and os.path.exists(os.path.join(data_dir, "tokenizer.model")):
         return
     print(f"building the synthetic corpus ({records} records) in {data_dir}", flush=True)
     if cli.run(prepare_data.main, ["--synthetic", str(records), "--seed", str(seed), "--out", data_dir]) != 0:

@@ -5,7 +5,7 @@ import json
 import jax
 import pytest
 
-from launch import bench
+from launch import bench, bench_train
 
 BATCH, FRAMES = 1, 8
 ROW_KEYS = {"benchmark", "preset", "dtype", "param_dtype", "batch", "frames", "params_temporal", "params_depth",
@@ -180,13 +180,13 @@ def test_train_rejects_meshes_the_batch_or_devices_cannot_fill():
     settings = bench.Settings(presets=("tiny",), dtypes=("float32",), meshes=(3, 16), batch=4, frames=8)
     with pytest.raises(ValueError, match="(?s)16-device mesh needs 16 devices.*batch 4 does not divide over a "
                                          "3-device mesh"):
-        bench.run_train_bench(settings)
+        bench_train.run_train_bench(settings)
 
 
 def test_train_skips_a_case_whose_devices_would_not_fit_in_host_memory(monkeypatch, tmp_path, capsys):
     """On CPU all fake devices live in host memory: a case that would be OOM-killed (losing every row) is
     compiled but not run."""
-    monkeypatch.setattr(bench, "_available_host_bytes", lambda: 2**20)
+    monkeypatch.setattr(bench_train, "_available_host_bytes", lambda: 2**20)
     settings = bench.Settings(presets=("tiny",), dtypes=("float32",), meshes=(1,), batch=TRAIN_BATCH,
                               frames=TRAIN_FRAMES, repeats=2)  # the fixture's shapes: compiles come from the cache
     [row] = bench.run_benchmark("train", settings, tmp_path / "train.json", command="test")["rows"]

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from flmjax import checkpoints as checkpoint_lib
-from flmjax.data.dataset import DialogSource
+from flmjax.data.dataset_source import DialogSource
 from flmjax.eval import evaluators
 from flmjax.train import loop
 from flmjax.train.metrics import read_metrics

@@ -82,7 +82,7 @@ def test_the_package_has_every_stage_and_the_checkpoints_base():
     ("flmjax.model", "from flmjax.data import text\n", True),  # a base module importing a stage
     ("flmjax.checkpoints.paths", "from ..train import loop\n", True),  # a relative import
     ("flmjax.train.loop", "def run():\n    if True:\n        from flmjax.eval import dialogs\n", True),  # local
-    ("flmjax.eval.fdb", "from flmjax.infer import sessions\nfrom flmjax.train import step\n", False),
+    ("flmjax.eval.fdb_run", "from flmjax.infer import sessions\nfrom flmjax.train import step\n", False),
     ("flmjax.train.loop", "from flmjax.data import pipeline\nfrom flmjax import checkpoints, model\n", False),
     ("flmjax.data.dataset", "from . import records\nimport numpy\n", False),
 ])

@@ -1,4 +1,5 @@
-"""The dialog dataset: a manifest built into ArrayRecord files by a TFDS builder, read back without TensorFlow.
+"""Building the dialog dataset: a manifest built into ArrayRecord files by a TFDS builder (read back without
+TensorFlow by `flmjax.data.dataset_source.DialogSource`).
 
     summary = build_dataset("data/manifest.jsonl", "/data/tfds", name="dialogs")   # -> BuildSummary
     source = DialogSource("/data/tfds", "dialogs", "train")                         # random access, picklable
@@ -12,22 +13,9 @@ that holds the summary, and an existing dataset is replaced only by a finished o
 registered with tfds: `tfds.data_source(NAME, data_dir=DATA_DIR, split=SPLIT)` and `DialogSource` read a dataset
 from its files alone.
 
-One example per record, every feature a flat array (S segments, W words of a channel):
-
-    id                                       Text
-    num_frames                               int64 []
-    {speak,listen}_codes                     int16 [T, 8]  ([0, 8] when absent)
-    has_{speak,listen}_codes                 bool  []
-    {speak,listen}_segment_{start,end}       int64 [S]     frames [start, end)
-    {speak,listen}_segment_text              bytes [S]     UTF-8
-    {speak,listen}_segment_has_words         bool  [S]     False: `words` is None; True: a tuple, maybe empty
-    {speak,listen}_word_segment              int64 [W]     index of the word's segment; words in order
-    {speak,listen}_word_{start,end}          int64 [W]
-    {speak,listen}_word_text                 bytes [W]
-
-Columns rather than tfds `Sequence` features: a Sequence nested in a Sequence (words in segments) is serialised
-with TensorFlow, which this project does not install, and even a flat Sequence of dicts is encoded one element
-at a time in Python (about 3x slower to build than these columns, which encode as whole arrays).
+A record is stored as one tfds example of flat columns (`flmjax.data.dataset_features`); `DialogSource`
+(`flmjax.data.dataset_source`) reads it back. The builder stays in this module: tfds records its module name in
+every dataset's `dataset_info.json`, and a rebuild replaces only folders naming it.
 
 Building reads the manifest twice: a first pass parses each line (no codes) to find the splits, malformed
 lines, duplicate ids and bad split names; the second loads, validates and writes each record. A record that
@@ -39,21 +27,17 @@ file changed behind an unchanged manifest is a changed build. Run one build per 
 
 from __future__ import annotations
 
-import array
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
-import operator
 import os
 import re
 import shutil
 import sys
 import tempfile
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
-import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 from absl import logging
@@ -61,258 +45,21 @@ from tensorflow_datasets.core import utils as tfds_utils
 from tensorflow_datasets.core.utils import tqdm_utils
 
 from flmjax import files
-from flmjax.data.manifest import ManifestEntry, parse_line
-from flmjax.data.records import CHANNELS, FRAME_RATE, NUM_CODEBOOKS, DialogRecord, RecordError, Segment, Word
-from flmjax.errors import UserError
-
-VERSION = "1.0.0"
-SUMMARY_FILE = "build_summary.json"
-DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-
-# RecordError message -> category: the first pattern found in the message names it.
-REJECTION_CATEGORIES = (
-    ("malformed line", r"not valid JSON|expected a JSON object"),
-    ("unreadable codes", r"_codes file .* cannot be read"),
-    ("codes out of range", r"codes must be in"),
-    ("wrong shape", r"has shape .* expected \[frames"),
-    ("wrong dtype", r"has dtype .* expected integers"),
-    ("frame count mismatch", r"frames but .*_codes has|but the codes have"),
-    ("missing num_frames", r"num_frames is required"),
-    ("no frames", r"num_frames is -?\d+; expected at least"),
-    ("impossible duration", r"num_frames is \d+ .*is not a recording"),
-    ("empty record", r"holds nothing to learn from"),
-    ("start >= end", r"has start -?\d+ >= end"),
-    ("segment outside record", r"lies outside the record"),
-    ("overlapping segments", r"segments overlap"),
-    ("empty text", r"has empty text"),
-    ("bad word", r"\.words\[\d+\]"),
-    ("malformed record", r"malformed|missing field"),
+from flmjax.data.dataset_features import example_from_record, features
+from flmjax.data.dataset_plan import (
+    ManifestPlan,
+    SplitLines,
+    all_rejected_error,
+    plan_manifest,
+    planned,
+    rejection_category,
+    sha256_of,
 )
+from flmjax.data.dataset_source import SUMMARY_FILE, VERSION, BuildSummary, DatasetError, dataset_dir, read_summary
+from flmjax.data.manifest import ManifestEntry
+from flmjax.data.records import CHANNELS, RecordError
 
-
-class DatasetError(UserError):
-    """A build that cannot go on: every record rejected, a changed manifest, a folder that is not ours."""
-
-
-def rejection_category(message: str) -> str:
-    """The category of a rejection message ("codes out of range", "empty text", ...; "other" if unknown)."""
-    for category, pattern in REJECTION_CATEGORIES:
-        if re.search(pattern, message):
-            return category
-    return "other"
-
-
-@dataclasses.dataclass
-class BuildSummary:
-    """What a build wrote: per split records, frames and words (whitespace-separated, over all segments)."""
-
-    name: str
-    manifest: str
-    manifest_sha256: str
-    records: dict[str, int]
-    frames: dict[str, int]
-    text_words: dict[str, int]
-    rejections: dict[str, list[str]]  # category -> full messages
-    left_out_splits: list[str] = dataclasses.field(default_factory=list)  # every record rejected
-    codes_fingerprint: str = ""  # of the codes files the manifest names (older builds: none, so they differ)
-    path: str = ""  # DATA_DIR/NAME/VERSION; set from where the summary was read, not stored
-    already_built: bool = False  # not stored
-
-    @property
-    def hours(self) -> dict[str, float]:
-        return {split: frames / FRAME_RATE / 3600 for split, frames in self.frames.items()}
-
-    @property
-    def rejected(self) -> int:
-        return sum(len(messages) for messages in self.rejections.values())
-
-    def to_json(self) -> str:
-        fields = dataclasses.asdict(self)
-        del fields["path"], fields["already_built"]
-        return json.dumps({"version": VERSION, **fields}, indent=1, ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, text: str, path: str) -> BuildSummary:
-        fields = json.loads(text)
-        fields.pop("version", None)
-        return cls(**fields, path=path)
-
-
-def dataset_dir(data_dir: str | os.PathLike, name: str) -> str:
-    """Where a dataset lives: DATA_DIR/NAME/VERSION."""
-    return os.path.join(os.fspath(data_dir), name, VERSION)
-
-
-def read_summary(data_dir: str | os.PathLike, name: str) -> BuildSummary | None:
-    """The summary of a finished build, or None when there is none (never built, or unfinished)."""
-    path = dataset_dir(data_dir, name)
-    summary_path = os.path.join(path, SUMMARY_FILE)
-    if not (os.path.isfile(summary_path) and os.path.isfile(os.path.join(path, "dataset_info.json"))):
-        return None
-    with open(summary_path, encoding="utf-8") as f:
-        return BuildSummary.from_json(f.read(), path)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Records <-> examples.
-
-_INTS = tfds.features.Tensor(shape=(None,), dtype=np.int64)
-_BOOLS = tfds.features.Tensor(shape=(None,), dtype=np.bool_)
-_TEXTS = tfds.features.Tensor(shape=(None,), dtype=np.object_)  # str in, bytes out
-
-
-def features() -> tfds.features.FeaturesDict:
-    """The tfds features of one record (see the module docstring)."""
-    spec: dict[str, Any] = {"id": tfds.features.Text(), "num_frames": np.int64}
-    for channel in CHANNELS:
-        spec.update({
-            f"{channel}_codes": tfds.features.Tensor(shape=(None, NUM_CODEBOOKS), dtype=np.int16),
-            f"has_{channel}_codes": np.bool_,
-            f"{channel}_segment_start": _INTS, f"{channel}_segment_end": _INTS,
-            f"{channel}_segment_text": _TEXTS, f"{channel}_segment_has_words": _BOOLS,
-            f"{channel}_word_segment": _INTS, f"{channel}_word_start": _INTS, f"{channel}_word_end": _INTS,
-            f"{channel}_word_text": _TEXTS})
-    return tfds.features.FeaturesDict(spec)
-
-
-def example_from_record(record: DialogRecord) -> dict[str, Any]:
-    """The tfds example (before encoding) of a record."""
-    example: dict[str, Any] = {"id": record.id, "num_frames": record.num_frames}
-    for channel in CHANNELS:
-        codes = record.codes(channel)
-        segments = record.segments(channel)
-        words = [(i, word) for i, segment in enumerate(segments) for word in segment.words or ()]
-        example.update({
-            f"has_{channel}_codes": codes is not None,
-            f"{channel}_codes": np.zeros((0, NUM_CODEBOOKS), np.int16) if codes is None else codes,
-            f"{channel}_segment_start": np.array([s.start for s in segments], np.int64),
-            f"{channel}_segment_end": np.array([s.end for s in segments], np.int64),
-            f"{channel}_segment_text": [s.text for s in segments],
-            f"{channel}_segment_has_words": np.array([s.words is not None for s in segments], np.bool_),
-            f"{channel}_word_segment": np.array([i for i, _ in words], np.int64),
-            f"{channel}_word_start": np.array([w.start for _, w in words], np.int64),
-            f"{channel}_word_end": np.array([w.end for _, w in words], np.int64),
-            f"{channel}_word_text": [w.text for _, w in words]})
-    return example
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _segments_from_example(example: Mapping[str, Any], channel: str) -> tuple[Segment, ...]:
-    def column(key):
-        return np.asarray(example[f"{channel}_{key}"]).tolist()
-
-    words_of: dict[int, list[Word]] = {}
-    for index, start, end, text in zip(column("word_segment"), column("word_start"), column("word_end"),
-                                       column("word_text")):
-        words_of.setdefault(index, []).append(Word(start, end, _text(text)))
-    return tuple(Segment(start, end, _text(text), tuple(words_of.get(i, ())) if has_words else None)
-                 for i, (start, end, text, has_words) in enumerate(zip(
-                     column("segment_start"), column("segment_end"), column("segment_text"),
-                     column("segment_has_words"))))
-
-
-def record_from_example(example: Mapping[str, Any]) -> DialogRecord:
-    """The record of a decoded example (a numpy dict from `tfds.data_source`); not validated again."""
-    codes = {channel: np.asarray(example[f"{channel}_codes"], np.int16)
-             if example[f"has_{channel}_codes"] else None for channel in CHANNELS}
-    segments = {channel: _segments_from_example(example, channel) for channel in CHANNELS}
-    return DialogRecord(id=_text(example["id"]), num_frames=int(example["num_frames"]),
-                        speak_codes=codes["speak"], listen_codes=codes["listen"],
-                        speak_segments=segments["speak"], listen_segments=segments["listen"])
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The first pass over the manifest.
-
-@dataclasses.dataclass
-class _Lines:
-    """Manifest lines of one split: line numbers (for messages) and byte offsets (to read them again)."""
-
-    numbers: array.array = dataclasses.field(default_factory=lambda: array.array("q"))
-    offsets: array.array = dataclasses.field(default_factory=lambda: array.array("q"))
-
-
-@dataclasses.dataclass
-class _Plan:
-    manifest: str
-    sha256: str
-    lines: dict[str, _Lines]  # split -> lines to load and write
-    rejections: list[tuple[str, str]]  # (category, message) found before loading, or in splits left out
-    left_out_splits: list[str] = dataclasses.field(default_factory=list)
-    codes_files: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (as written, full path)
-
-    @functools.cached_property
-    def codes_fingerprint(self) -> str:
-        return _codes_fingerprint(self.codes_files)
-
-    @property
-    def num_lines(self) -> int:
-        return sum(len(lines.numbers) for lines in self.lines.values())
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_digest(path: str) -> str:
-    """Size and BLAKE2b of a file (faster than sha256 over many codes files); "missing" if it cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            return f"{os.fstat(f.fileno()).st_size}:{hashlib.file_digest(f, 'blake2b').hexdigest()}"
-    except OSError:
-        return "missing"
-
-
-def _codes_fingerprint(codes_files: list[tuple[str, str]]) -> str:
-    """One digest over the codes files by the names the manifest gives them (so a copy of the manifest's folder
-    fingerprints the same) and their contents."""
-    digest = hashlib.sha256()
-    for written, full in codes_files:
-        digest.update(f"{written}\0{_file_digest(full)}\n".encode())
-    return digest.hexdigest()
-
-
-def _codes_files(entry: ManifestEntry, base_dir: str) -> list[tuple[str, str]]:
-    paths = [entry.fields.get(f"{channel}_codes") for channel in CHANNELS]
-    return [(path, os.path.join(base_dir, path)) for path in paths if isinstance(path, str)]
-
-
-def _plan(manifest: str, sha256: str) -> _Plan:
-    plan = _Plan(manifest, sha256, {}, [])
-    seen_ids: set[str] = set()
-    offset = 0
-    with open(manifest, "rb") as f:
-        for number, line in enumerate(f, start=1):
-            start, offset = offset, offset + len(line)
-            if not line.strip():
-                continue
-            try:
-                entry = ManifestEntry(number, parse_line(line, number), "")
-            except RecordError as error:
-                plan.rejections.append(("malformed line", str(error)))
-                continue
-            plan.codes_files.extend(_codes_files(entry, os.path.dirname(manifest)))
-            if entry.id in seen_ids:
-                plan.rejections.append(("duplicate id", f"line {number}: record {entry.id!r}: id already used "
-                                                        "by an earlier line"))
-            elif not SPLIT_NAME.match(entry.split) or entry.split.lower() == "all":
-                plan.rejections.append(("bad split name", f"line {number}: record {entry.id!r}: split "
-                                                          f"{entry.split!r} is not a name of letters, digits "
-                                                          "and _ (nor 'all')"))
-            else:
-                seen_ids.add(entry.id)
-                lines = plan.lines.setdefault(entry.split, _Lines())
-                lines.numbers.append(number)
-                lines.offsets.append(start)
-    return plan
+DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -321,10 +68,10 @@ def _plan(manifest: str, sha256: str) -> _Plan:
 class EmptySplitError(DatasetError):
     """Raised (and caught by `build_dataset`) when every record of a split failed: tfds cannot write it."""
 
-    def __init__(self, split: str):
+    def __init__(self, split: str, rejections: list[tuple[str, str]]):
         super().__init__(f"every record of split {split!r} was rejected")
         self.split = split
-        self.rejections: list[tuple[str, str]] = []  # (category, message) of the split's records
+        self.rejections = rejections  # (category, message) of the split's records
 
 
 class DialogDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -341,7 +88,7 @@ class DialogDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     RELEASE_NOTES = {str(VERSION): "Codes, sentence segments and per-segment words of both channels."}
 
     def __init__(self, *, manifest_path: str | os.PathLike | None = None, progress: bool = False,
-                 plan: _Plan | None = None, **kwargs):
+                 plan: ManifestPlan | None = None, **kwargs):
         self._manifest_path = None if manifest_path is None else os.path.abspath(os.fspath(manifest_path))
         self._progress = progress
         self._given_plan = plan
@@ -352,12 +99,12 @@ class DialogDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(**{"file_format": "array_record", **kwargs})
 
     @functools.cached_property
-    def plan(self) -> _Plan:
+    def plan(self) -> ManifestPlan:
         if self._given_plan is not None:
             return self._given_plan
         if self._manifest_path is None:
             raise ValueError(f"{type(self).__name__} builds from a manifest: pass manifest_path")
-        return _plan(self._manifest_path, _sha256(self._manifest_path))
+        return plan_manifest(self._manifest_path, sha256_of(self._manifest_path))
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(builder=self, features=features(), description=(
@@ -368,7 +115,7 @@ class DialogDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         del dl_manager
         return {split: self._generate_examples(split, lines) for split, lines in self.plan.lines.items()}
 
-    def _generate_examples(self, split: str, lines: _Lines) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _generate_examples(self, split: str, lines: SplitLines) -> Iterator[tuple[str, dict[str, Any]]]:
         stats = self._stats.setdefault(split, [0, 0, 0])
         rejections = self._rejections.setdefault(split, [])
         base_dir = os.path.dirname(self.plan.manifest)
@@ -393,7 +140,7 @@ class DialogDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 stats[2] += sum(len(s.text.split()) for c in CHANNELS for s in record.segments(c))
                 yield record.id, example_from_record(record)
         if not stats[0]:
-            raise EmptySplitError(split)
+            raise EmptySplitError(split, rejections)
 
     def _download_and_prepare(self, dl_manager, download_config):
         desc = f"building {self.name}"
@@ -486,25 +233,7 @@ def _remove_leftovers(data_dir: str, name: str) -> None:
             shutil.rmtree(os.path.join(parent, entry))
 
 
-def _all_rejected_error(plan: _Plan) -> DatasetError:
-    by_category: dict[str, list[str]] = {}
-    for category, message in plan.rejections:
-        by_category.setdefault(category, []).append(message)
-    if not by_category:
-        return DatasetError(f"manifest {plan.manifest} holds no records")
-    reasons = "; ".join(f"{category}: {len(messages)} (first: {messages[0]})"
-                        for category, messages in sorted(by_category.items()))
-    return DatasetError(f"every record in {plan.manifest} was rejected ({len(plan.rejections)}): {reasons}")
-
-
-def _planned(manifest_path: str | os.PathLike) -> _Plan:
-    manifest = os.path.abspath(os.fspath(manifest_path))
-    if not os.path.isfile(manifest):
-        raise FileNotFoundError(f"manifest {manifest} does not exist")
-    return _plan(manifest, _sha256(manifest))
-
-
-def _existing_build(plan: _Plan, data_dir: str, name: str, overwrite: bool) -> BuildSummary | None:
+def _existing_build(plan: ManifestPlan, data_dir: str, name: str, overwrite: bool) -> BuildSummary | None:
     """The finished build of the same manifest and codes (`already_built=True`), or None when one must be built.
 
     Raises, before anything is written, `DatasetError` for a build of different inputs without `overwrite` or a
@@ -532,21 +261,17 @@ def existing_build(manifest_path: str | os.PathLike, data_dir: str | os.PathLike
                    overwrite: bool = False) -> BuildSummary | None:
     """What `build_dataset` would do first, without writing anything: the finished build of these inputs
     (`already_built=True`), None when it would build, or the `DatasetError` it would refuse with."""
-    return _existing_build(_planned(manifest_path), os.path.abspath(os.fspath(data_dir)), name, overwrite)
+    return _existing_build(planned(manifest_path), os.path.abspath(os.fspath(data_dir)), name, overwrite)
 
 
-def _build_once(plan: _Plan, data_dir: str, name: str, progress: bool) -> BuildSummary:
+def _build_once(plan: ManifestPlan, data_dir: str, name: str, progress: bool) -> BuildSummary:
     """Builds the plan into a staging folder and swaps it in as DATA_DIR/NAME/VERSION; raises `EmptySplitError`
     (nothing swapped) when every record of a split was rejected."""
     target = dataset_dir(data_dir, name)
     with files.staging_folder(target) as staging:  # a data dir of its own: tfds writes staging/NAME/VERSION
         builder = dialog_builder(staging, name, manifest_path=plan.manifest, progress=progress, plan=plan)
-        try:
-            with _tfds_progress_bars_off(), tempfile.TemporaryDirectory() as download_dir:
-                builder.download_and_prepare(download_dir=download_dir)  # tfds makes one; nothing is downloaded
-        except EmptySplitError as empty:
-            empty.rejections = builder._rejections[empty.split]  # pylint: disable=protected-access
-            raise
+        with _tfds_progress_bars_off(), tempfile.TemporaryDirectory() as download_dir:
+            builder.download_and_prepare(download_dir=download_dir)  # tfds makes one; nothing is downloaded
         files.swap_in(dataset_dir(staging, name), target)
     return dataclasses.replace(builder.summary, path=target)
 
@@ -561,7 +286,7 @@ def build_dataset(manifest_path: str | os.PathLike, data_dir: str | os.PathLike,
     a manifest whose records all fail is a `DatasetError` naming the reasons and leaves the old dataset as it
     was. A missing manifest is a `FileNotFoundError`. `progress` shows one progress bar on stderr.
     """
-    plan = _planned(manifest_path)
+    plan = planned(manifest_path)
     data_dir = os.path.abspath(os.fspath(data_dir))
     existing = _existing_build(plan, data_dir, name, overwrite)
     if existing is not None:
@@ -569,53 +294,10 @@ def build_dataset(manifest_path: str | os.PathLike, data_dir: str | os.PathLike,
     _remove_leftovers(data_dir, name)
     while True:
         if not plan.lines:
-            raise _all_rejected_error(plan)
+            raise all_rejected_error(plan)
         try:
             return _build_once(plan, data_dir, name, progress)
         except EmptySplitError as empty:
             plan.rejections.extend(empty.rejections)
             del plan.lines[empty.split]
             plan.left_out_splits.append(empty.split)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading.
-
-class DialogSource:
-    """Random access to one split's records; picklable (the reader opens on first use, in each process).
-
-    `len(source)` and `source[i] -> DialogRecord`: a grain `MapDataset.source`.
-    """
-
-    def __init__(self, data_dir: str | os.PathLike, name: str, split: str):
-        self.data_dir, self.name, self.split = os.path.abspath(os.fspath(data_dir)), name, split
-        self.path = dataset_dir(self.data_dir, name)
-        summary = read_summary(self.data_dir, name)
-        if summary is None:
-            raise FileNotFoundError(f"no finished dataset at {self.path}; build it with "
-                                    "`python -m launch.prepare_data`")
-        if split not in summary.records:
-            raise ValueError(f"dataset {self.path} has no split {split!r}; it has {sorted(summary.records)}")
-        self._length = summary.records[split]
-        self._source = None
-
-    def _reader(self):
-        if self._source is None:
-            # From the folder, not by name: a name that tfds also registers would bring that builder's features.
-            self._source = tfds.builder_from_directory(self.path).as_data_source(self.split)
-        return self._source
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __getitem__(self, index: int) -> DialogRecord:
-        index = operator.index(index)
-        if not -self._length <= index < self._length:
-            raise IndexError(f"record {index} of {self!r}")
-        return record_from_example(self._reader()[index % self._length])
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_source": None}
-
-    def __repr__(self) -> str:
-        return f"DialogSource({self.data_dir!r}, {self.name!r}, {self.split!r}: {self._length} records)"

@@ -29,7 +29,7 @@ from flmjax.data.records import DialogRecord
 
 
 class RecordSource(Protocol):
-    """A picklable random-access sequence of dialog records (e.g. `flmjax.data.dataset.DialogSource`)."""
+    """A picklable random-access sequence of dialog records (e.g. `flmjax.data.dataset_source.DialogSource`)."""
 
     def __len__(self) -> int: ...
 
@@ -104,7 +104,7 @@ def batch_iterator(dataset: grain.MapDataset, num_workers: int = 0,
 # ---------------------------------------------------------------------- from a stage config
 def weighted_source(data_dir: str, name: str, source, split: str | None = None) -> WeightedSource:
     """One source of a stage config (`data.sources.NAME`) over its built dataset (`split` overrides its own)."""
-    from flmjax.data.dataset import DialogSource  # tfds is only needed when reading built datasets
+    from flmjax.data.dataset_source import DialogSource  # tfds is only needed when reading built datasets
 
     return WeightedSource(name, DialogSource(data_dir, source.dataset, split or source.split),
                           SourceRule(source.task, source.placement, source.lead_frames, source.trail_frames,

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 
 from flmjax import sharding
-from flmjax.data.dataset import DialogSource
+from flmjax.data.dataset_source import DialogSource
 from flmjax.errors import UserError
 from flmjax.eval import dialogs
 from flmjax.train.evaluators import EvaluatorFactory, StageContext, held_out_loss

@@ -35,9 +35,9 @@ import numpy as np
 
 from flmjax import audio as audio_lib
 from flmjax.errors import one_line
-from flmjax.eval import fdb_metrics
-from flmjax.eval.fdb import (CLEAN, FRAMES_NPZ, INPUT_WAV, OUTPUT_JSON, OUTPUT_WAV, FdbError, Sample, _load_json,
-                             is_complete, place_inputs)
+from flmjax.eval import asr, duplex, fdb_metrics, report, timeline, vad
+from flmjax.eval.fdb_io import (CLEAN, FRAMES_NPZ, INPUT_WAV, OUTPUT_JSON, OUTPUT_WAV, FdbError, Sample, is_complete,
+                                load_json, place_inputs)
 from flmjax.files import write_atomically
 from flmjax.streams import FRAME_S
 
@@ -69,8 +69,6 @@ Notes:
 def transcript(samples: np.ndarray, rate: int, crop_s: float = 0.0) -> dict:
     """flmjax's recogniser on mono audio in FDB's `output.json` schema; with `crop_s`, the audio from
     int(crop_s * rate) on, times shifted back by `crop_s` (`get_transcript/asr.py --task user_interruption`)."""
-    from flmjax.eval import asr
-
     start = int(crop_s * rate)
     words = asr.word_timings(samples[start:], rate) if samples.size > start else []
     chunks = [{"text": word, "timestamp": [round(w0 + crop_s, 3), round(w1 + crop_s, 3)]} for word, w0, w1 in words]
@@ -91,7 +89,7 @@ def ensure_transcripts(sample: Sample, out_dir, mode: str, log: Callable[[str], 
     for prefix in sample.prefixes:
         path = folder / f"{prefix}{OUTPUT_JSON}"
         if mode == "keep" and path.is_file():
-            data = _load_json(path)
+            data = load_json(path)
             sources[prefix] = data.get("recogniser", "kept") if isinstance(data, dict) else "kept"
             crop = crop_s(sample, prefix)
             chunks = data.get("chunks") if isinstance(data, dict) else None
@@ -114,7 +112,7 @@ def read_chunks(sample: Sample, out_dir, prefix: str = "") -> list[dict]:
     n, _, rate = audio_lib.wav_info(folder / f"{prefix}{OUTPUT_WAV}")
     path = folder / f"{prefix}{OUTPUT_JSON}"
     try:
-        return fdb_metrics.check_transcript(_load_json(path), n / rate)
+        return fdb_metrics.check_transcript(load_json(path), n / rate)
     except ValueError as error:
         raise FdbError(f"{path}: {error}") from None
 
@@ -123,8 +121,6 @@ def read_chunks(sample: Sample, out_dir, prefix: str = "") -> list[dict]:
 def silero_segments(samples: np.ndarray, rate: int) -> list[tuple[float, float]]:
     """Unmerged Silero segments (seconds) with `get_speech_timestamps`' defaults at 16 kHz, as FDB's scripts call
     it (`vad.speech_segments` merges touching segments; this does not)."""
-    from flmjax.eval import vad
-
     samples_16k = audio_lib.resample(np.asarray(samples, np.float32), rate, vad.VAD_SAMPLE_RATE)
     if samples_16k.size == 0:
         return []
@@ -137,8 +133,6 @@ def _mono(path: pathlib.Path, allow_nonfinite: bool = False) -> tuple[np.ndarray
 
 
 def _interruption_view(model_segments, start: float, end: float) -> dict:
-    from flmjax.eval import duplex
-
     view = duplex.user_interruption(model_segments, start, end)
     return {"flmjax_vad_was_speaking": view.was_speaking, "flmjax_vad_stopped": view.stopped,
             "flmjax_vad_stop_latency_s": view.stop_latency_s}
@@ -146,8 +140,6 @@ def _interruption_view(model_segments, start: float, end: float) -> dict:
 
 def score_sample(sample: Sample, out_dir, icc_gt: dict | None = None, allow_nonfinite: bool = False) -> dict:
     """One sample's record from OUT's files (module docstring); an `FdbError` when its transcript is unusable."""
-    from flmjax.eval import vad
-
     folder = sample.out_folder(out_dir)
     chunks = read_chunks(sample, out_dir)
     output, rate = _mono(folder / OUTPUT_WAV)
@@ -201,7 +193,7 @@ def score_sample(sample: Sample, out_dir, icc_gt: dict | None = None, allow_nonf
 def load_icc_gt(path) -> dict:
     """FDB's `icc_gt_distribution.json` ({sample folder name: [probabilities]}); it ships with FDB's repository
     (`v1_v1.5/evaluation/icc_gt_distribution.json`, non-commercial licence) and is not copied here."""
-    table = _load_json(pathlib.Path(path))
+    table = load_json(pathlib.Path(path))
     if not isinstance(table, dict):
         raise FdbError(f"--icc_gt {path}: expected {{sample folder name: [probabilities]}}")
     return table
@@ -232,8 +224,6 @@ def score_samples(samples: Sequence[Sample], out_dir, *, transcripts: str = "flm
     (`skipped`: {rel: reason} of samples left out before; a sample whose transcript is unusable joins them) and
     writes OUT/summary.md, OUT/summary.json (per task folder, keyed by its name) and OUT/timeline.png (of
     `timeline_sample`, a path under --data, else the first scored sample). Returns their paths."""
-    from flmjax.eval import report
-
     log = log or (lambda line: None)
     skipped = skipped if skipped is not None else {}
     done = [s for s in samples if s.rel not in skipped and is_complete(s, out_dir)]
@@ -305,8 +295,6 @@ def _monologue(npz_path: pathlib.Path, tokenizer=None) -> list[tuple[float, str]
 def plot_sample_timeline(sample: Sample, out_dir, path_png, tokenizer=None,
                          allow_nonfinite: bool = False) -> pathlib.Path:
     """timeline.png of one sample: the user's speech (input.wav), the model's (output.wav) and its monologue."""
-    from flmjax.eval import timeline, vad
-
     user, user_rate = audio_lib.read_wav(sample.folder / INPUT_WAV, allow_nonfinite)
     model, model_rate = audio_lib.read_wav(sample.out_folder(out_dir) / OUTPUT_WAV)
     path = pathlib.Path(path_png)

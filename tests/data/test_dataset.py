@@ -10,8 +10,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from flmjax import files
-from flmjax.data import dataset, synthetic
-from flmjax.data.dataset import DatasetError, DialogSource, build_dataset, read_summary, record_from_example
+from flmjax.data import synthetic
+from flmjax.data.dataset import build_dataset
+from flmjax.data.dataset_features import record_from_example
+from flmjax.data.dataset_plan import rejection_category
+from flmjax.data.dataset_source import SUMMARY_FILE, DatasetError, DialogSource, dataset_dir, read_summary
 from flmjax.data.manifest import write_manifest
 from flmjax.data.records import FRAME_RATE, Segment, Word, make_record
 from launch import cli, prepare_data
@@ -173,7 +176,7 @@ def test_rebuilding_a_finished_dataset_does_nothing(tmp_path):
 def test_an_unfinished_dataset_is_removed_and_rebuilt_from_scratch(tmp_path):
     manifest = write_test_manifest(tmp_path / "m", bad=False)
     summary = build_dataset(manifest, tmp_path / "d", progress=False)
-    os.remove(os.path.join(summary.path, dataset.SUMMARY_FILE))  # as if killed before the end
+    os.remove(os.path.join(summary.path, SUMMARY_FILE))  # as if killed before the end
     stale = os.path.join(summary.path, "dialogs-old.array_record-00000-of-00001")
     open(stale, "w").close()
     killed_tfds_folder = tmp_path / "d" / "dialogs" / "incomplete.ABC123_1.0.0"
@@ -205,7 +208,7 @@ def test_a_manifest_whose_records_all_fail_is_an_error_naming_the_reasons(tmp_pa
         build_dataset(manifest, tmp_path / "d", progress=False)
     assert all(category in str(error.value) for category in BAD)
     assert read_summary(tmp_path / "d", "dialogs") is None
-    assert not os.path.exists(dataset.dataset_dir(tmp_path / "d", "dialogs"))
+    assert not os.path.exists(dataset_dir(tmp_path / "d", "dialogs"))
 
 
 def test_a_split_whose_records_all_fail_is_left_out_and_reported(tmp_path):
@@ -235,7 +238,7 @@ def test_a_missing_manifest_is_an_error(tmp_path):
 
 
 def test_an_unknown_message_falls_in_category_other():
-    assert dataset.rejection_category("record 'x': something nobody foresaw") == "other"
+    assert rejection_category("record 'x': something nobody foresaw") == "other"
 
 
 def test_dialog_source_pickles_before_and_after_reading(built):
@@ -386,7 +389,7 @@ def read_manifest_lines(path):
 def test_overwrite_rebuilds_a_dataset_of_any_name(tmp_path, recorded_module):
     build_dataset(write_test_manifest(tmp_path / "m", GOOD[:3], bad=False), tmp_path / "d", name="my_set",
                   progress=False)
-    info_path = os.path.join(dataset.dataset_dir(tmp_path / "d", "my_set"), "dataset_info.json")
+    info_path = os.path.join(dataset_dir(tmp_path / "d", "my_set"), "dataset_info.json")
     with open(info_path) as f:
         info = json.load(f)
     assert info["moduleName"] == "flmjax.data.dataset"
@@ -399,7 +402,7 @@ def test_overwrite_rebuilds_a_dataset_of_any_name(tmp_path, recorded_module):
 
 
 def test_a_folder_that_is_not_our_dataset_is_never_replaced(tmp_path):
-    foreign = dataset.dataset_dir(tmp_path / "d", "dialogs")
+    foreign = dataset_dir(tmp_path / "d", "dialogs")
     os.makedirs(foreign)
     with open(os.path.join(foreign, "dataset_info.json"), "w") as f:
         json.dump({"moduleName": "someone.elses.builder"}, f)
@@ -411,7 +414,7 @@ def test_a_folder_that_is_not_our_dataset_is_never_replaced(tmp_path):
 
 
 def test_a_dataset_folder_holding_its_own_manifest_is_refused(tmp_path):
-    folder = dataset.dataset_dir(tmp_path / "d", "dialogs")
+    folder = dataset_dir(tmp_path / "d", "dialogs")
     manifest = write_test_manifest(folder, GOOD[:2], bad=False)
     before = tree_hash(tmp_path / "d")
     with pytest.raises(files.OverlapError, match="contains the input"):
@@ -460,7 +463,7 @@ def test_dataset_modes_follow_the_umask(tmp_path):
 def test_a_build_of_an_older_version_without_a_codes_fingerprint_asks_for_overwrite(tmp_path):
     manifest = write_test_manifest(tmp_path / "m", GOOD[:2], bad=False)
     summary = build_dataset(manifest, tmp_path / "d", progress=False)
-    summary_path = os.path.join(summary.path, dataset.SUMMARY_FILE)
+    summary_path = os.path.join(summary.path, SUMMARY_FILE)
     with open(summary_path) as f:
         stored = json.load(f)
     with open(summary_path, "w") as f:

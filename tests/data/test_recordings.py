@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from flmjax.audio import read_wav, write_wav
 from flmjax.data import recordings
-from flmjax.data.dataset import DialogSource, read_summary
+from flmjax.data.dataset_source import DialogSource, read_summary
 from flmjax.data.recordings import AlignedWord, RecordingError, group_segments, read_alignments
 from flmjax.data.records import Segment, Word
 from launch import prepare_data

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from flmjax.audio import read_wav, resample, write_wav
-from flmjax.eval import fdb
+from flmjax.eval import fdb_io, fdb_run
 from launch import cli
+from launch import eval as launch_eval
 from tests.conftest import REPO_ROOT, golden_path
 
 RATE = 16_000
@@ -21,13 +22,13 @@ TASKS = ("candor_turn_taking", "synthetic_pause_handling", "synthetic_user_inter
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fdb")
-    fdb.add_fdb_arguments(parser)
+    launch_eval.add_fdb_arguments(parser)
     return parser
 
 
 def _cli(*argv) -> int:
     """`launch.eval fdb ARGV` in this process: its exit status (a user's error: one line, 2)."""
-    return cli.run(lambda args: fdb.run_fdb_command(_parser().parse_args(args)), [str(a) for a in argv])
+    return cli.run(lambda args: launch_eval.run_fdb_command(_parser().parse_args(args)), [str(a) for a in argv])
 
 
 def _write_sample(folder: pathlib.Path, audio: np.ndarray, rate: int, task_file: str | None = None,
@@ -81,7 +82,7 @@ def test_discovery_follows_fdb_layout_and_schemas(tmp_path, capsys):
     data = build_dataset(tmp_path / "data")
     (data / "v1.0" / "notes").mkdir()
     write_wav(data / "v1.0" / "notes" / "input.wav", _silence(0.5), RATE)  # no task file: not a sample
-    samples = fdb.discover_samples(data)
+    samples = fdb_io.discover_samples(data)
     by_task = {s.task: s for s in samples}
     assert sorted(by_task) == sorted(TASKS)
     assert {t: s.family for t, s in by_task.items()} == {
@@ -94,12 +95,12 @@ def test_discovery_follows_fdb_layout_and_schemas(tmp_path, capsys):
     assert by_task["user_interruption"].info["event_end_s"] == 4.0
     assert by_task["user_interruption"].rel == "v1.5/user_interruption/1"
     # a task folder given directly as --data: the task name comes from its own name
-    direct = fdb.discover_samples(data / "v1.0" / "candor_turn_taking")
+    direct = fdb_io.discover_samples(data / "v1.0" / "candor_turn_taking")
     assert [(s.rel, s.task) for s in direct] == [("0001", "candor_turn_taking")]
 
     (data / "v1.0" / "candor_turn_taking" / "0001" / "turn_taking.json").write_text('[{"text": "x"}]')
-    with pytest.raises(fdb.FdbError, match="turn_taking.json"):
-        fdb.discover_samples(data)
+    with pytest.raises(fdb_io.FdbError, match="turn_taking.json"):
+        fdb_io.discover_samples(data)
     assert _cli("--data", data, "--out", tmp_path / "out") == 2  # the CLI skips it; the others need a model
     error = capsys.readouterr().err
     assert "skipping v1.0/candor_turn_taking/0001" in error and "turn_taking.json" in error
@@ -117,7 +118,7 @@ def test_cli_needs_model_only_for_pending_samples(tmp_path, capsys):
 
 def _mtimes(out: pathlib.Path) -> dict[str, int]:
     return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns
-            for p in out.rglob("*") if p.name in (fdb.OUTPUT_WAV, fdb.FRAMES_NPZ)}
+            for p in out.rglob("*") if p.name in (fdb_io.OUTPUT_WAV, fdb_io.FRAMES_NPZ)}
 
 
 def test_run_resume_score_and_batch_independence(tmp_path, capsys):
@@ -130,7 +131,7 @@ def test_run_resume_score_and_batch_independence(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "5 to run" in captured.err and "5/5 samples done" in captured.err
     assert "real-time factor" in captured.err and "batch 3/3" in captured.err
-    samples = fdb.discover_samples(data)
+    samples = fdb_io.discover_samples(data)
     for sample in samples:
         written = out / sample.rel
         voice, rate = read_wav(written / "output.wav")
@@ -213,14 +214,14 @@ def test_non_finite_model_voice_is_written_as_silence_and_flagged(tmp_path, monk
 
     monkeypatch.setattr(sessions, "run_sessions", fake_run)
     logged = []
-    sample, = fdb.discover_samples(data)
-    stats = fdb.run_samples([sample], tmp_path / "out", SimpleNamespace(text_wait_id=3), None,
-                            SimpleNamespace(bins=2048), None, log=logged.append)
+    sample, = fdb_io.discover_samples(data)
+    stats = fdb_run.run_samples([sample], tmp_path / "out", SimpleNamespace(text_wait_id=3), None,
+                                SimpleNamespace(bins=2048), None, log=logged.append)
     assert stats.samples == 1 and any("non-finite" in line and "frame 3" in line for line in logged)
     voice, rate = read_wav(tmp_path / "out" / "candor_turn_taking" / "7" / "output.wav")
     assert rate == RATE and voice.shape == (1, 8000)
     assert np.all(voice[0, :4 * 1280] > 0.2) and np.all(voice[0, 4 * 1280 + 16:] == 0)
-    assert fdb.is_complete(sample, tmp_path / "out")
+    assert fdb_io.is_complete(sample, tmp_path / "out")
     with np.load(tmp_path / "out" / "candor_turn_taking" / "7" / "frames.npz") as stored:
         assert float(stored["nonfinite_audio_s"]) > 0 and int(stored["text_wait_id"]) == 3
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from flmjax.audio import write_wav
-from flmjax.eval import fdb, fdb_score
+from flmjax.eval import fdb_io, fdb_score
 from launch import cli
+from launch import eval as launch_eval
 
 RATE = 16_000
 
@@ -104,8 +105,8 @@ def build(tmp_path):
 
 def _run(*argv) -> int:
     parser = argparse.ArgumentParser()
-    fdb.add_fdb_arguments(parser)
-    return cli.run(lambda args: fdb.run_fdb_command(parser.parse_args(args)), [str(a) for a in argv])
+    launch_eval.add_fdb_arguments(parser)
+    return cli.run(lambda args: launch_eval.run_fdb_command(parser.parse_args(args)), [str(a) for a in argv])
 
 
 @pytest.fixture
@@ -165,7 +166,7 @@ def test_flmjax_transcripts_crop_an_interruption_at_its_end(tmp_path, exact_vad,
         return [("yes", 0.5, 0.8), ("go", 0.9, 1.1), ("ahead", 1.1, 1.7)]
 
     monkeypatch.setattr(asr, "word_timings", fake_words)
-    sample = next(s for s in fdb.discover_samples(data) if s.rel == "v1.0/synthetic_user_interruption/2")
+    sample = next(s for s in fdb_io.discover_samples(data) if s.rel == "v1.0/synthetic_user_interruption/2")
     fdb_score.ensure_transcripts(sample, out, "flmjax", print)
     written = json.loads((out / sample.rel / "output.json").read_text())
     assert heard[0] == pytest.approx(3.0)  # 6 s of output from 3.0 s on

@@ -1,9 +1,7 @@
-"""Full-Duplex-Bench (FDB) runner: stream each sample's `input.wav` (and v1.5's `clean_input.wav`) through the
-model as live and make OUT an FDB results folder that FDB's own scripts score unchanged; `fdb_score` scores it
-here with FDB's definitions.
-
-    python -m launch.eval fdb --data DIR --checkpoint CKPT --mimi MIMI --out OUT [--batch 4] [--greedy]
-                              [--seed 0] [--no_score] [--transcripts flmjax|keep] [--icc_gt PATH] ...
+"""Full-Duplex-Bench (FDB) samples and files: finding the sample folders of a dataset and reading their task files
+and inputs (`discover_samples`, `sample_problem`, `read_input`), and the files of an FDB results folder
+(`is_complete`, `place_inputs`, atomic writes). `fdb_run` streams the samples through the model, `fdb_score`
+scores the results folder, `launch.eval fdb` is the command.
 
 The benchmark: Lin et al., v1 arXiv 2503.04721, v1.5 arXiv 2507.23159; github DanielLin94144/Full-Duplex-Bench
 (read at commit d7336bd), `v1_v1.5/`. Dataset layout (its `dataset/README.md`):
@@ -33,46 +31,25 @@ Task files (the keys FDB's scripts read):
 The sample's family comes from its task file, for v1.5 from the category its folder names; `Sample.task` is its
 task folder's name (the summary's key).
 
-OUT, per sample at `OUT/<task folder>/<ID>` (its path under --data; `TASK/ID` when --data is a task folder):
-`output.wav` (the model's voice resampled to the input's rate and cut or padded to its length: mono, 16-bit),
-`frames.npz` (the model's frames: text id + 8 speak codes `[T-1, 9]`, what it heard, its `<wait>` id), copies of
-`input.wav` and the dataset folder's `.json` files (task file, transcription.json), and, when scored,
-`output.json` (`fdb_score`); v1.5 adds `clean_output.wav`, `clean_frames.npz` and `clean_output.json` from
-`clean_input.wav`, run as a session of its own in the same batches. OUT's root holds `summary.md`,
-`summary.json` and `timeline.png`, never a task folder's contents: FDB's scripts take every entry of a task
-folder for a sample folder. Files are written to a temporary name and renamed, output.wav last, so its presence
-(with the input's length and rate) marks a finished session; a rerun skips it, and rerunning a session removes
-its old transcript. Samples stream through the session scheduler (`flmjax.infer.sessions.run_sessions`, with
-the streaming Mimi), `--batch` sessions at a time (sorted by length); the KV cache holds the longest session of the dataset (`--max_frames`), and each
-session samples from its own key (from `--seed` and its path), so its result does not depend on its batch.
-
-Bad samples are skipped, never fatal: a task file that does not parse, a folder with `input.wav` under a task
-folder without its task file, an input (or clean_input) that is unreadable, cut short, not mono, under 16 kHz
-(a backchannel's not exactly 16 kHz), holds NaN or Inf (`--allow_nonfinite`: heard as silence), is shorter than
-two frames (0.16 s), or ends before a time its task file names; at scoring, an `output.json` that is malformed
-or longer than its output.wav (another run's). Each is one line on stderr naming the sample, and listed with its
-reason in `summary.md` / `summary.json` (`skipped_samples`). Exit status 0 when any sample finished, 2 (with
-`error: ...`) when every sample was skipped.
+Bad samples are skipped, never fatal (the command lists them): a task file that does not parse, a folder with
+`input.wav` under a task folder without its task file, an input (or clean_input) that is unreadable, cut short, not
+mono, under 16 kHz (a backchannel's not exactly 16 kHz), holds NaN or Inf (`--allow_nonfinite`: heard as silence),
+is shorter than two frames (0.16 s), or ends before a time its task file names.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import math
 import os
 import pathlib
 import shutil
-import sys
-import time
-import zlib
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from flmjax import audio as audio_lib
-from flmjax.errors import UserError, one_line, read_each
+from flmjax.errors import UserError, one_line
 from flmjax.files import write_atomically
 from flmjax.streams import FRAME_S
 
@@ -130,7 +107,7 @@ class Sample:
 
 
 # --------------------------------------------------------------------------------------------- discovery
-def _load_json(path: pathlib.Path):
+def load_json(path: pathlib.Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
@@ -147,7 +124,7 @@ def _interval(value, path: pathlib.Path, what: str) -> tuple[float, float]:
 
 def parse_task_file(path: pathlib.Path, family: str) -> dict:
     """The times (seconds) and texts of a task file, by FDB's schema (module docstring)."""
-    data = _load_json(path)
+    data = load_json(path)
     if family == "turn_taking":
         try:
             return {"turn_end_s": float(data[0]["timestamp"][0])}
@@ -181,7 +158,7 @@ def _v15_family(names: Sequence[str], metadata: pathlib.Path) -> str:
         for category in V15_CATEGORIES:
             if category in name:
                 return category
-    data = _load_json(metadata)
+    data = load_json(metadata)
     if isinstance(data, dict):
         if data.get("backchannel_text"):
             return "user_backchannel"
@@ -370,224 +347,3 @@ def sample_problem(sample: Sample) -> str | None:
         if problem is not None:
             return problem
     return None
-
-
-# ---------------------------------------------------------------------------------------------- running
-@dataclasses.dataclass
-class RunStats:
-    samples: int = 0
-    audio_s: float = 0.0
-    wall_s: float = 0.0
-    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # rel -> why its input could not be read
-
-    @property
-    def real_time_factor(self) -> float:
-        """Wall seconds per second of audio (all batches, compilation included): below 1 is faster than live."""
-        return self.wall_s / self.audio_s if self.audio_s else math.nan
-
-
-def session_frames(sample: Sample, prefix: str = "") -> int:
-    """Model steps of a session: its input's 24 kHz samples in 1920-sample frames."""
-    n, _, rate = audio_lib.wav_info(sample.folder / f"{prefix}{INPUT_WAV}")
-    return -(-round(n * MODEL_RATE / rate) // 1920)
-
-
-def sample_seed(sample, prefix: str = "") -> int:
-    """A session's own sampling seed, from its path (and "clean_" for v1.5's clean session): a sample samples
-    the same tokens in any batch or slot."""
-    return zlib.crc32((sample.rel + ("" if not prefix else f"/{prefix}")).encode())
-
-
-Session = tuple[Sample, str]  # a sample and its prefix: "" (input.wav) or "clean_" (clean_input.wav)
-
-
-def _read_group(group: Sequence[Session], allow_nonfinite: bool, skipped: dict[str, str],
-                log: Callable[[str], None]) -> tuple[list[Session], list[tuple[np.ndarray, int, int]]]:
-    """The sessions of `group` whose input reads, and their `read_input`s; the others' samples go to `skipped`."""
-    kept, inputs, bad = read_each(group, lambda job: read_input(job[0].folder / f"{job[1]}{INPUT_WAV}",
-                                                                allow_nonfinite))
-    for (sample, _), reason in bad:
-        skipped[sample.rel] = reason
-        log(f"fdb: warning: skipping {sample.rel}: {reason}")
-    return kept, inputs
-
-
-def run_samples(samples: Sequence[Sample], out_dir, config, params, mimi_config, mimi_params, *,
-                batch: int = 4, sampling=None, seed: int = 0, max_frames: int | None = None,
-                sliding_window: bool = False, log: Callable[[str], None] | None = None,
-                done_before: int = 0, total: int | None = None, allow_nonfinite: bool = False) -> RunStats:
-    """Streams the unfinished sessions of `samples` (input.wav, and v1.5's clean_input.wav as a session of its
-    own) through the model, `batch` at a time as parallel sessions, and writes each one's frames.npz and
-    output.wav (clean_frames.npz, clean_output.wav) atomically under `out_dir`, removing the transcript of an
-    earlier output there. `max_frames`: the KV cache (default the longest session). A sample whose input cannot
-    be read (damaged, NaN/Inf unless `allow_nonfinite`) is skipped and logged. Returns what ran, what was skipped
-    and why, and how long it took."""
-    from flmjax.infer import audio as audio_sessions
-    from flmjax.infer import sessions
-
-    log = log or (lambda line: None)
-    total = total if total is not None else len(samples)
-    jobs = [(s, p) for s in samples for p in s.prefixes if not is_complete(s, out_dir, p)]
-    lengths = {(s.rel, p): session_frames(s, p) for s, p in jobs}
-    order = sorted(jobs, key=lambda job: (-lengths[job[0].rel, job[1]], job[0].rel, job[1]))
-    groups = [order[i:i + batch] for i in range(0, len(order), batch)]
-    max_frames = max(lengths.values(), default=1) if max_frames is None else max_frames
-    stats, start, finished = RunStats(), time.perf_counter(), set()
-    for index, group in enumerate(groups):
-        group, inputs = _read_group(group, allow_nonfinite, stats.skipped, log)
-        if not group:
-            continue
-        seconds = sum(n / rate for _, n, rate in inputs)
-
-        def progress(step: int, steps: int, index=index) -> None:
-            if step == steps or step % 25 == 0:
-                log(f"  batch {index + 1}/{len(groups)} ({len(group)} sessions): step {step}/{steps}")
-
-        result = sessions.run_sessions(config, params, [audio for audio, _, _ in inputs], sampling=sampling,
-                                       max_frames=max_frames, sliding_window=sliding_window, seed=seed,
-                                       session_seeds=[sample_seed(s, p) for s, p in group], progress=progress,
-                                       codec=audio_sessions.streaming_codec(config, mimi_config, mimi_params))
-        for i, (sample, prefix) in enumerate(group):
-            _, n_samples, rate = inputs[i]
-            folder = sample.out_folder(out_dir)
-            frames = np.asarray(result.frames[i], np.int32)
-            voice = np.asarray(result.voice[i], np.float32)
-            bad = ~np.isfinite(voice)
-            if bad.any():  # e.g. a speak code outside the codebook (the audio pad id) decodes to NaN
-                outside = np.argwhere(frames[:, 1:] >= mimi_config.bins)
-                where = (f"; first speak code outside the codec's {mimi_config.bins} at model frame "
-                         f"{outside[0][0]}, codebook {outside[0][1]}: {frames[outside[0][0], 1 + outside[0][1]]}"
-                         if outside.size else "")
-                log(f"fdb: warning: {sample.rel}: {int(bad.sum())} non-finite samples in the model's voice from "
-                    f"{np.argmax(bad) / MODEL_RATE:.2f} s, written as silence{where}")
-                voice = np.where(bad, np.float32(0), voice)
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / f"{prefix}{OUTPUT_JSON}").unlink(missing_ok=True)  # the transcript of an earlier output
-            write_npz_atomic(folder / f"{prefix}{FRAMES_NPZ}", frames=frames, text_ids=frames[:, 0],
-                             speak_codes=frames[:, 1:].T, listen_codes=np.asarray(result.heard[i]).T,
-                             text_wait_id=np.int32(config.text_wait_id), frame_s=np.float32(FRAME_S),
-                             nonfinite_audio_s=np.float32(bad.sum() / MODEL_RATE))
-            write_wav_atomic(folder / f"{prefix}{OUTPUT_WAV}", to_input_timeline(voice, n_samples, rate), rate)
-            if is_complete(sample, out_dir):
-                finished.add(sample.rel)
-        stats.samples = len(finished)
-        stats.audio_s += seconds
-        stats.wall_s = time.perf_counter() - start
-        log(f"fdb: {done_before + stats.samples}/{total} samples done (batch {index + 1}/{len(groups)}: "
-            f"{len(group)} sessions, {seconds:.1f} s of audio; {stats.wall_s:.1f} s so far)")
-    return stats
-
-
-# ---------------------------------------------------------------------------------------------- command line
-def add_fdb_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `fdb` command's flags."""
-    parser.add_argument("--data", required=True, help="FDB dataset folder (searched for sample folders)")
-    parser.add_argument("--out", required=True, help="output root: OUT/<sample path>/output.wav, summary.md/json")
-    parser.add_argument("--checkpoint", help="released-format folder or training workdir (needed to run samples)")
-    parser.add_argument("--step", type=int, help="training checkpoint step (default: newest complete)")
-    parser.add_argument("--mimi", help="Mimi folder (model.safetensors [+ mimi_config.json]); needed to run samples")
-    parser.add_argument("--batch", type=int, default=4, help="samples streamed together as one batch")
-    parser.add_argument("--greedy", action="store_true", help="argmax decoding (with the repetition penalties)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--max_frames", type=int,
-                        help="KV cache frames per session (default: the longest sample of the dataset)")
-    parser.add_argument("--sliding_window", action="store_true",
-                        help="past max_frames, attend to the last max_frames frames instead of stopping")
-    parser.add_argument("--limit", type=int, help="only the first N samples (in path order)")
-    parser.add_argument("--no_score", action="store_true", help="run the model only; no summary")
-    parser.add_argument("--transcripts", choices=("flmjax", "keep"), default="flmjax",
-                        help="flmjax: write every output.json with flmjax's recogniser (PocketSphinx); keep: score "
-                        "an output.json already there (e.g. from FDB's get_transcript/asr.py), write only missing ones")
-    parser.add_argument("--icc_gt", help="FDB's icc_gt_distribution.json (in its repository, v1_v1.5/evaluation/; "
-                        "non-commercial licence) for the backchannel JSD")
-    parser.add_argument("--tokenizer", help="show the monologue in timeline.png as text with this tokenizer")
-    parser.add_argument("--timeline", help="the sample (path under --data) drawn in timeline.png")
-    parser.add_argument("--allow_nonfinite", action="store_true",
-                        help="hear NaN/Inf samples of an input.wav as silence (with a warning) instead of skipping it")
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def _reasons(skipped: dict[str, str]) -> str:
-    return "; ".join(f"{rel}: {reason}" for rel, reason in sorted(skipped.items()))
-
-
-def run_fdb_command(args: argparse.Namespace) -> int:
-    """Runs the `fdb` command (flags of `add_fdb_arguments`): 0 when any sample finished (those skipped are
-    listed); a bad dataset, checkpoint, codec or command line, or every sample skipped, raises a `UserError`."""
-    if args.batch < 1:
-        raise FdbError(f"--batch {args.batch}: must be at least 1")
-    if args.max_frames is not None and args.max_frames < 1:
-        raise FdbError(f"--max_frames {args.max_frames}: must be at least 1 (leave it out for the longest sample)")
-    data, out = pathlib.Path(args.data), pathlib.Path(args.out)
-    skipped: dict[str, str] = {}  # rel -> why it is neither run nor scored
-    found = discover_samples(data, skipped)
-    if args.limit is not None:
-        found = found[:max(0, args.limit)]
-    if not found and not skipped:
-        raise FdbError(f"no FDB samples under {data} (folders with input.wav and turn_taking.json, pause.json, "
-                       "interrupt.json or metadata.json, or input.wav under a *backchannel* folder)")
-    skipped.update({s.rel: problem for s in found if (problem := sample_problem(s)) is not None})
-    for rel, reason in sorted(skipped.items()):
-        _stderr(f"fdb: warning: skipping {rel}: {reason}")
-    samples = [s for s in found if s.rel not in skipped]
-    if not samples:
-        raise FdbError(f"every sample under {data} was skipped: {_reasons(skipped)}")
-    tasks = sorted({s.task for s in samples})
-    pending = [s for s in samples if not is_complete(s, out)]
-    _stderr(f"fdb: {len(samples)} samples in {len(tasks)} tasks ({', '.join(tasks)}); "
-            f"{len(samples) - len(pending)} already done, {len(pending)} to run" +
-            (f"; {len(skipped)} skipped" if skipped else ""))
-    if not pending:
-        _stderr(f"fdb: nothing new to do: every sample has its {OUTPUT_WAV} in {out}")
-    else:
-        if not args.checkpoint or not args.mimi:
-            raise FdbError(f"{len(pending)} samples need running: give --checkpoint and --mimi")
-        from flmjax import codec
-        from flmjax.checkpoints import load_model
-        from flmjax.infer import SamplingConfig
-
-        config, params, loaded = load_model(args.checkpoint, args.step)
-        _stderr(f"model: {loaded}")
-        mimi_config, mimi_params = codec.load_codec(args.mimi)
-        max_frames = args.max_frames or max(session_frames(s, p) for s in samples for p in s.prefixes)  # all samples: resume-stable
-        stats = run_samples(pending, out, config, params, mimi_config, mimi_params, batch=args.batch,
-                            sampling=SamplingConfig.greedy() if args.greedy else SamplingConfig(), seed=args.seed,
-                            max_frames=max_frames, sliding_window=args.sliding_window, log=_stderr,
-                            done_before=len(samples) - len(pending), total=len(samples),
-                            allow_nonfinite=args.allow_nonfinite)
-        skipped.update(stats.skipped)
-        _stderr(f"fdb: ran {stats.samples} samples, {stats.audio_s:.1f} s of audio in {stats.wall_s:.1f} s wall "
-                f"(real-time factor {stats.real_time_factor:.2f}, compilation included)")
-    finished = [s for s in samples if s.rel not in skipped and is_complete(s, out)]
-    if not finished:
-        raise FdbError(f"no sample finished: {len(skipped)} skipped ({_reasons(skipped)})")
-    if args.no_score:
-        _print_skipped(skipped, len(found))
-        return 0
-    tokenizer = None
-    if args.tokenizer:
-        from flmjax.data import text as text_lib
-
-        try:
-            tokenizer = text_lib.load_tokenizer(args.tokenizer)
-        except ValueError as error:
-            raise FdbError(f"--tokenizer {args.tokenizer}: {error}") from None
-    from flmjax.eval import fdb_score
-
-    icc_gt = fdb_score.load_icc_gt(args.icc_gt) if args.icc_gt else None
-    md_path, json_path, timeline_path = fdb_score.score_samples(
-        samples, out, transcripts=args.transcripts, icc_gt=icc_gt, tokenizer=tokenizer,
-        timeline_sample=args.timeline, skipped=skipped, allow_nonfinite=args.allow_nonfinite, log=_stderr)
-    print(md_path.read_text())
-    print(f"wrote {md_path}, {json_path}" + (f", {timeline_path}" if timeline_path else ""))
-    return 0
-
-
-def _print_skipped(skipped: dict[str, str], total: int) -> None:
-    if skipped:
-        print(f"skipped {len(skipped)} of {total} samples:")
-        for rel, reason in sorted(skipped.items()):
-            print(f"  {rel}: {reason}")
