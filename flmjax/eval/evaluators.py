@@ -30,10 +30,10 @@ class EvaluatorConfigError(UserError, ValueError):
 class DuplexEval:
     """The token-level duplex eval (`flmjax.eval.dialogs`) of `evals.<name> = {type: "duplex", dialogs, frames,
     batch, text_temperature, source, silence_codes}`: the streaming model on the first `dialogs` records of
-    `source` ("DATASET/SPLIT" under `data.data_dir`; `silence_codes`: its codec's silence frame), each cut to `frames` frames (0: the stage's sequence length),
-    `batch` at a time, greedy text at temperature 0, with the monologue quality of the stage's placement;
-    metrics `duplex/...`. Every process gathers the params (a collective); the tiny models it is meant for fit
-    on one host."""
+    `source` ("DATASET/SPLIT" under `data.data_dir`; `silence_codes`: its codec's silence frame), each cut to
+    `frames` frames (0: the stage's sequence length), `batch` at a time, greedy text at temperature 0, with the
+    monologue quality of the stage's placement; metrics `duplex/...`. Every process gathers the params (a
+    collective); the tiny models it is meant for fit on one host."""
 
     name = "duplex eval"
     SUMMARY = {"speaking/turn_over_rate": "TOR", "speaking/turn_latency_s": "latency s",
