@@ -22,6 +22,10 @@ LISTEN_ROWS = slice(1 + NUM_CODEBOOKS, NUM_ROWS)
 AUDIO_DELAYS = (0, 1, 1, 1, 1, 1, 1, 1)
 ROW_DELAYS = (0, *AUDIO_DELAYS, *AUDIO_DELAYS)
 MAX_DELAY = max(AUDIO_DELAYS)
+# The arrays of a training batch (`flmjax.data.examples.training_arrays`, read by `flmjax.train.step`), and those
+# of them with a codebook axis ([batch, steps, 8]; the others are [batch, steps]).
+BATCH_KEYS = ("text_ids", "speak_ids", "listen_ids", "text_targets", "audio_targets", "text_mask", "audio_mask")
+AUDIO_BATCH_KEYS = ("speak_ids", "listen_ids", "audio_targets", "audio_mask")
 
 
 def delay_codes(codes: np.ndarray, pad_id: int, delays: tuple[int, ...] = AUDIO_DELAYS) -> np.ndarray:

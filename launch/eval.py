@@ -53,6 +53,7 @@ from flmjax import config as config_lib
 from flmjax.data import text
 from flmjax.data.dataset_source import DialogSource
 from flmjax.data.examples import SourceRule
+from flmjax.data.synthetic import SILENCE_FRAME
 from flmjax.errors import UserError
 from flmjax.eval import dialogs, fdb_io, fdb_run, fdb_score
 from flmjax.eval.fdb_io import FdbError
@@ -170,7 +171,8 @@ def run_tokens(args) -> int:
         start = time.perf_counter()
         result = dialogs.evaluate_dialogs(config, params, records, tokenizer, batch_size=args.batch,
                                           max_frames=args.frames or None, seed=args.seed, quality_rule=rule,
-                                          sampling=dialogs.decoding(args.text_temperature))
+                                          sampling=dialogs.decoding(args.text_temperature),
+                                          silence_codes=SILENCE_FRAME)
         seconds = time.perf_counter() - start
         print(f"{name}: evaluated in {seconds:.1f}s", file=sys.stderr, flush=True)
         columns[name] = result.metrics

@@ -20,6 +20,8 @@ import importlib
 
 import ml_collections
 
+from flmjax.data.synthetic import SILENCE_FRAME
+
 
 def source(dataset: str, split: str, task: str, placement: str, weight: float = 1.0, lead_frames: int = 0,
            trail_frames: int = 0, text_loss: bool = True, audio_loss: bool = True,
@@ -53,9 +55,10 @@ def base_config(stage: str, previous_stage: str | None, model: str = "tiny") -> 
         held_out=dict(type="held_out_loss", batches=4),
         # Token-level duplex eval (flmjax.eval.dialogs): the streaming model on the first `dialogs` held-out
         # dialogs of "DATASET/SPLIT" `source` (0: off), each cut to `frames` frames (0: data.sequence_length),
-        # `batch` at a time, logged as eval metrics `duplex/...`; text temperature 0: greedy.
+        # `batch` at a time, logged as eval metrics `duplex/...`; text temperature 0: greedy. `silence_codes`: the
+        # source's silence frame (the synthetic corpus's; a codec's silence frame for recorded data).
         duplex=dict(type="duplex", dialogs=0, frames=0, batch=8, text_temperature=0.0,
-                    source="synthetic/validation_dialog")))
+                    source="synthetic/validation_dialog", silence_codes=tuple(int(c) for c in SILENCE_FRAME))))
     config.optimizer = ml_collections.ConfigDict(dict(
         learning_rate=3e-3, schedule="cosine", warmup_steps=20, end_lr_fraction=0.1, b1=0.9, b2=0.95,
         eps=1e-8, weight_decay=0.1, clip_norm=1.0, frozen=(),

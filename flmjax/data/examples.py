@@ -28,8 +28,7 @@ from flmjax.data.records import DialogRecord, RecordError
 
 TASKS = {"asr": "listen", "tts": "speak", "dialog": "speak"}  # task -> channel whose sentences form the text
 REQUIRED_CHANNELS = {"asr": ("listen",), "tts": ("speak",), "dialog": ("speak", "listen")}
-EXAMPLE_KEYS = ("text_ids", "speak_ids", "listen_ids", "text_targets", "audio_targets", "text_mask",
-                "audio_mask", "dropped_tokens")
+EXAMPLE_KEYS = (*streams.BATCH_KEYS, "dropped_tokens")
 
 
 class TextEncoder(Protocol):
@@ -127,6 +126,11 @@ def crop_or_pad(arrays: dict[str, np.ndarray], length: int, ids: StreamIds,
     if steps > length:
         offset = int(rng.integers(0, steps - length + 1))
         return {k: v[offset:offset + length] if np.ndim(v) else v for k, v in arrays.items()}
+    return pad_steps(arrays, length, ids)
+
+
+def pad_steps(arrays: dict[str, np.ndarray], length: int, ids: StreamIds) -> dict[str, np.ndarray]:
+    """Training arrays padded to `length` steps: `<wait>` text, `aud_pad` codes, masks off; scalars as they are."""
     fill = {"text_ids": ids.wait_id, "text_targets": ids.wait_id, "speak_ids": ids.aud_pad_id,
             "listen_ids": ids.aud_pad_id, "audio_targets": ids.aud_pad_id, "text_mask": False, "audio_mask": False}
     out = {}
@@ -134,9 +138,16 @@ def crop_or_pad(arrays: dict[str, np.ndarray], length: int, ids: StreamIds,
         if not np.ndim(value):
             out[key] = value
             continue
-        pad = np.full((length - steps,) + value.shape[1:], fill[key], value.dtype)
+        pad = np.full((length - len(value),) + value.shape[1:], fill[key], value.dtype)
         out[key] = np.concatenate([value, pad], axis=0)
     return out
+
+
+def padded_batch(arrays: Sequence[dict[str, np.ndarray]], ids: StreamIds) -> dict[str, np.ndarray]:
+    """Training arrays of several records stacked into one batch, each padded to the longest (`pad_steps`)."""
+    length = max(len(a["text_ids"]) for a in arrays)
+    padded = [pad_steps(a, length, ids) for a in arrays]
+    return {key: np.stack([a[key] for a in padded]) for key in padded[0]}
 
 
 def make_example(record: DialogRecord, rule: SourceRule, tokenizer: TextEncoder, ids: StreamIds, length: int,

@@ -45,7 +45,7 @@ import numpy as np
 
 from flmjax import model, streams
 from flmjax.config import ModelConfig
-from flmjax.data.examples import SourceRule, StreamIds, text_row_for, training_arrays
+from flmjax.data.examples import SourceRule, StreamIds, padded_batch, text_row_for, training_arrays
 from flmjax.data.records import DialogRecord, Segment
 from flmjax.eval import quality as quality_lib
 from flmjax.eval import tokens as tokens_lib
@@ -213,20 +213,6 @@ def crop_record(record: DialogRecord, num_frames: int) -> DialogRecord:
         speak_segments=crop(record.speak_segments), listen_segments=crop(record.listen_segments))
 
 
-def _padded_batch(arrays: Sequence[dict[str, np.ndarray]], ids: StreamIds) -> dict[str, np.ndarray]:
-    length = max(len(a["text_ids"]) for a in arrays)
-    fill = {"text_ids": ids.wait_id, "speak_ids": ids.aud_pad_id, "listen_ids": ids.aud_pad_id,
-            "text_targets": ids.wait_id, "audio_targets": ids.aud_pad_id, "audio_mask": False}
-    out = {}
-    for key, value in fill.items():
-        rows = []
-        for a in arrays:
-            pad = np.full((length - len(a[key]),) + a[key].shape[1:], value, a[key].dtype)
-            rows.append(np.concatenate([a[key], pad]))
-        out[key] = np.stack(rows)
-    return out
-
-
 @functools.partial(jax.jit, static_argnums=(0,))
 def _free_text(config: ModelConfig, params, speak_ids: jax.Array, listen_ids: jax.Array) -> jax.Array:
     """Greedy monologue with the audio forced: speak_ids/listen_ids [B, L, C] model inputs -> text [B, L]."""
@@ -286,7 +272,7 @@ def monologue_quality(config: ModelConfig, params, records: Sequence[DialogRecor
         for record in chunk:
             text_row, _ = text_row_for(record, rule, tokenizer, ids.wait_id)
             arrays.append(training_arrays(text_row, record.speak_codes, record.listen_codes, ids))
-        batch = _padded_batch(arrays, ids)
+        batch = padded_batch(arrays, ids)
         if rule.placement == "trailing":
             text = np.asarray(_free_text(config, params, jnp.asarray(batch["speak_ids"]),
                                          jnp.asarray(batch["listen_ids"])))
@@ -334,17 +320,17 @@ def monologue_quality(config: ModelConfig, params, records: Sequence[DialogRecor
 # ---------------------------------------------------------------------------------------------- the whole eval
 def evaluate_dialogs(config: ModelConfig, params, records: Sequence[DialogRecord], tokenizer=None, *,
                      batch_size: int = 8, max_frames: int | None = None, sampling=None, seed: int = 0,
-                     silence_codes: np.ndarray | None = None, quality_rule: SourceRule | None = None,
+                     silence_codes: np.ndarray, quality_rule: SourceRule | None = None,
                      views: Sequence[str] = VIEWS, **metric_options) -> DialogEvalResult:
     """The duplex metrics of the streaming model on dialog `records` (both channels present), and the
     monologue quality when `quality_rule` (placement) and a `tokenizer` are given; see the module docstring.
 
     `max_frames`: evaluate each record's first `max_frames` frames (None: whole records). `silence_codes`:
-    the silence frame(s) of the codec (default the synthetic corpus's `SILENCE_FRAME`). `sampling`: a
+    the silence frame(s) of the records' codec (the dataset's: `flmjax.data.synthetic.SILENCE_FRAME` for the
+    synthetic corpus; the caller or its eval config gives it), heard as idle input and not counted as speech.
+    `sampling`: a
     `flmjax.infer.SamplingConfig` (default greedy). `metric_options` go to `token_duplex_metrics`."""
-    from flmjax.data.synthetic import SILENCE_FRAME
-
-    silence = np.asarray(SILENCE_FRAME if silence_codes is None else silence_codes)
+    silence = np.asarray(silence_codes)
     records = [r for r in records if r.speak_codes is not None and r.listen_codes is not None]
     if not records:
         raise ValueError("no dialog records (with both speak and listen codes) to evaluate")

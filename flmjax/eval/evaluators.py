@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 
 from flmjax import sharding
 from flmjax.data.dataset_source import DialogSource
@@ -28,11 +29,11 @@ class EvaluatorConfigError(UserError, ValueError):
 
 class DuplexEval:
     """The token-level duplex eval (`flmjax.eval.dialogs`) of `evals.<name> = {type: "duplex", dialogs, frames,
-    batch, text_temperature, source}`: the streaming model on the first `dialogs` records of `source`
-    ("DATASET/SPLIT" under `data.data_dir`), each cut to `frames` frames (0: the stage's sequence length),
-    `batch` at a time, greedy text at temperature 0, with the monologue quality of the stage's placement;
-    metrics `duplex/...`. Every process gathers the params (a collective); the tiny models it is meant for fit
-    on one host."""
+    batch, text_temperature, source, silence_codes}`: the streaming model on the first `dialogs` records of
+    `source` ("DATASET/SPLIT" under `data.data_dir`; `silence_codes`: its codec's silence frame), each cut to
+    `frames` frames (0: the stage's sequence length), `batch` at a time, greedy text at temperature 0, with the
+    monologue quality of the stage's placement; metrics `duplex/...`. Every process gathers the params (a
+    collective); the tiny models it is meant for fit on one host."""
 
     name = "duplex eval"
     SUMMARY = {"speaking/turn_over_rate": "TOR", "speaking/turn_latency_s": "latency s",
@@ -44,6 +45,7 @@ class DuplexEval:
         config = context.config
         self.model_config, self.seed = context.model_config, config.seed
         self.tokenizer, self.batch = context.tokenizer, spec.batch
+        self.silence_codes = np.asarray(spec.silence_codes, np.int32)
         name, _, split = spec.source.partition("/")
         try:
             source = DialogSource(config.data.data_dir, name, split)
@@ -71,7 +73,8 @@ class DuplexEval:
         with sharding.activation_rules(sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, [device])):
             result = dialogs.evaluate_dialogs(self.model_config, params, self.records, self.tokenizer,
                                               max_frames=self.frames, batch_size=self.batch, quality_rule=self.rule,
-                                              sampling=self.sampling, seed=self.seed)
+                                              sampling=self.sampling, seed=self.seed,
+                                              silence_codes=self.silence_codes)
         return {f"duplex/{key}": value for key, value in result.metrics.items() if value is not None}
 
     def summary(self, metrics: dict[str, float]) -> str:

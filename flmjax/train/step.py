@@ -24,12 +24,12 @@ from flmjax import compiled as compiled_lib
 from flmjax import model, sharding
 from flmjax.config import ModelConfig
 from flmjax.errors import UserError
+from flmjax.streams import AUDIO_BATCH_KEYS, BATCH_KEYS
 from flmjax.train import loss as loss_lib
 from flmjax.train import optimizer as optimizer_lib
 
 State = dict[str, Any]
 Batch = dict[str, jax.Array]
-BATCH_KEYS = ("text_ids", "speak_ids", "listen_ids", "text_targets", "audio_targets", "text_mask", "audio_mask")
 
 
 def init_state(config: ModelConfig, tx: optax.GradientTransformation, params) -> State:
@@ -63,9 +63,7 @@ def init_state_sharded(config: ModelConfig, tx: optax.GradientTransformation, rn
 
 
 def batch_shardings(mesh: Mesh, rules=sharding.DEFAULT_RULES) -> dict[str, NamedSharding]:
-    return {key: sharding.batch_sharding(mesh, rules, ndim=3 if key in ("speak_ids", "listen_ids", "audio_targets",
-                                                                         "audio_mask") else 2)
-            for key in BATCH_KEYS}
+    return {key: sharding.batch_sharding(mesh, rules, ndim=3 if key in AUDIO_BATCH_KEYS else 2) for key in BATCH_KEYS}
 
 
 def global_batch(local_batch: dict[str, np.ndarray], shardings: dict[str, NamedSharding],

@@ -167,7 +167,7 @@ def test_evaluate_dialogs_end_to_end(placement):
     max_frames = 64
     rule = SourceRule("dialog", placement, lead_frames=2, trail_frames=1)
     result = dialogs.evaluate_dialogs(config, params, records, tokenizer, batch_size=2, max_frames=max_frames,
-                                      quality_rule=rule)
+                                      quality_rule=rule, silence_codes=SILENCE)
     metrics, reference = result.metrics, result.reference
     frames = [min(r.num_frames, max_frames) for r in records]
     assert metrics["dialogs"] == 3 and metrics["frames"] == sum(frames)
