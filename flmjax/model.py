@@ -24,8 +24,16 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flmjax.config import ModelConfig
-from flmjax.layers import (ATTENTION_NAMES, Attention, FeedForward, FusedAttention, LayerNorm, RMSNorm, declare,
-                           normal_init)
+from flmjax.layers import (
+    ATTENTION_NAMES,
+    Attention,
+    FeedForward,
+    FusedAttention,
+    LayerNorm,
+    RMSNorm,
+    declare,
+    normal_init,
+)
 
 Params = Any
 KVCache = dict[str, jax.Array]  # {"k", "v": [L, B, S, kv_heads, head_dim], "length": [B] int32}

@@ -41,8 +41,8 @@ import jax
 import numpy as np
 
 from flmjax import codec
-from flmjax.codec import DEFAULT_CHUNK_FRAMES, load_codec, stream_encode
 from flmjax.audio import load_audio, write_wav
+from flmjax.codec import DEFAULT_CHUNK_FRAMES, load_codec, stream_encode
 from flmjax.errors import UserError
 from flmjax.files import write_atomically
 from launch import cli

@@ -24,7 +24,6 @@ from flmjax.convert import official
 from flmjax.errors import UserError
 from launch import cli
 
-
 EXPORT_DTYPES = ("bfloat16", "float16", "float32")  # what save_official writes
 
 

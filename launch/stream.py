@@ -48,9 +48,8 @@ from flmjax import audio as audio_lib
 from flmjax import checkpoints, codec
 from flmjax.data import text as text_lib
 from flmjax.errors import UserError, read_each
-from flmjax.infer import SamplingConfig
+from flmjax.infer import SamplingConfig, sessions
 from flmjax.infer import audio as audio_sessions
-from flmjax.infer import sessions
 from flmjax.infer.stream import codebook_size
 from flmjax.streams import FRAME_S
 from launch import cli

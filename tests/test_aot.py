@@ -93,9 +93,9 @@ def test_train_report_estimates_from_the_formula_and_the_chip(train_report):
 def test_the_estimate_counts_every_layer_and_micro_batch_like_an_unrolled_compile(train_report, v5e):
     """The method checked on a model small enough to compile both ways: the scanned step's probes, scaled by
     the loops' trips, against one compile with every layer and micro-batch unrolled."""
-    from launch import aot
     from flmjax.train import loop
     from flmjax.train import step as step_lib
+    from launch import aot
 
     spec = loop.stage_step(tiny_stage(), v5e)
     unrolled_config = spec.model_config.replace(scan_layers=False)

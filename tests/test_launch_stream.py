@@ -8,9 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from flmjax import codec
+from flmjax import codec, model
 from flmjax import config as flm_config
-from flmjax import model
 from flmjax.audio import load_audio, read_wav, resample, write_wav
 from flmjax.convert import save_official
 from flmjax.data import text as text_lib

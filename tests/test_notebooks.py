@@ -2,7 +2,6 @@
 limit, on CPU with 8 fake devices, writing nothing into the repository; the committed copies carry no outputs."""
 
 import os
-import pathlib
 import subprocess
 import time
 

@@ -11,8 +11,17 @@ from jax.sharding import PartitionSpec as P
 
 from flmjax import config as model_config
 from flmjax import model
-from flmjax.sharding import (DEFAULT_RULES, ShardingError, activation_rules, batch_sharding, init_params_sharded,
-                             logical_sharding, make_mesh, param_partition_specs, param_shardings)
+from flmjax.sharding import (
+    DEFAULT_RULES,
+    ShardingError,
+    activation_rules,
+    batch_sharding,
+    init_params_sharded,
+    logical_sharding,
+    make_mesh,
+    param_partition_specs,
+    param_shardings,
+)
 
 CONFIG = model_config.tiny()
 BATCH, FRAMES = 4, 8

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import re
-import contextlib
-import functools
 from typing import Any
 
 import jax

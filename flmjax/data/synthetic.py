@@ -42,8 +42,17 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from flmjax.data.records import NUM_CODEBOOKS, NUM_CODES, DialogRecord, Segment, Word, make_record
-from flmjax.data.synthetic_text import (ACKNOWLEDGEMENTS, ANSWERS, BACKCHANNELS, GREETINGS, INTERRUPTIONS,
-                                         PLACEHOLDER, POOLS, QUESTIONS, STATEMENTS)
+from flmjax.data.synthetic_text import (
+    ACKNOWLEDGEMENTS,
+    ANSWERS,
+    BACKCHANNELS,
+    GREETINGS,
+    INTERRUPTIONS,
+    PLACEHOLDER,
+    POOLS,
+    QUESTIONS,
+    STATEMENTS,
+)
 
 SPEAKERS = ("model", "user")
 CHANNEL_SPEAKER = {"speak": "model", "listen": "user"}

@@ -36,8 +36,18 @@ import numpy as np
 from flmjax import audio as audio_lib
 from flmjax.errors import one_line
 from flmjax.eval import asr, duplex, fdb_metrics, report, timeline, vad
-from flmjax.eval.fdb_io import (CLEAN, FRAMES_NPZ, INPUT_WAV, OUTPUT_JSON, OUTPUT_WAV, FdbError, Sample, is_complete,
-                                load_json, place_inputs)
+from flmjax.eval.fdb_io import (
+    CLEAN,
+    FRAMES_NPZ,
+    INPUT_WAV,
+    OUTPUT_JSON,
+    OUTPUT_WAV,
+    FdbError,
+    Sample,
+    is_complete,
+    load_json,
+    place_inputs,
+)
 from flmjax.files import write_atomically
 from flmjax.streams import FRAME_S
 

@@ -15,9 +15,8 @@ import math
 import numpy as np
 
 from flmjax.eval import duplex
-from flmjax.streams import FRAME_S
 from flmjax.eval.vad import MODEL_MERGE_GAP_S, USER_MERGE_GAP_S, merge_segments, segments_from_activity
-
+from flmjax.streams import FRAME_S
 
 
 def speaking_activity(speak_codes: np.ndarray, silence_codes: np.ndarray, audio_pad_ids=()) -> np.ndarray:

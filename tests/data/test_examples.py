@@ -5,8 +5,15 @@ import pytest
 
 from flmjax import streams
 from flmjax.config import ModelConfig
-from flmjax.data.examples import (EXAMPLE_KEYS, SourceRule, StreamIds, crop_or_pad, make_example, record_arrays,
-                                  training_arrays)
+from flmjax.data.examples import (
+    EXAMPLE_KEYS,
+    SourceRule,
+    StreamIds,
+    crop_or_pad,
+    make_example,
+    record_arrays,
+    training_arrays,
+)
 from flmjax.data.records import RecordError, make_record
 from tests.conftest import GOLDEN_MODELS, golden_path
 

@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flmjax.infer import SamplingConfig, StreamSampling
-from flmjax.infer import sampling
+from flmjax.infer import SamplingConfig, StreamSampling, sampling
 
 DRAWS = 20000
 # Frequencies of DRAWS draws are within ~0.0035 (one std) of their probabilities; 0.015 is > 4 std, while every

@@ -8,8 +8,15 @@ import pytest
 
 from flmjax import config as flm_config
 from flmjax import model
-from flmjax.infer import (ContextLimitError, SamplingConfig, StreamError, init_stream, reset_slots, stream_step,
-                          stream_step_details)
+from flmjax.infer import (
+    ContextLimitError,
+    SamplingConfig,
+    StreamError,
+    init_stream,
+    reset_slots,
+    stream_step,
+    stream_step_details,
+)
 from flmjax.infer import stream as stream_lib
 from flmjax.infer.stream import codebook_size
 from tests.conftest import golden_model

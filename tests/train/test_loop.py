@@ -15,9 +15,9 @@ import jax
 import numpy as np
 import pytest
 
+from flmjax import checkpoints as checkpoint_lib
 from flmjax import model
 from flmjax.convert import load_official
-from flmjax import checkpoints as checkpoint_lib
 from flmjax.train.metrics import read_metrics
 from tests.conftest import REPO_ROOT
 

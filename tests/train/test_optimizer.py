@@ -11,9 +11,17 @@ from jax.sharding import NamedSharding, PartitionSpec
 from flmjax import config as model_config
 from flmjax import model
 from flmjax.sharding import make_mesh, param_shardings
-from flmjax.train.optimizer import (PARAM_GROUPS, OptimizerConfig, OptimizerConfigError, init_optimizer_state,
-                                    learning_rate_schedule, learning_rates, make_optimizer, param_groups,
-                                    weight_decay_mask)
+from flmjax.train.optimizer import (
+    PARAM_GROUPS,
+    OptimizerConfig,
+    OptimizerConfigError,
+    init_optimizer_state,
+    learning_rate_schedule,
+    learning_rates,
+    make_optimizer,
+    param_groups,
+    weight_decay_mask,
+)
 
 CONFIG = model_config.tiny()
 GROUP_KEYS = {"embeddings": "embedder", "temporal": "temporal", "text_head": "text_head", "depth": "depth"}
