@@ -10,8 +10,7 @@ with the shared settings below overriding each stage's own.
 
 import ml_collections
 
-STAGES = ("stage1_post_train_trailing", "stage2_post_train_leading", "stage3_duplex_trailing",
-          "stage4_duplex_leading")
+STAGES = ("stage1_post_train_trailing", "stage2_post_train_leading", "stage3_duplex_trailing", "stage4_duplex_leading")
 
 
 def get_config():
@@ -35,13 +34,25 @@ def get_config():
     # `schedule_stage` lays it over each stage's own config). References, so that `--config.steps_per_stage=300`
     # reaches every stage.
     ref = config.get_ref
-    config.shared = ml_collections.ConfigDict(dict(
-        seed=ref("seed"),
-        data=dict(data_dir=ref("data_dir"), tokenizer=ref("data_dir") + "/tokenizer.model",
-                  sequence_length=ref("sequence_length"), global_batch_size=ref("global_batch_size")),
-        optimizer=dict(learning_rate=ref("learning_rate")),
-        train=dict(total_steps=ref("steps_per_stage"), log_every=ref("log_every"), eval_every=ref("eval_every"),
-                   save_every=ref("steps_per_stage")),
-        evals=dict(duplex=dict(dialogs=ref("duplex_eval_dialogs"),
-                               text_temperature=ref("duplex_eval_text_temperature")))))
+    config.shared = ml_collections.ConfigDict(
+        dict(
+            seed=ref("seed"),
+            data=dict(
+                data_dir=ref("data_dir"),
+                tokenizer=ref("data_dir") + "/tokenizer.model",
+                sequence_length=ref("sequence_length"),
+                global_batch_size=ref("global_batch_size"),
+            ),
+            optimizer=dict(learning_rate=ref("learning_rate")),
+            train=dict(
+                total_steps=ref("steps_per_stage"),
+                log_every=ref("log_every"),
+                eval_every=ref("eval_every"),
+                save_every=ref("steps_per_stage"),
+            ),
+            evals=dict(
+                duplex=dict(dialogs=ref("duplex_eval_dialogs"), text_temperature=ref("duplex_eval_text_temperature"))
+            ),
+        )
+    )
     return config

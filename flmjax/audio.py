@@ -70,7 +70,7 @@ def wav_info(path: str | os.PathLike) -> tuple[int, int, int]:
 
 
 def _nonfinite_message(path: str, samples: np.ndarray, rate: int) -> str | None:
-    """"PATH: N non-finite samples ..., the first at T s" if `samples [channels, n]` hold NaN or Inf, else None."""
+    """ "PATH: N non-finite samples ..., the first at T s" if `samples [channels, n]` hold NaN or Inf, else None."""
     bad = ~np.isfinite(samples)
     if not bad.any():
         return None
@@ -139,8 +139,9 @@ def resample(samples, from_rate: int, to_rate: int) -> np.ndarray:
     return np.ascontiguousarray(out[..., :length], np.float32)
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = 24000, mono: bool = False,
-               allow_nonfinite: bool = False) -> np.ndarray:
+def load_audio(
+    path: str | os.PathLike, sample_rate: int = 24000, mono: bool = False, allow_nonfinite: bool = False
+) -> np.ndarray:
     """A WAV file as float32 `[channels, n]` at `sample_rate` (`[1, n]`, the mean of its channels, if `mono`);
     NaN/Inf samples as `read_wav`."""
     samples, rate = read_wav(path, allow_nonfinite)

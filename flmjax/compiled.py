@@ -21,9 +21,27 @@ from typing import Any
 
 COLLECTIVE_KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 
-_DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2,
-                "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8,
-                "c128": 16}
+_DTYPE_BYTES = {
+    "pred": 1,
+    "s4": 0.5,
+    "u4": 0.5,
+    "s8": 1,
+    "u8": 1,
+    "f8e4m3fn": 1,
+    "f8e5m2": 1,
+    "s16": 2,
+    "u16": 2,
+    "f16": 2,
+    "bf16": 2,
+    "s32": 4,
+    "u32": 4,
+    "f32": 4,
+    "s64": 8,
+    "u64": 8,
+    "f64": 8,
+    "c64": 8,
+    "c128": 16,
+}
 
 
 def memory(compiled) -> dict[str, int | None]:
@@ -34,11 +52,17 @@ def memory(compiled) -> dict[str, int | None]:
         stats = compiled.memory_analysis()
     except Exception:  # noqa: BLE001 - not every backend implements it
         stats = None
-    fields = {"argument": "argument_size_in_bytes", "output": "output_size_in_bytes", "temp": "temp_size_in_bytes",
-              "alias": "alias_size_in_bytes", "code": "generated_code_size_in_bytes"}
+    fields = {
+        "argument": "argument_size_in_bytes",
+        "output": "output_size_in_bytes",
+        "temp": "temp_size_in_bytes",
+        "alias": "alias_size_in_bytes",
+        "code": "generated_code_size_in_bytes",
+    }
     out = {ours: None if stats is None else int(getattr(stats, theirs, 0) or 0) for ours, theirs in fields.items()}
-    out["total"] = None if stats is None else (out["argument"] + out["output"] - out["alias"] + out["temp"]
-                                               + out["code"])
+    out["total"] = (
+        None if stats is None else (out["argument"] + out["output"] - out["alias"] + out["temp"] + out["code"])
+    )
     return out
 
 
@@ -72,16 +96,22 @@ def cost(stage) -> dict[str, float | None]:
         value = analysed.get(key)
         return float(value) + correction if value is not None and value + correction > 0 else None
 
-    return {"flops": positive("flops"), "optimal_seconds": positive("optimal_seconds", uncosted),
-            "bytes_accessed": positive("bytes accessed", uncosted), "uncosted_ops": uncosted}
+    return {
+        "flops": positive("flops"),
+        "optimal_seconds": positive("optimal_seconds", uncosted),
+        "bytes_accessed": positive("bytes accessed", uncosted),
+        "uncosted_ops": uncosted,
+    }
 
 
 # ---------------------------------------------------------------------- optimised HLO text
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\(.*?\)|\S+) ([\w\-]+)\((.*)$")
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
-_CALLED = re.compile(r"\b(?:calls|to_apply|body|condition|branch_computations|async_computation)="
-                     r"(\{[^}]*\}|%[\w.\-]+)")
+_CALLED = re.compile(
+    r"\b(?:calls|to_apply|body|condition|branch_computations|async_computation)="
+    r"(\{[^}]*\}|%[\w.\-]+)"
+)
 
 
 def _array_bytes(shape_text: str) -> list[float]:
@@ -212,8 +242,14 @@ def hlo_summary(hlo_text: str, largest: int = 12) -> HloSummary:
             collectives[kind]["count"] += times
             collectives[kind]["bytes"] += times * _collective_bytes(instruction)
             op_name = re.search(r'op_name="([^"]*)"', instruction.rest)
-            each.append({"kind": kind, "bytes": times * _collective_bytes(instruction), "executions": times,
-                         "shape": re.sub(r"\{[^}]*\}", "", instruction.shape)[:120],
-                         "op_name": op_name.group(1) if op_name else ""})
+            each.append(
+                {
+                    "kind": kind,
+                    "bytes": times * _collective_bytes(instruction),
+                    "executions": times,
+                    "shape": re.sub(r"\{[^}]*\}", "", instruction.shape)[:120],
+                    "op_name": op_name.group(1) if op_name else "",
+                }
+            )
     each.sort(key=lambda c: -c["bytes"])
     return HloSummary(loops, collectives, each[:largest])

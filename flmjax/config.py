@@ -35,17 +35,49 @@ NUM_CODES = 2048  # codes per Mimi codebook; audio ids at or above this are spec
 _OFFICIAL_CONSTANTS = {"model_type": "FLMAudio", "architectures": ["FLMAudioForCausalLM"]}
 # Official top-level fields that map one-to-one onto `ModelConfig` fields of the same name.
 _OFFICIAL_PLAIN_FIELDS = (
-    "vocab_size", "aud_vocab_size", "aud_channel", "hidden_size", "intermediate_size", "num_hidden_layers",
-    "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings",
-    "rms_norm_eps", "rope_theta", "attention_bias", "disable_att_o_bias", "mlp_bias", "attention_dropout",
-    "tie_word_embeddings", "use_mup", "input_mult", "output_mult", "mup_scale_factor", "initializer_range",
-    "bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype",
+    "vocab_size",
+    "aud_vocab_size",
+    "aud_channel",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "hidden_act",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "rope_theta",
+    "attention_bias",
+    "disable_att_o_bias",
+    "mlp_bias",
+    "attention_dropout",
+    "tie_word_embeddings",
+    "use_mup",
+    "input_mult",
+    "output_mult",
+    "mup_scale_factor",
+    "initializer_range",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "torch_dtype",
 )
-_MM_TOKEN_FIELDS = {"text_wait_token_id": "text_wait_id", "aud_pad_token_id": "aud_pad_id",
-                    "aud_emp_token_id": "aud_emp_id"}
-_DEPTH_FIELDS = {"n_layer": "depth_layers", "n_head": "depth_heads", "n_embd": "depth_dim",
-                 "dropout": "depth_dropout", "bias": "depth_bias", "use_cmlp": "depth_per_position_mlp",
-                 "use_rmsnorm": "depth_rmsnorm", "use_swiglu": "depth_swiglu"}
+_MM_TOKEN_FIELDS = {
+    "text_wait_token_id": "text_wait_id",
+    "aud_pad_token_id": "aud_pad_id",
+    "aud_emp_token_id": "aud_emp_id",
+}
+_DEPTH_FIELDS = {
+    "n_layer": "depth_layers",
+    "n_head": "depth_heads",
+    "n_embd": "depth_dim",
+    "dropout": "depth_dropout",
+    "bias": "depth_bias",
+    "use_cmlp": "depth_per_position_mlp",
+    "use_rmsnorm": "depth_rmsnorm",
+    "use_swiglu": "depth_swiglu",
+}
 _EXECUTION_FIELDS = ("param_dtype", "dtype", "scan_layers", "remat_policy", "attention_chunk", "scan_unroll")
 
 
@@ -163,37 +195,54 @@ class ModelConfig:
                 if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                     problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
 
-        positive("vocab_size", "aud_vocab_size", "aud_channel", "hidden_size", "intermediate_size",
-                 "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-                 "depth_layers", "depth_heads", "depth_dim")
+        positive(
+            "vocab_size",
+            "aud_vocab_size",
+            "aud_channel",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "depth_layers",
+            "depth_heads",
+            "depth_dim",
+        )
         if problems:
             raise ConfigError("invalid ModelConfig:\n  " + "\n  ".join(problems))
         if self.num_attention_heads % self.num_key_value_heads:
-            problems.append(f"num_attention_heads ({self.num_attention_heads}) is not divisible by "
-                            f"num_key_value_heads ({self.num_key_value_heads})")
+            problems.append(
+                f"num_attention_heads ({self.num_attention_heads}) is not divisible by "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
         if self.hidden_size % self.num_attention_heads:
-            problems.append(f"hidden_size ({self.hidden_size}) is not divisible by "
-                            f"num_attention_heads ({self.num_attention_heads})")
+            problems.append(
+                f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads ({self.num_attention_heads})"
+            )
         if self.head_dim % 2:
             problems.append(f"head_dim ({self.head_dim}) must be even for rotary embeddings")
         if self.depth_dim % self.depth_heads:
-            problems.append(f"depth n_embd ({self.depth_dim}) is not divisible by depth n_head "
-                            f"({self.depth_heads})")
+            problems.append(f"depth n_embd ({self.depth_dim}) is not divisible by depth n_head ({self.depth_heads})")
         if self.depth_per_position_mlp and self.aud_channel != 8:
-            problems.append(f"aud_channel is {self.aud_channel}, but per-position depth MLPs (use_cmlp) "
-                            "exist for exactly 8 codebooks")
+            problems.append(
+                f"aud_channel is {self.aud_channel}, but per-position depth MLPs (use_cmlp) "
+                "exist for exactly 8 codebooks"
+            )
         if self.hidden_act not in HIDDEN_ACTS:
             problems.append(f"unknown hidden_act {self.hidden_act!r}; expected one of {HIDDEN_ACTS}")
         if self.aud_vocab_size < NUM_CODES:
-            problems.append(f"aud_vocab_size ({self.aud_vocab_size}) is smaller than the codec's "
-                            f"{NUM_CODES} codes")
+            problems.append(f"aud_vocab_size ({self.aud_vocab_size}) is smaller than the codec's {NUM_CODES} codes")
         if not 0 <= self.text_wait_id < self.vocab_size:
-            problems.append(f"text_wait_token_id {self.text_wait_id} is outside the text vocabulary "
-                            f"[0, {self.vocab_size})")
+            problems.append(
+                f"text_wait_token_id {self.text_wait_id} is outside the text vocabulary [0, {self.vocab_size})"
+            )
         for name in ("aud_pad_id", "aud_emp_id"):
             if not 0 <= getattr(self, name) < self.aud_vocab_size:
-                problems.append(f"{_official_name(name)} {getattr(self, name)} is outside the audio vocabulary "
-                                f"[0, {self.aud_vocab_size})")
+                problems.append(
+                    f"{_official_name(name)} {getattr(self, name)} is outside the audio vocabulary "
+                    f"[0, {self.aud_vocab_size})"
+                )
         if self.aud_pad_id == self.aud_emp_id:
             problems.append(f"aud_pad_token_id and aud_emp_token_id are both {self.aud_pad_id}")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -211,17 +260,20 @@ class ModelConfig:
         scaling = self.rope_scaling_dict
         scaling_type = None if scaling is None else scaling.get("type", scaling.get("rope_type"))
         if scaling_type not in PLAIN_ROPE_SCALING_TYPES:
-            problems.append(f"rope_scaling type {scaling_type!r} is not supported (only plain RoPE and "
-                            "'mrope', which the released model runs as plain RoPE)")
+            problems.append(
+                f"rope_scaling type {scaling_type!r} is not supported (only plain RoPE and "
+                "'mrope', which the released model runs as plain RoPE)"
+            )
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in DTYPES:
                 problems.append(f"{name} {getattr(self, name)!r} is not one of {DTYPES}")
         if not isinstance(self.attention_chunk, int) or self.attention_chunk < 0:
             problems.append(f"attention_chunk must be a non-negative integer (0: dense), got {self.attention_chunk!r}")
-        if not isinstance(self.scan_unroll, int) or self.scan_unroll < 1 or \
-                self.num_hidden_layers % self.scan_unroll:
-            problems.append(f"scan_unroll must be a positive divisor of num_hidden_layers "
-                            f"({self.num_hidden_layers}), got {self.scan_unroll!r}")
+        if not isinstance(self.scan_unroll, int) or self.scan_unroll < 1 or self.num_hidden_layers % self.scan_unroll:
+            problems.append(
+                f"scan_unroll must be a positive divisor of num_hidden_layers "
+                f"({self.num_hidden_layers}), got {self.scan_unroll!r}"
+            )
         if self.remat_policy not in REMAT_POLICIES:
             problems.append(f"unknown remat_policy {self.remat_policy!r}; expected one of {REMAT_POLICIES}")
         if problems:
@@ -256,10 +308,20 @@ class ModelConfig:
                 raise ConfigError(f"{path}: expected a JSON object, found {type(official).__name__}")
         unknown_execution = set(execution) - set(_EXECUTION_FIELDS)
         if unknown_execution:
-            raise ConfigError(f"from_official: unknown execution settings {sorted(unknown_execution)}; "
-                              f"expected some of {_EXECUTION_FIELDS}")
-        optional = {"pad_token_id", "bos_token_id", "eos_token_id", "torch_dtype", "rope_scaling",
-                    "attention_dropout", "initializer_range", "tie_word_embeddings"}
+            raise ConfigError(
+                f"from_official: unknown execution settings {sorted(unknown_execution)}; "
+                f"expected some of {_EXECUTION_FIELDS}"
+            )
+        optional = {
+            "pad_token_id",
+            "bos_token_id",
+            "eos_token_id",
+            "torch_dtype",
+            "rope_scaling",
+            "attention_dropout",
+            "initializer_range",
+            "tie_word_embeddings",
+        }
         required = set(_OFFICIAL_PLAIN_FIELDS) - optional | {"mm_token_info", "aud_depthgpt"}
         missing = sorted(required - set(official))
         missing += [f"mm_token_info.{k}" for k in _MM_TOKEN_FIELDS if k not in official.get("mm_token_info", {})]
@@ -267,8 +329,15 @@ class ModelConfig:
         if missing:
             raise ConfigError(f"{source} lacks fields the released loader needs: {', '.join(missing)}")
         kwargs = {name: official[name] for name in _OFFICIAL_PLAIN_FIELDS if name in official}
-        for name in ("rms_norm_eps", "rope_theta", "input_mult", "output_mult", "mup_scale_factor",
-                     "attention_dropout", "initializer_range"):
+        for name in (
+            "rms_norm_eps",
+            "rope_theta",
+            "input_mult",
+            "output_mult",
+            "mup_scale_factor",
+            "attention_dropout",
+            "initializer_range",
+        ):
             if name in kwargs:
                 kwargs[name] = float(kwargs[name])
         scaling = official.get("rope_scaling")
@@ -306,20 +375,49 @@ def _official_name(field: str) -> str:
 # ---------------------------------------------------------------------- presets
 def tiny(**overrides) -> ModelConfig:
     """A model the size of the golden checkpoints (hidden 64, 2 layers): for tests and the demo."""
-    base = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
-                rope_theta=1e6, text_wait_id=3, bos_token_id=1, eos_token_id=2, pad_token_id=None,
-                torch_dtype="float32", depth_layers=2, depth_heads=4, depth_dim=32)
+    base = dict(
+        vocab_size=1000,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=4096,
+        rope_theta=1e6,
+        text_wait_id=3,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
+        torch_dtype="float32",
+        depth_layers=2,
+        depth_heads=4,
+        depth_dim=32,
+    )
     return ModelConfig(**{**base, **overrides})
 
 
 def small(**overrides) -> ModelConfig:
     """About 78M parameters, 50M of them temporal (hidden 512, 8 layers, 8k text vocab, depth 256 wide): for
     benchmarks."""
-    base = dict(vocab_size=8192, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                num_attention_heads=8, num_key_value_heads=4, head_dim=64, max_position_embeddings=8192,
-                rope_theta=1e6, text_wait_id=3, bos_token_id=1, eos_token_id=2, torch_dtype="float32",
-                depth_layers=4, depth_heads=8, depth_dim=256)
+    base = dict(
+        vocab_size=8192,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        max_position_embeddings=8192,
+        rope_theta=1e6,
+        text_wait_id=3,
+        bos_token_id=1,
+        eos_token_id=2,
+        torch_dtype="float32",
+        depth_layers=4,
+        depth_heads=8,
+        depth_dim=256,
+    )
     return ModelConfig(**{**base, **overrides})
 
 

@@ -25,8 +25,9 @@ def one_line(error: BaseException) -> str:
     return lines[0] + ("" if len(lines) < 2 else " " + "; ".join(lines[1:]))
 
 
-def read_each(items: Iterable[Item], read: Callable[[Item], Read]
-              ) -> tuple[list[Item], list[Read], list[tuple[Item, str]]]:
+def read_each(
+    items: Iterable[Item], read: Callable[[Item], Read]
+) -> tuple[list[Item], list[Read], list[tuple[Item, str]]]:
     """A batch command's inputs read one by one, a bad one skipped rather than fatal: (the items that read, what
     `read` gave for each, (item, one-line reason) of those whose read raised a `UserError`)."""
     kept, values, skipped = [], [], []

@@ -111,7 +111,10 @@ def check_apart(output: str | os.PathLike, inputs: Iterable[str | os.PathLike], 
     for input_ in inputs:
         real_input = os.path.realpath(input_)
         if _inside(real_output, real_input) or _inside(real_input, real_output):
-            relation = ("is" if real_output == real_input else
-                        "contains" if _inside(real_input, real_output) else "sits inside")
-            raise OverlapError(f"{what} {os.fspath(output)} {relation} the input {os.fspath(input_)}: writing "
-                               f"it would replace the input; choose a folder outside it")
+            relation = (
+                "is" if real_output == real_input else "contains" if _inside(real_input, real_output) else "sits inside"
+            )
+            raise OverlapError(
+                f"{what} {os.fspath(output)} {relation} the input {os.fspath(input_)}: writing "
+                f"it would replace the input; choose a folder outside it"
+            )

@@ -43,13 +43,17 @@ class Chip:
     def per_device(self) -> Chip:
         """The figures of one JAX device (a TensorCore where a chip holds two devices)."""
         n = self.devices_per_chip
-        return dataclasses.replace(self, peak_bf16_flops=self.peak_bf16_flops / n, hbm_bytes=self.hbm_bytes // n,
-                                   hbm_bandwidth=self.hbm_bandwidth / n,
-                                   ici_bandwidth=None if self.ici_bandwidth is None else self.ici_bandwidth / n,
-                                   devices_per_chip=1)
+        return dataclasses.replace(
+            self,
+            peak_bf16_flops=self.peak_bf16_flops / n,
+            hbm_bytes=self.hbm_bytes // n,
+            hbm_bandwidth=self.hbm_bandwidth / n,
+            ici_bandwidth=None if self.ici_bandwidth is None else self.ici_bandwidth / n,
+            devices_per_chip=1,
+        )
 
 
-GIB = 2 ** 30
+GIB = 2**30
 
 # Keyed by generation, as topology names spell it. Sources (Cloud TPU system architecture pages):
 CHIPS: dict[str, Chip] = {
@@ -63,15 +67,24 @@ CHIPS: dict[str, Chip] = {
     # cloud.google.com/tpu/docs/v6e: 918 TFLOPs (bf16), HBM 32 GB at 1638 GBps, ICI 800 GBps bidirectional.
     "v6e": Chip("TPU v6e", 918e12, 32 * GIB, 1638e9, 800e9 / 2),
     # nvidia.com H100 / H200 / A100 datasheets (SXM, dense bf16).
-    "h100": Chip("NVIDIA H100", 989e12, 80 * 10 ** 9, 3.35e12, None),
-    "h200": Chip("NVIDIA H200", 989e12, 141 * 10 ** 9, 4.8e12, None),
-    "a100": Chip("NVIDIA A100", 312e12, 80 * 10 ** 9, 2.04e12, None),
+    "h100": Chip("NVIDIA H100", 989e12, 80 * 10**9, 3.35e12, None),
+    "h200": Chip("NVIDIA H200", 989e12, 141 * 10**9, 4.8e12, None),
+    "a100": Chip("NVIDIA A100", 312e12, 80 * 10**9, 2.04e12, None),
 }
 
 # `device_kind` prefixes (as JAX reports them) -> CHIPS keys; the longest matching prefix wins.
-_DEVICE_KINDS = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5e": "v5e", "TPU v5p": "v5p", "TPU v5": "v5p",
-                 "TPU v6 lite": "v6e", "TPU v6e": "v6e", "NVIDIA H100": "h100", "NVIDIA H200": "h200",
-                 "NVIDIA A100": "a100"}
+_DEVICE_KINDS = {
+    "TPU v4": "v4",
+    "TPU v5 lite": "v5e",
+    "TPU v5e": "v5e",
+    "TPU v5p": "v5p",
+    "TPU v5": "v5p",
+    "TPU v6 lite": "v6e",
+    "TPU v6e": "v6e",
+    "NVIDIA H100": "h100",
+    "NVIDIA H200": "h200",
+    "NVIDIA A100": "a100",
+}
 TPU_GENERATIONS = ("v4", "v5e", "v5p", "v6e")
 LIBTPU_INSTALL = "pip install -e '.[tpu]' (libtpu==0.0.42.*, the version jax 0.10.2 pins)"
 
@@ -99,12 +112,14 @@ _TOPOLOGY = re.compile(r"^(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})$")
 
 
 def parse_topology(name: str) -> tuple[str, tuple[int, ...]]:
-    """"v5p:4x4x4" -> ("v5p", (4, 4, 4)); a clear error for anything else."""
+    """ "v5p:4x4x4" -> ("v5p", (4, 4, 4)); a clear error for anything else."""
     match = _TOPOLOGY.match(name.strip()) if isinstance(name, str) else None
     if not match:
-        raise TopologyError(f"unknown TPU topology {name!r}: expected GENERATION:SHAPE with GENERATION one of "
-                            f"{', '.join(TPU_GENERATIONS)} and SHAPE like 2x2 or 4x4x4 (e.g. v5e:16x16, "
-                            "v5p:4x4x4, v6e:8x8)")
+        raise TopologyError(
+            f"unknown TPU topology {name!r}: expected GENERATION:SHAPE with GENERATION one of "
+            f"{', '.join(TPU_GENERATIONS)} and SHAPE like 2x2 or 4x4x4 (e.g. v5e:16x16, "
+            "v5p:4x4x4, v6e:8x8)"
+        )
     return match.group(1), tuple(int(x) for x in match.group(2).split("x"))
 
 
@@ -116,8 +131,12 @@ def topology_chip(name: str) -> Chip:
 # TPU chips it then writes /tmp/tpu_logs and prints warnings about metadata and hosts it cannot find; these
 # defaults stop that. It asks for an accelerator type too: compiles for a topology read only the topology (checked:
 # the same memory and cost for every generation's name), so one name serves.
-_QUIET_LIBTPU = (("TPU_LOG_DIR", "disabled"), ("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"),
-                 ("TPU_ACCELERATOR_TYPE", "v5litepod-4"))
+_QUIET_LIBTPU = (
+    ("TPU_LOG_DIR", "disabled"),
+    ("TPU_SKIP_MDS_QUERY", "1"),
+    ("TPU_WORKER_HOSTNAMES", "localhost"),
+    ("TPU_ACCELERATOR_TYPE", "v5litepod-4"),
+)
 
 
 def has_tpu_chips() -> bool:
@@ -153,8 +172,9 @@ def topology_devices(name: str, num_slices: int = 1) -> tuple[jax.Device, ...]:
     if not isinstance(num_slices, int) or num_slices < 1:
         raise TopologyError(f"num_slices must be a positive integer, got {num_slices!r}")
     if not _libtpu_available():
-        raise TopologyError(f"compiling for {name} needs libtpu (the TPU compiler), which is not installed: "
-                            f"{LIBTPU_INSTALL}")
+        raise TopologyError(
+            f"compiling for {name} needs libtpu (the TPU compiler), which is not installed: {LIBTPU_INSTALL}"
+        )
     from jax.experimental import topologies
 
     quiet_libtpu()
@@ -163,10 +183,13 @@ def topology_devices(name: str, num_slices: int = 1) -> tuple[jax.Device, ...]:
     except Exception as error:  # noqa: BLE001 - libtpu raises runtime errors of several types
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if "lockfile" in first_line:
-            raise TopologyError("another process holds libtpu (its lockfile /tmp/libtpu_lockfile): wait for it, or "
-                                "set ALLOW_MULTIPLE_LIBTPU_LOAD=1 to let both load it") from None
-        raise TopologyError(f"libtpu does not know the topology {name!r} (x{num_slices} slices): "
-                            f"{first_line}") from None
+            raise TopologyError(
+                "another process holds libtpu (its lockfile /tmp/libtpu_lockfile): wait for it, or "
+                "set ALLOW_MULTIPLE_LIBTPU_LOAD=1 to let both load it"
+            ) from None
+        raise TopologyError(
+            f"libtpu does not know the topology {name!r} (x{num_slices} slices): {first_line}"
+        ) from None
     devices = tuple(description.devices)
     chips = math.prod(shape) * num_slices
     if len(devices) not in (chips, chips * CHIPS[generation].devices_per_chip):
@@ -181,7 +204,7 @@ def slice_count(devices: Sequence[jax.Device]) -> int:
 
 _AVAILABLE_HBM = re.compile(r"exceeds available HBM \(([\d.]+)([KMGT])\)")
 _REQUIRED_HBM = re.compile(r"memory required for [\w ]+ \(([\d.]+)([KMGT])\)")
-_UNITS = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def out_of_memory_bytes(message: str) -> tuple[int | None, int | None]:
@@ -190,9 +213,11 @@ def out_of_memory_bytes(message: str) -> tuple[int | None, int | None]:
     The compiler prints binary units ("... required for HLO temporaries (531.70G) exceeds available HBM
     (95.74G)"), rounded to 0.01 of the unit.
     """
+
     def parse(pattern):
         match = pattern.search(message)
         return None if match is None else int(float(match.group(1)) * _UNITS[match.group(2)])
+
     return parse(_REQUIRED_HBM), parse(_AVAILABLE_HBM)
 
 
@@ -211,8 +236,9 @@ def compiler_hbm_bytes(device: jax.Device) -> int | None:
 
     mesh = Mesh(np.asarray([device]), ("one",))
     replicated = NamedSharding(mesh, PartitionSpec())
-    too_big = jax.jit(lambda x: jnp.sort(jnp.outer(x, x), axis=1)[:, :1], in_shardings=replicated,
-                      out_shardings=replicated)
+    too_big = jax.jit(
+        lambda x: jnp.sort(jnp.outer(x, x), axis=1)[:, :1], in_shardings=replicated, out_shardings=replicated
+    )
     try:
         too_big.lower(jax.ShapeDtypeStruct((1 << 18,), jnp.float32)).compile()
     except Exception as error:  # noqa: BLE001 - the expected refusal

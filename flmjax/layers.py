@@ -28,8 +28,9 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-def declare(module: nn.Module, name: str, shape: Sequence[int], axes: Axes,
-            init: Callable = nn.initializers.zeros_init()) -> jax.Array:
+def declare(
+    module: nn.Module, name: str, shape: Sequence[int], axes: Axes, init: Callable = nn.initializers.zeros_init()
+) -> jax.Array:
     """A parameter of `module.param_dtype` carrying logical axis names."""
     if len(axes) != len(shape):
         raise ValueError(f"{name}: {len(shape)} dims but {len(axes)} axis names")
@@ -102,15 +103,16 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, ma
     kv_heads = key.shape[2]
     grouped = query.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
     scores = jnp.einsum("bqkgd,bskd->bkgqs", grouped, key, preferred_element_type=jnp.float32)
-    scores = scores.astype(jnp.float32) * (head_dim ** -0.5)
+    scores = scores.astype(jnp.float32) * (head_dim**-0.5)
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs, value)
     return out.reshape(batch, q_len, heads, head_dim)
 
 
-def chunked_causal_attention(query: jax.Array, key: jax.Array, value: jax.Array, positions: jax.Array,
-                             chunk: int) -> jax.Array:
+def chunked_causal_attention(
+    query: jax.Array, key: jax.Array, value: jax.Array, positions: jax.Array, chunk: int
+) -> jax.Array:
     """`dot_product_attention` with the causal mask of `positions`, one block of `chunk` queries at a time.
 
     Block i attends only to the keys up to its own last position (positions must not decrease along the
@@ -140,7 +142,7 @@ def few_position_attention(query: jax.Array, key: jax.Array, value: jax.Array, m
     f32 = jnp.float32
     head_dim = query.shape[-1]
     scores = jnp.sum(query.astype(f32)[:, :, None] * key.astype(f32)[:, None], axis=-1)  # [b, q, s, heads]
-    scores = jnp.where(mask[..., None], scores * (head_dim ** -0.5), jnp.finfo(f32).min)
+    scores = jnp.where(mask[..., None], scores * (head_dim**-0.5), jnp.finfo(f32).min)
     probs = jax.nn.softmax(scores, axis=2).astype(value.dtype)
     out = jnp.sum(probs.astype(f32)[..., None] * value.astype(f32)[:, None], axis=2)  # [b, q, heads, head_dim]
     return out.astype(value.dtype)
@@ -148,8 +150,10 @@ def few_position_attention(query: jax.Array, key: jax.Array, value: jax.Array, m
 
 def write_to_cache(cache: jax.Array, update: jax.Array, start: jax.Array) -> jax.Array:
     """Writes `update [batch, length, ...]` into `cache [batch, capacity, ...]` at per-row `start [batch]`."""
+
     def write_row(row, new, index):
         return jax.lax.dynamic_update_slice_in_dim(row, new.astype(row.dtype), index, axis=0)
+
     return jax.vmap(write_row)(cache, update, start)
 
 
@@ -174,23 +178,25 @@ class Attention(nn.Module):
         `cache` (optional): {"k", "v": [batch, capacity, kv_heads, head_dim]}, slot `s` holding frame position
         `s` (or, once a one-frame-at-a-time stream passes the capacity, the latest position `= s mod capacity`);
         the new keys and values are written at `positions[:, 0] % capacity`, and each query attends to every
-        slot at or before its own position (all of them, past the capacity). Returns (output [batch, length, embed], updated cache or None).
+        slot at or before its own position (all of them, past the capacity). Returns (output [batch, length, embed],
+        updated cache or None).
         """
         embed = x.shape[-1]
         init = normal_init(self.init_std)
 
         def project(name, heads, axis):
-            kernel = declare(self, f"{name}_kernel", (embed, heads, self.head_dim), ("embed", axis, "head_dim"),
-                             init)
+            kernel = declare(self, f"{name}_kernel", (embed, heads, self.head_dim), ("embed", axis, "head_dim"), init)
             y = jnp.einsum("ble,ehd->blhd", x, kernel.astype(self.dtype))
             if self.qkv_bias:
                 y = y + declare(self, f"{name}_bias", (heads, self.head_dim), (axis, "head_dim")).astype(self.dtype)
             return y
 
-        query = checkpoint_name(apply_rope(project("q", self.num_heads, "heads"), positions, self.rope_theta),
-                                "attention_q")
-        key = checkpoint_name(apply_rope(project("k", self.num_kv_heads, "kv_heads"), positions, self.rope_theta),
-                              "attention_k")
+        query = checkpoint_name(
+            apply_rope(project("q", self.num_heads, "heads"), positions, self.rope_theta), "attention_q"
+        )
+        key = checkpoint_name(
+            apply_rope(project("k", self.num_kv_heads, "kv_heads"), positions, self.rope_theta), "attention_k"
+        )
         value = checkpoint_name(project("v", self.num_kv_heads, "kv_heads"), "attention_v")
 
         if cache is None and 0 < self.chunk < x.shape[1]:
@@ -211,8 +217,9 @@ class Attention(nn.Module):
             attended = dot_product_attention(query, key, value, mask)
 
         attended = checkpoint_name(attended, "attention_out")
-        out_kernel = declare(self, "o_kernel", (self.num_heads, self.head_dim, embed),
-                             ("heads", "head_dim", "embed"), init)
+        out_kernel = declare(
+            self, "o_kernel", (self.num_heads, self.head_dim, embed), ("heads", "head_dim", "embed"), init
+        )
         out = jnp.einsum("blhd,hde->ble", attended, out_kernel.astype(self.dtype))
         if self.out_bias:
             out = out + declare(self, "o_bias", (embed,), ("embed",)).astype(self.dtype)
@@ -237,8 +244,15 @@ class FeedForward(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
-    def _linear(self, name: str, x: jax.Array, features_in: int, features_out: int, axes_in_out: Axes,
-                position: jax.Array | None):
+    def _linear(
+        self,
+        name: str,
+        x: jax.Array,
+        features_in: int,
+        features_out: int,
+        axes_in_out: Axes,
+        position: jax.Array | None,
+    ):
         lead = () if self.num_positions is None else (self.num_positions,)
         lead_axes = () if self.num_positions is None else ("codebook",)
 
@@ -247,8 +261,13 @@ class FeedForward(nn.Module):
                 return weights[: x.shape[-2]]
             return jax.lax.dynamic_slice_in_dim(weights, position, 1, axis=0)
 
-        kernel = declare(self, f"{name}_kernel", (*lead, features_in, features_out), (*lead_axes, *axes_in_out),
-                         normal_init(self.init_std)).astype(self.dtype)
+        kernel = declare(
+            self,
+            f"{name}_kernel",
+            (*lead, features_in, features_out),
+            (*lead_axes, *axes_in_out),
+            normal_init(self.init_std),
+        ).astype(self.dtype)
         if self.num_positions is None:
             y = jnp.einsum("...i,io->...o", x, kernel)
         else:
@@ -296,24 +315,33 @@ class FusedAttention(nn.Module):
         width = x.shape[-1]
         head_dim = width // self.num_heads
         init = normal_init(self.init_std)
-        qkv_kernel = declare(self, "qkv_kernel", (width, 3, self.num_heads, head_dim),
-                             ("depth_embed", None, "depth_heads", "head_dim"), init)
+        qkv_kernel = declare(
+            self,
+            "qkv_kernel",
+            (width, 3, self.num_heads, head_dim),
+            ("depth_embed", None, "depth_heads", "head_dim"),
+            init,
+        )
         qkv = jnp.einsum("bpe,ethd->bpthd", x, qkv_kernel.astype(self.dtype))
         if self.use_bias:
-            qkv = qkv + declare(self, "qkv_bias", (3, self.num_heads, head_dim),
-                                (None, "depth_heads", "head_dim")).astype(self.dtype)
+            qkv = qkv + declare(
+                self, "qkv_bias", (3, self.num_heads, head_dim), (None, "depth_heads", "head_dim")
+            ).astype(self.dtype)
         query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if cache is None:
             length = x.shape[1]
             mask = jnp.broadcast_to(jnp.tril(jnp.ones((length, length), dtype=bool)), (x.shape[0], length, length))
         else:
-            cache = {"k": jax.lax.dynamic_update_slice_in_dim(cache["k"], key.astype(cache["k"].dtype), position, 1),
-                     "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], value.astype(cache["v"].dtype), position, 1)}
+            cache = {
+                "k": jax.lax.dynamic_update_slice_in_dim(cache["k"], key.astype(cache["k"].dtype), position, 1),
+                "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], value.astype(cache["v"].dtype), position, 1),
+            }
             key, value = cache["k"].astype(self.dtype), cache["v"].astype(self.dtype)
             mask = jnp.broadcast_to(jnp.arange(key.shape[1]) <= position, (x.shape[0], 1, key.shape[1]))
         attended = few_position_attention(query, key, value, mask)
-        out_kernel = declare(self, "out_kernel", (self.num_heads, head_dim, width),
-                             ("depth_heads", "head_dim", "depth_embed"), init)
+        out_kernel = declare(
+            self, "out_kernel", (self.num_heads, head_dim, width), ("depth_heads", "head_dim", "depth_embed"), init
+        )
         out = jnp.einsum("bphd,hde->bpe", attended, out_kernel.astype(self.dtype))
         if self.use_bias:
             out = out + declare(self, "out_bias", (width,), ("depth_embed",)).astype(self.dtype)

@@ -92,13 +92,27 @@ class DecoderLayer(nn.Module):
         cfg, dtypes = self.config, _module_dtypes(self.config)
         pdtype = {"param_dtype": cfg.jnp_param_dtype}
         attn_out, cache = Attention(
-            num_heads=cfg.num_attention_heads, num_kv_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
-            rope_theta=cfg.rope_theta, qkv_bias=cfg.attention_bias, out_bias=cfg.o_proj_bias,
-            init_std=cfg.initializer_range, chunk=cfg.attention_chunk, name="attn", **dtypes,
+            num_heads=cfg.num_attention_heads,
+            num_kv_heads=cfg.num_key_value_heads,
+            head_dim=cfg.head_dim,
+            rope_theta=cfg.rope_theta,
+            qkv_bias=cfg.attention_bias,
+            out_bias=cfg.o_proj_bias,
+            init_std=cfg.initializer_range,
+            chunk=cfg.attention_chunk,
+            name="attn",
+            **dtypes,
         )(RMSNorm(cfg.rms_norm_eps, name="input_norm", **pdtype)(x), positions, cache)
         x = x + attn_out
-        mlp = FeedForward(hidden_dim=cfg.intermediate_size, activation=cfg.hidden_act, gated=True,
-                          use_bias=cfg.mlp_bias, init_std=cfg.initializer_range, name="mlp", **dtypes)
+        mlp = FeedForward(
+            hidden_dim=cfg.intermediate_size,
+            activation=cfg.hidden_act,
+            gated=True,
+            use_bias=cfg.mlp_bias,
+            init_std=cfg.initializer_range,
+            name="mlp",
+            **dtypes,
+        )
         x = x + mlp(RMSNorm(cfg.rms_norm_eps, name="post_attn_norm", **pdtype)(x))
         return nn.with_logical_constraint(x, ("batch", "length", "embed")), cache
 
@@ -121,9 +135,15 @@ class TemporalTransformer(nn.Module):
         cfg = self.config
         layer = _rematted(cfg, DecoderLayer, cfg.scan_layers)
         if cfg.scan_layers:
-            stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                            in_axes=(0, nn.broadcast), length=cfg.num_hidden_layers,
-                            metadata_params={nn.PARTITION_NAME: "layers"}, unroll=cfg.scan_unroll)
+            stack = nn.scan(
+                layer,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(0, nn.broadcast),
+                length=cfg.num_hidden_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+                unroll=cfg.scan_unroll,
+            )
             x, cache = stack(cfg, name="layers")(x, cache, positions)
         else:
             new_layers = []
@@ -144,8 +164,9 @@ class TextHead(ConfiguredModule):
     @nn.compact
     def __call__(self, hidden: jax.Array) -> jax.Array:
         cfg = self.config
-        kernel = declare(self, "kernel", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"),
-                         normal_init(cfg.initializer_range))
+        kernel = declare(
+            self, "kernel", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), normal_init(cfg.initializer_range)
+        )
         logits = jnp.einsum("bth,hv->btv", hidden, kernel.astype(hidden.dtype)).astype(jnp.float32)
         if cfg.use_mup:
             logits = logits * cfg.text_logit_scale
@@ -175,10 +196,18 @@ class DepthBlock(nn.Module):
         else:
             attended, cache = attention(normed, position, cache)
         x = x + attended
-        mlp = FeedForward(hidden_dim=cfg.depth_mlp_dim, activation="silu" if cfg.depth_swiglu else "gelu",
-                          gated=cfg.depth_swiglu, use_bias=cfg.depth_bias, init_std=cfg.initializer_range,
-                          num_positions=cfg.aud_channel if cfg.depth_per_position_mlp else None,
-                          embed_axis="depth_embed", mlp_axis="depth_mlp", name="mlp", **dtypes)
+        mlp = FeedForward(
+            hidden_dim=cfg.depth_mlp_dim,
+            activation="silu" if cfg.depth_swiglu else "gelu",
+            gated=cfg.depth_swiglu,
+            use_bias=cfg.depth_bias,
+            init_std=cfg.initializer_range,
+            num_positions=cfg.aud_channel if cfg.depth_per_position_mlp else None,
+            embed_axis="depth_embed",
+            mlp_axis="depth_mlp",
+            name="mlp",
+            **dtypes,
+        )
         x = x + mlp(depth_norm(cfg, "mlp_norm")(x), position)
         return nn.with_logical_constraint(x, ("depth_batch", None, None)), cache
 
@@ -187,8 +216,9 @@ class DepthTransformer(ConfiguredModule):
     """DepthGPT: predicts a frame's codebooks one after another from the temporal hidden state."""
 
     @nn.compact
-    def __call__(self, hidden: jax.Array, tokens: jax.Array, position: jax.Array | None = None,
-                 cache: dict | None = None):
+    def __call__(
+        self, hidden: jax.Array, tokens: jax.Array, position: jax.Array | None = None, cache: dict | None = None
+    ):
         """Teacher-forced: hidden [N,H], tokens [N,n] (`aud_emp` then codebooks 0..n-2) -> float32 logits [N,n,A].
 
         One step (`position` j, a scalar, and `cache` {"k","v": [depth_layers, N, C, heads, head_dim]}):
@@ -198,13 +228,16 @@ class DepthTransformer(ConfiguredModule):
         cfg, dtype = self.config, self.config.jnp_dtype
         init = normal_init(cfg.initializer_range)
         channels, width, positions = cfg.aud_channel, cfg.depth_dim, tokens.shape[-1]
-        linear_in = declare(self, "linear_in", (cfg.hidden_size, channels, width),
-                            ("embed", "codebook", "depth_embed"), init)
-        token_embed = declare(self, "token_embed", (channels, cfg.aud_vocab_size, width),
-                              ("codebook", "audio_vocab", "depth_embed"), init)
+        linear_in = declare(
+            self, "linear_in", (cfg.hidden_size, channels, width), ("embed", "codebook", "depth_embed"), init
+        )
+        token_embed = declare(
+            self, "token_embed", (channels, cfg.aud_vocab_size, width), ("codebook", "audio_vocab", "depth_embed"), init
+        )
         pos_embed = declare(self, "pos_embed", (channels, width), ("codebook", "depth_embed"), init)
-        heads = declare(self, "heads", (channels, width, cfg.aud_vocab_size), ("codebook", "depth_embed", "audio_vocab"),
-                        init)
+        heads = declare(
+            self, "heads", (channels, width, cfg.aud_vocab_size), ("codebook", "depth_embed", "audio_vocab"), init
+        )
         if position is None:
             used = jnp.arange(positions)
 
@@ -215,6 +248,7 @@ class DepthTransformer(ConfiguredModule):
 
             def at_positions(weights, axis=0):
                 return jax.lax.dynamic_slice_in_dim(weights, position, 1, axis=axis)
+
         x = jnp.einsum("nh,hcd->ncd", hidden.astype(dtype), at_positions(linear_in, axis=1).astype(dtype))
         x = x + token_embed[used, tokens].astype(dtype) + at_positions(pos_embed).astype(dtype)
         # N is the flattened [batch, frames] (or the stream's slots). Split it over every device that shares
@@ -223,9 +257,15 @@ class DepthTransformer(ConfiguredModule):
         x = nn.with_logical_constraint(x, ("depth_batch", None, None))
         # Stacked params, but the loop fully unrolled: its few small blocks compile quickly, and XLA's cost
         # analysis, which counts a loop body once, then sees every block.
-        blocks = nn.scan(_rematted(cfg, DepthBlock, scanned=True), variable_axes={"params": 0},
-                         split_rngs={"params": True}, in_axes=(0, nn.broadcast), length=cfg.depth_layers,
-                         metadata_params={nn.PARTITION_NAME: "layers"}, unroll=cfg.depth_layers)
+        blocks = nn.scan(
+            _rematted(cfg, DepthBlock, scanned=True),
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast),
+            length=cfg.depth_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+            unroll=cfg.depth_layers,
+        )
         x, cache = blocks(cfg, name="blocks")(x, cache, position)
         x = depth_norm(cfg, "final_norm")(x)
         logits = jnp.einsum("npd,pda->npa", x, at_positions(heads).astype(dtype)).astype(jnp.float32)
@@ -294,12 +334,16 @@ def abstract_params(config: ModelConfig, boxed: bool = False) -> Params:
 
 
 def _positions(batch: int, frames: int, start: jax.Array | int = 0) -> jax.Array:
-    return jnp.asarray(start, jnp.int32).reshape(-1, 1) + jnp.arange(frames, dtype=jnp.int32)[None, :] + \
-        jnp.zeros((batch, 1), jnp.int32)
+    return (
+        jnp.asarray(start, jnp.int32).reshape(-1, 1)
+        + jnp.arange(frames, dtype=jnp.int32)[None, :]
+        + jnp.zeros((batch, 1), jnp.int32)
+    )
 
 
-def forward(config: ModelConfig, params: Params, text_ids: jax.Array, speak_ids: jax.Array,
-            listen_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+def forward(
+    config: ModelConfig, params: Params, text_ids: jax.Array, speak_ids: jax.Array, listen_ids: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """Full causal pass over whole sequences.
 
     text_ids [B,T], speak_ids [B,T,C], listen_ids [B,T,C] (model inputs, delays and shifts already applied)
@@ -307,16 +351,19 @@ def forward(config: ModelConfig, params: Params, text_ids: jax.Array, speak_ids:
     """
     batch, frames = text_ids.shape
     text_logits, hidden, _ = FLMAudio(config).apply(
-        {"params": params}, text_ids, speak_ids, listen_ids, _positions(batch, frames))
+        {"params": params}, text_ids, speak_ids, listen_ids, _positions(batch, frames)
+    )
     return text_logits, hidden
 
 
-def hidden_states(config: ModelConfig, params: Params, text_ids: jax.Array, speak_ids: jax.Array,
-                  listen_ids: jax.Array) -> jax.Array:
+def hidden_states(
+    config: ModelConfig, params: Params, text_ids: jax.Array, speak_ids: jax.Array, listen_ids: jax.Array
+) -> jax.Array:
     """`forward` without the text head: the final-normed temporal state [B,T,H] alone."""
     batch, frames = text_ids.shape
-    return FLMAudio(config).apply({"params": params}, text_ids, speak_ids, listen_ids, _positions(batch, frames),
-                                  method=FLMAudio.hidden_states)
+    return FLMAudio(config).apply(
+        {"params": params}, text_ids, speak_ids, listen_ids, _positions(batch, frames), method=FLMAudio.hidden_states
+    )
 
 
 def text_logits(config: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
@@ -324,8 +371,9 @@ def text_logits(config: ModelConfig, params: Params, hidden: jax.Array) -> jax.A
     return FLMAudio(config).apply({"params": params}, hidden, method=FLMAudio.text_logits)
 
 
-def embed(config: ModelConfig, params: Params, text_ids: jax.Array, speak_ids: jax.Array,
-          listen_ids: jax.Array) -> jax.Array:
+def embed(
+    config: ModelConfig, params: Params, text_ids: jax.Array, speak_ids: jax.Array, listen_ids: jax.Array
+) -> jax.Array:
     """The multimodal embedding alone: [B,T,H] (after muP's input_mult)."""
     return FLMAudio(config).apply({"params": params}, text_ids, speak_ids, listen_ids, method=FLMAudio.embed)
 
@@ -334,12 +382,17 @@ def init_cache(config: ModelConfig, batch_size: int, max_frames: int, dtype: Any
     """An empty KV cache for `max_frames` frames per session; `length` counts the frames already cached."""
     shape = (config.num_hidden_layers, batch_size, max_frames, config.num_key_value_heads, config.head_dim)
     dtype = config.jnp_dtype if dtype is None else dtype
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-            "length": jnp.zeros((batch_size,), jnp.int32)}
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "length": jnp.zeros((batch_size,), jnp.int32)}
 
 
-def forward_cached(config: ModelConfig, params: Params, cache: KVCache, text_ids: jax.Array,
-                   speak_ids: jax.Array, listen_ids: jax.Array) -> tuple[jax.Array, jax.Array, KVCache]:
+def forward_cached(
+    config: ModelConfig,
+    params: Params,
+    cache: KVCache,
+    text_ids: jax.Array,
+    speak_ids: jax.Array,
+    listen_ids: jax.Array,
+) -> tuple[jax.Array, jax.Array, KVCache]:
     """Extends each session by T frames against its KV cache (a prefill when T > 1, a step when T == 1).
 
     The frames take positions `cache["length"] .. + T - 1` of each row. The caller keeps
@@ -351,7 +404,8 @@ def forward_cached(config: ModelConfig, params: Params, cache: KVCache, text_ids
     positions = _positions(batch, frames, cache["length"])
     layers = {"k": cache["k"], "v": cache["v"]}
     text_logits, hidden, layers = FLMAudio(config).apply(
-        {"params": params}, text_ids, speak_ids, listen_ids, positions, layers)
+        {"params": params}, text_ids, speak_ids, listen_ids, positions, layers
+    )
     return text_logits, hidden, {**layers, "length": cache["length"] + frames}
 
 
@@ -377,22 +431,34 @@ def depth_forward(config: ModelConfig, params: Params, hidden: jax.Array, audio_
 
 def init_depth_cache(config: ModelConfig, batch_size: int, dtype: Any = None) -> KVCache:
     """An empty depth-transformer KV cache for one frame's codebooks: {"k","v": [depth_layers, N, C, heads, hd]}."""
-    shape = (config.depth_layers, batch_size, config.aud_channel, config.depth_heads,
-             config.depth_dim // config.depth_heads)
+    shape = (
+        config.depth_layers,
+        batch_size,
+        config.aud_channel,
+        config.depth_heads,
+        config.depth_dim // config.depth_heads,
+    )
     dtype = config.jnp_dtype if dtype is None else dtype
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
-def depth_step(config: ModelConfig, params: Params, hidden: jax.Array, token: jax.Array, position: jax.Array,
-               cache: KVCache) -> tuple[jax.Array, KVCache]:
+def depth_step(
+    config: ModelConfig, params: Params, hidden: jax.Array, token: jax.Array, position: jax.Array, cache: KVCache
+) -> tuple[jax.Array, KVCache]:
     """One position of the depth transformer against its KV cache (sequential codebook decoding).
 
     hidden [N,H] (final-normed temporal state), token [N] (`aud_emp` at position 0, else codebook position-1),
     position: a scalar 0..C-1 (may be traced) -> (float32 logits [N,A] of codebook `position`, updated cache).
     Equals position `position` of `depth_forward` with the same prefix.
     """
-    logits, cache = FLMAudio(config).apply({"params": params}, hidden, token.astype(jnp.int32),
-                                           jnp.asarray(position, jnp.int32), cache, method=FLMAudio.depth_step)
+    logits, cache = FLMAudio(config).apply(
+        {"params": params},
+        hidden,
+        token.astype(jnp.int32),
+        jnp.asarray(position, jnp.int32),
+        cache,
+        method=FLMAudio.depth_step,
+    )
     return logits[:, 0], cache
 
 

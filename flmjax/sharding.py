@@ -79,23 +79,32 @@ def resolve_mesh_shape(mesh_shape: Mapping[str, int] | Sequence[int], num_device
     else:
         sizes = list(mesh_shape)
         if len(sizes) != len(MESH_AXES):
-            raise ShardingError(f"mesh shape {tuple(sizes)} has {len(sizes)} entries; expected "
-                                f"{len(MESH_AXES)}, one per axis of {MESH_AXES}")
+            raise ShardingError(
+                f"mesh shape {tuple(sizes)} has {len(sizes)} entries; expected "
+                f"{len(MESH_AXES)}, one per axis of {MESH_AXES}"
+            )
     named = dict(zip(MESH_AXES, sizes))
-    bad = [f"{axis}={size!r}" for axis, size in named.items()
-           if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or (size <= 0 and size != -1)]
+    bad = [
+        f"{axis}={size!r}"
+        for axis, size in named.items()
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or (size <= 0 and size != -1)
+    ]
     if bad:
-        raise ShardingError(f"mesh shape {named}: sizes must be positive integers or -1 (the rest), got "
-                            f"{', '.join(bad)}")
+        raise ShardingError(
+            f"mesh shape {named}: sizes must be positive integers or -1 (the rest), got {', '.join(bad)}"
+        )
     rest = [axis for axis, size in named.items() if size == -1]
     if len(rest) > 1:
-        raise ShardingError(f"mesh shape {named}: at most one axis may be -1 (the rest of the devices), "
-                            f"got {len(rest)}: {rest}")
+        raise ShardingError(
+            f"mesh shape {named}: at most one axis may be -1 (the rest of the devices), got {len(rest)}: {rest}"
+        )
     known = math.prod(size for size in sizes if size != -1)
     if rest:
         if num_devices % known:
-            raise ShardingError(f"mesh shape {named}: the other axes hold {known} devices, which does not "
-                                f"divide the {num_devices} devices, so -1 for {rest[0]!r} has no size")
+            raise ShardingError(
+                f"mesh shape {named}: the other axes hold {known} devices, which does not "
+                f"divide the {num_devices} devices, so -1 for {rest[0]!r} has no size"
+            )
         named[rest[0]] = num_devices // known
     elif known != num_devices:
         raise ShardingError(f"mesh shape {named} holds {known} devices, but there are {num_devices} devices")
@@ -124,11 +133,14 @@ def _device_grid(shape: tuple[int, int, int], devices: list[jax.Device]) -> np.n
     slices = len({getattr(device, "slice_index", 0) or 0 for device in devices})
     if slices > 1:
         if shape[0] % slices:
-            raise ShardingError(f"mesh shape {dict(zip(MESH_AXES, shape))}: the devices span {slices} slices, "
-                                f"so the data axis must be a multiple of {slices} (only data parallelism "
-                                "crosses slices)")
-        return mesh_utils.create_hybrid_device_mesh((shape[0] // slices, *shape[1:]), (slices, 1, 1), devices,
-                                                    allow_split_physical_axes=True)
+            raise ShardingError(
+                f"mesh shape {dict(zip(MESH_AXES, shape))}: the devices span {slices} slices, "
+                f"so the data axis must be a multiple of {slices} (only data parallelism "
+                "crosses slices)"
+            )
+        return mesh_utils.create_hybrid_device_mesh(
+            (shape[0] // slices, *shape[1:]), (slices, 1, 1), devices, allow_split_physical_axes=True
+        )
     if devices[0].platform == "tpu":
         try:
             return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
@@ -171,13 +183,17 @@ def sharding_problems(shapes: Any, specs: Any, mesh: Mesh) -> list[str]:
             axes = _mesh_axis_names(entry)
             unknown = [axis for axis in axes if axis not in mesh.shape]
             if unknown:
-                problems.append(f"{_path_name(path)} dim {dim} is sharded over {unknown}, which the mesh "
-                                f"{dict(mesh.shape)} does not have")
+                problems.append(
+                    f"{_path_name(path)} dim {dim} is sharded over {unknown}, which the mesh "
+                    f"{dict(mesh.shape)} does not have"
+                )
                 continue
             ways = math.prod(mesh.shape[axis] for axis in axes)
             if size % ways:
-                problems.append(f"{_path_name(path)} {tuple(leaf.shape)} dim {dim} (size {size}) is not "
-                                f"divisible by mesh axes {axes} of size {ways}")
+                problems.append(
+                    f"{_path_name(path)} {tuple(leaf.shape)} dim {dim} (size {size}) is not "
+                    f"divisible by mesh axes {axes} of size {ways}"
+                )
     return problems
 
 
@@ -189,8 +205,9 @@ def param_shardings(config: ModelConfig, mesh: Mesh, rules: Rules = DEFAULT_RULE
     specs = param_partition_specs(config, rules)
     problems = sharding_problems(model.abstract_params(config), specs, mesh)
     if problems:
-        raise ShardingError(f"{len(problems)} param dims do not fit the mesh {dict(mesh.shape)}:\n  "
-                            + "\n  ".join(problems))
+        raise ShardingError(
+            f"{len(problems)} param dims do not fit the mesh {dict(mesh.shape)}:\n  " + "\n  ".join(problems)
+        )
     return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=_is_spec)
 
 

@@ -35,14 +35,14 @@ def delay_codes(codes: np.ndarray, pad_id: int, delays: tuple[int, ...] = AUDIO_
         raise ValueError(f"{len(delays)} delays for {channels} codebooks")
     delayed = np.full((frames + max(delays), channels), pad_id, dtype=codes.dtype)
     for c, delay in enumerate(delays):
-        delayed[delay:delay + frames, c] = codes[:, c]
+        delayed[delay : delay + frames, c] = codes[:, c]
     return delayed
 
 
 def undelay_codes(delayed: np.ndarray, delays: tuple[int, ...] = AUDIO_DELAYS) -> np.ndarray:
     """delayed [T + max(delays), C] -> codes [T, C]; the inverse of `delay_codes`."""
     frames = delayed.shape[0] - max(delays)
-    return np.stack([delayed[delay:delay + frames, c] for c, delay in enumerate(delays)], axis=1)
+    return np.stack([delayed[delay : delay + frames, c] for c, delay in enumerate(delays)], axis=1)
 
 
 def delay_text(text_row: np.ndarray, wait_id: int) -> np.ndarray:
@@ -55,8 +55,9 @@ def shift_right(row: np.ndarray, fill: int) -> np.ndarray:
     return np.concatenate([np.full((1,) + row.shape[1:], fill, row.dtype), row[:-1]], axis=0)
 
 
-def model_inputs(delayed_text: np.ndarray, delayed_speak: np.ndarray, delayed_listen: np.ndarray, wait_id: int,
-                 pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def model_inputs(
+    delayed_text: np.ndarray, delayed_speak: np.ndarray, delayed_listen: np.ndarray, wait_id: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Delayed grids -> the model's inputs: text and speak shifted right by one (`<wait>`/`aud_pad` first),
     listen unshifted. Shapes [N], [N, C], [N, C]."""
     return shift_right(delayed_text, wait_id), shift_right(delayed_speak, pad_id), delayed_listen

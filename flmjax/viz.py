@@ -55,10 +55,17 @@ def _token_label(token: int, token_text: Callable[[int], str] | None) -> str:
     return token_text(token) if token_text is not None else str(token)
 
 
-def draw_stream_grid(axes: Sequence, arrays: Mapping[str, np.ndarray], wait_id: int, *,
-                     token_text: Callable[[int], str] | None = None, speak_segments: Sequence[FrameSegment] = (),
-                     listen_segments: Sequence[FrameSegment] = (), title: str = "",
-                     code_range: tuple[int, int] = (0, 2048)) -> None:
+def draw_stream_grid(
+    axes: Sequence,
+    arrays: Mapping[str, np.ndarray],
+    wait_id: int,
+    *,
+    token_text: Callable[[int], str] | None = None,
+    speak_segments: Sequence[FrameSegment] = (),
+    listen_segments: Sequence[FrameSegment] = (),
+    title: str = "",
+    code_range: tuple[int, int] = (0, 2048),
+) -> None:
     """Draws one record's streams into four axes (`GRID_AXES`), time (delayed steps) on x.
 
     arrays: `text_targets [N]` (the text row: the monologue as placed, `<wait>` elsewhere), `audio_targets
@@ -84,8 +91,16 @@ def draw_stream_grid(axes: Sequence, arrays: Mapping[str, np.ndarray], wait_id: 
     waits = np.nonzero(text == wait_id)[0]
     text_ax.scatter(waits, np.zeros(len(waits)), marker="|", s=12, color="0.75", label="<wait>")
     for k, step in enumerate(words):  # three staggered rows so that neighbouring pieces overlap less
-        text_ax.text(step, 0.15 + 0.25 * (k % 3), _token_label(int(text[step]), token_text), fontsize=6,
-                     rotation=45, ha="left", va="bottom", clip_on=True)
+        text_ax.text(
+            step,
+            0.15 + 0.25 * (k % 3),
+            _token_label(int(text[step]), token_text),
+            fontsize=6,
+            rotation=45,
+            ha="left",
+            va="bottom",
+            clip_on=True,
+        )
     text_ax.set_ylim(-0.3, 1.2)
     text_ax.set_yticks([])
     text_ax.set_ylabel("text", rotation=0, ha="right", va="center")
@@ -93,22 +108,42 @@ def draw_stream_grid(axes: Sequence, arrays: Mapping[str, np.ndarray], wait_id: 
     for ax, key, name in ((speak_ax, "audio_targets", "speak"), (listen_ax, "listen_ids", "listen")):
         codes = np.asarray(arrays[key]).reshape(steps, NUM_CODEBOOKS).T.astype(np.float64)  # [8, N]
         codes = np.ma.masked_outside(codes, lo, hi - 1)
-        ax.imshow(codes, aspect="auto", interpolation="nearest", cmap="viridis", vmin=lo, vmax=hi - 1,
-                  extent=(-0.5, steps - 0.5, NUM_CODEBOOKS - 0.5, -0.5))
+        ax.imshow(
+            codes,
+            aspect="auto",
+            interpolation="nearest",
+            cmap="viridis",
+            vmin=lo,
+            vmax=hi - 1,
+            extent=(-0.5, steps - 0.5, NUM_CODEBOOKS - 0.5, -0.5),
+        )
         ax.set_yticks([0, NUM_CODEBOOKS - 1], ["c0", f"c{NUM_CODEBOOKS - 1}"])
         ax.set_ylabel(name, rotation=0, ha="right", va="center")
 
-    mask = np.concatenate([np.asarray(arrays["text_mask"]).reshape(1, steps),
-                           np.asarray(arrays["audio_mask"]).reshape(steps, NUM_CODEBOOKS).T]).astype(np.float64)
-    mask_ax.imshow(mask, aspect="auto", interpolation="nearest", cmap=ListedColormap(["white", "#8fbc8f"]),
-                   vmin=0, vmax=1, extent=(-0.5, steps - 0.5, NUM_CODEBOOKS + 0.5, -0.5))
+    mask = np.concatenate(
+        [
+            np.asarray(arrays["text_mask"]).reshape(1, steps),
+            np.asarray(arrays["audio_mask"]).reshape(steps, NUM_CODEBOOKS).T,
+        ]
+    ).astype(np.float64)
+    mask_ax.imshow(
+        mask,
+        aspect="auto",
+        interpolation="nearest",
+        cmap=ListedColormap(["white", "#8fbc8f"]),
+        vmin=0,
+        vmax=1,
+        extent=(-0.5, steps - 0.5, NUM_CODEBOOKS + 0.5, -0.5),
+    )
     mask_ax.set_yticks([0, 1, NUM_CODEBOOKS], ["text", "c0", f"c{NUM_CODEBOOKS - 1}"], fontsize=6)
     mask_ax.set_ylabel("loss mask", rotation=0, ha="right", va="center")
     mask_ax.set_xlabel("step (80 ms frames, delayed grid)")
     mask_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
-    for segments, color, own_ax in ((speak_segments, SPEAK_COLOR, speak_ax),
-                                    (listen_segments, LISTEN_COLOR, listen_ax)):
+    for segments, color, own_ax in (
+        (speak_segments, SPEAK_COLOR, speak_ax),
+        (listen_segments, LISTEN_COLOR, listen_ax),
+    ):
         for segment in segments:
             for edge in (segment[0] - 0.5, segment[1] - 0.5):
                 for ax in (text_ax, own_ax):
@@ -121,19 +156,29 @@ def draw_stream_grid(axes: Sequence, arrays: Mapping[str, np.ndarray], wait_id: 
         text_ax.set_title(title, fontsize=9)
 
 
-def plot_stream_grids(panels: Sequence[Mapping], wait_id: int, *,
-                      token_text: Callable[[int], str] | None = None, width_per_panel: float = 9.0):
+def plot_stream_grids(
+    panels: Sequence[Mapping],
+    wait_id: int,
+    *,
+    token_text: Callable[[int], str] | None = None,
+    width_per_panel: float = 9.0,
+):
     """Stream grids side by side: one column of four axes (`GRID_AXES`) per panel. Each panel is a mapping
     with `arrays` and optionally `title`, `speak_segments`, `listen_segments` (see `draw_stream_grid`).
     Returns the Figure; its axes are ordered panel by panel, each panel's four top to bottom."""
     fig = _figure(width_per_panel * len(panels), 4.6)
-    grid = fig.add_gridspec(len(GRID_AXES), len(panels), height_ratios=(1.3, 1, 1, 0.8), hspace=0.08,
-                            wspace=0.2)
+    grid = fig.add_gridspec(len(GRID_AXES), len(panels), height_ratios=(1.3, 1, 1, 0.8), hspace=0.08, wspace=0.2)
     for column, panel in enumerate(panels):
         axes = [fig.add_subplot(grid[row, column]) for row in range(len(GRID_AXES))]
-        draw_stream_grid(axes, panel["arrays"], wait_id, token_text=token_text,
-                         speak_segments=panel.get("speak_segments", ()),
-                         listen_segments=panel.get("listen_segments", ()), title=panel.get("title", ""))
+        draw_stream_grid(
+            axes,
+            panel["arrays"],
+            wait_id,
+            token_text=token_text,
+            speak_segments=panel.get("speak_segments", ()),
+            listen_segments=panel.get("listen_segments", ()),
+            title=panel.get("title", ""),
+        )
     fig.subplots_adjust(left=0.07, right=0.99, top=0.92, bottom=0.1)
     return fig
 
@@ -145,15 +190,20 @@ def plot_stream_grid(arrays: Mapping[str, np.ndarray], wait_id: int, **kwargs):
 
 
 # ------------------------------------------------------------------------------------------- loss curves
-def plot_losses(history: Mapping[str, Sequence[float]], steps: Sequence[int] | None = None, *, title: str = "",
-                log_scale: bool = True):
+def plot_losses(
+    history: Mapping[str, Sequence[float]],
+    steps: Sequence[int] | None = None,
+    *,
+    title: str = "",
+    log_scale: bool = True,
+):
     """One line per metric (`history[name]`: its values, one per logged step; `steps` default 1, 2, ...),
     labelled with the metric's name; log y axis by default. Returns the Figure (one axes)."""
     fig = _figure(8.0, 3.6)
     ax = fig.add_subplot()
     for name, values in history.items():
         values = np.asarray(values, np.float64)
-        xs = np.arange(1, len(values) + 1) if steps is None else np.asarray(steps)[:len(values)]
+        xs = np.arange(1, len(values) + 1) if steps is None else np.asarray(steps)[: len(values)]
         ax.plot(xs, values, label=name, linewidth=1.2)
     if log_scale:
         ax.set_yscale("log")
@@ -169,9 +219,14 @@ def plot_losses(history: Mapping[str, Sequence[float]], steps: Sequence[int] | N
 
 
 # ------------------------------------------------------------------------------------------- timeline
-def plot_timeline(user_segments: Sequence[tuple[float, float]], model_segments: Sequence[tuple[float, float]],
-                  monologue: Sequence[tuple[float, str]] = (), title: str = "", duration_s: float | None = None,
-                  hidden_tokens=HIDDEN_TOKENS):
+def plot_timeline(
+    user_segments: Sequence[tuple[float, float]],
+    model_segments: Sequence[tuple[float, float]],
+    monologue: Sequence[tuple[float, str]] = (),
+    title: str = "",
+    duration_s: float | None = None,
+    hidden_tokens=HIDDEN_TOKENS,
+):
     """Two lanes of speech-activity bars, "user" (top) and "model" (bottom), on an axis in seconds, with each
     monologue piece `(time_s, text)` written above the model lane at its time (`<wait>`/pad and blank pieces
     are not shown). Returns the Figure (one axes)."""

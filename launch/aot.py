@@ -48,8 +48,13 @@ from ml_collections import config_flags  # noqa: E402
 from flmjax.errors import one_line  # noqa: E402
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "train: a stage config, e.g. configs/pods/v5p_64.py:stage1_post_"
-                                "train_trailing or configs/stages/stage4_duplex_leading.py", lock_config=True)
+config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "train: a stage config, e.g. configs/pods/v5p_64.py:stage1_post_"
+    "train_trailing or configs/stages/stage4_duplex_leading.py",
+    lock_config=True,
+)
 flags.DEFINE_string("topology", None, "TPU topology to compile for, GENERATION:SHAPE (v5p:4x4x4, v5e:16x16, ...)")
 flags.DEFINE_integer("num_slices", 1, "slices of that topology joined by the data-centre network (multi-slice)")
 flags.DEFINE_string("out", None, "write the report (JSON) here")
@@ -61,13 +66,19 @@ flags.DEFINE_bool("estimate", True, "train: also compile the probes behind the s
 flags.DEFINE_string("model", "flm_audio_7b", "stream: a preset name or a released checkpoint folder")
 flags.DEFINE_string("batch", "1,8,64", "stream: batch sizes (sessions) to compile")
 flags.DEFINE_integer("max_frames", 3750, "stream: KV-cache frames per session (3750 = 5 minutes)")
-flags.DEFINE_string("mesh", None, "stream: mesh sizes, e.g. data=1,tensor=8 (default: tensor over every device "
-                    "the model's kv heads allow, data over the rest)")
+flags.DEFINE_string(
+    "mesh",
+    None,
+    "stream: mesh sizes, e.g. data=1,tensor=8 (default: tensor over every device "
+    "the model's kv heads allow, data over the rest)",
+)
 flags.DEFINE_string("dtype", "bfloat16", "stream: compute, weight and cache dtype")
 
-NO_WINDOWED_EINSUM = {"xla_tpu_enable_windowed_einsum_for_all_gather": False,
-                      "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False}
-GIB = 2 ** 30
+NO_WINDOWED_EINSUM = {
+    "xla_tpu_enable_windowed_einsum_for_all_gather": False,
+    "xla_tpu_enable_windowed_einsum_for_reduce_scatter": False,
+}
+GIB = 2**30
 
 
 class AotError(ValueError):
@@ -110,19 +121,24 @@ def compile_lowered(lowered, compiler_options: dict | None = None) -> Compiled:
             raise
         required, _ = hardware.out_of_memory_bytes(message)
         empty = {key: None for key in ("argument", "output", "temp", "alias", "code", "total")}
-        return Compiled(None, time.perf_counter() - start, empty, {"flops": None, "optimal_seconds": None,
-                                                                  "bytes_accessed": None},
-                        error=_first_line(error), required_bytes=required)
-    return Compiled(compiled, time.perf_counter() - start, compiled_lib.memory(compiled),
-                    compiled_lib.cost(compiled))
+        return Compiled(
+            None,
+            time.perf_counter() - start,
+            empty,
+            {"flops": None, "optimal_seconds": None, "bytes_accessed": None},
+            error=_first_line(error),
+            required_bytes=required,
+        )
+    return Compiled(compiled, time.perf_counter() - start, compiled_lib.memory(compiled), compiled_lib.cost(compiled))
 
 
 def _smallest_divisor_above_one(n: int) -> int:
     return next(d for d in range(2, n + 1) if n % d == 0)
 
 
-def loop_estimate(p1: float, pd: float, d: int, layers: int, accumulation: int = 1, pa: float | None = None,
-                  a: int = 2) -> float:
+def loop_estimate(
+    p1: float, pd: float, d: int, layers: int, accumulation: int = 1, pa: float | None = None, a: int = 2
+) -> float:
     """A whole step's cost from probes in which XLA counted each loop body once (see the module docstring).
 
     p1: the program as it is; pd: its layer loop unrolled d-fold; pa: its micro-batch loop unrolled a-fold
@@ -139,10 +155,13 @@ def device_facts(devices) -> dict[str, Any]:
     from flmjax import hardware
 
     chip = hardware.device_chip(devices[0])
-    return {"device_kind": devices[0].device_kind, "devices": len(devices),
-            "slices": hardware.slice_count(devices),
-            "device": None if chip is None else dataclasses.asdict(chip),
-            "hbm_bytes": hardware.compiler_hbm_bytes(devices[0])}
+    return {
+        "device_kind": devices[0].device_kind,
+        "devices": len(devices),
+        "slices": hardware.slice_count(devices),
+        "device": None if chip is None else dataclasses.asdict(chip),
+        "hbm_bytes": hardware.compiler_hbm_bytes(devices[0]),
+    }
 
 
 def _memory_line(report: dict[str, Any]) -> str:
@@ -156,13 +175,21 @@ def _memory_line(report: dict[str, Any]) -> str:
 def _stage_summary(config, spec) -> dict[str, Any]:
     data_parallel = spec.mesh.shape["data"] * spec.mesh.shape["fsdp"]
     micro = spec.global_batch_size // spec.accumulation_steps
-    return {"stage": config.stage, "model": config.model, "mesh": dict(spec.mesh.shape),
-            "global_batch_size": spec.global_batch_size, "sequence_length": spec.sequence_length,
-            "accumulation_steps": spec.accumulation_steps,
-            "micro_batch_per_data_shard": micro // data_parallel,
-            "remat_policy": spec.model_config.remat_policy, "attention_chunk": spec.model_config.attention_chunk,
-            "loss_chunk_frames": spec.loss_config.chunk_frames, "dtype": spec.model_config.dtype,
-            "param_dtype": spec.model_config.param_dtype, "scan_layers": spec.model_config.scan_layers}
+    return {
+        "stage": config.stage,
+        "model": config.model,
+        "mesh": dict(spec.mesh.shape),
+        "global_batch_size": spec.global_batch_size,
+        "sequence_length": spec.sequence_length,
+        "accumulation_steps": spec.accumulation_steps,
+        "micro_batch_per_data_shard": micro // data_parallel,
+        "remat_policy": spec.model_config.remat_policy,
+        "attention_chunk": spec.model_config.attention_chunk,
+        "loss_chunk_frames": spec.loss_config.chunk_frames,
+        "dtype": spec.model_config.dtype,
+        "param_dtype": spec.model_config.param_dtype,
+        "scan_layers": spec.model_config.scan_layers,
+    }
 
 
 def train_report(config, devices, estimate: bool = True, progress: Callable[[str], None] = _say) -> dict[str, Any]:
@@ -174,18 +201,24 @@ def train_report(config, devices, estimate: bool = True, progress: Callable[[str
     spec = loop.stage_step(config, devices)
     facts = device_facts(devices)
     report = {"command": "train", **facts, **_stage_summary(config, spec)}
-    progress(f"compiling {config.stage} ({config.model}, mesh {dict(spec.mesh.shape)}, batch "
-             f"{spec.global_batch_size} x {spec.sequence_length}, accumulation {spec.accumulation_steps}, remat "
-             f"{spec.model_config.remat_policy}) for {facts['devices']} x {facts['device_kind']}")
+    progress(
+        f"compiling {config.stage} ({config.model}, mesh {dict(spec.mesh.shape)}, batch "
+        f"{spec.global_batch_size} x {spec.sequence_length}, accumulation {spec.accumulation_steps}, remat "
+        f"{spec.model_config.remat_policy}) for {facts['devices']} x {facts['device_kind']}"
+    )
     main = compile_lowered(spec.lower())
     report.update(compile_s=main.seconds, memory=main.memory, error=main.error, required_bytes=main.required_bytes)
-    report["fits"] = main.error is None and facts["hbm_bytes"] is not None and \
-        main.memory["total"] <= facts["hbm_bytes"]
+    report["fits"] = (
+        main.error is None and facts["hbm_bytes"] is not None and main.memory["total"] <= facts["hbm_bytes"]
+    )
     if main.compiled is not None:
         summary = compiled_lib.hlo_summary(main.compiled.as_text())
-        report.update(collectives=summary.collectives, loops=summary.loops,
-                      flops_xla_loops_once_per_device=main.cost["flops"],
-                      optimal_seconds_loops_once=main.cost["optimal_seconds"])
+        report.update(
+            collectives=summary.collectives,
+            loops=summary.loops,
+            flops_xla_loops_once_per_device=main.cost["flops"],
+            optimal_seconds_loops_once=main.cost["optimal_seconds"],
+        )
         report["hbm_free_fraction"] = 1 - main.memory["total"] / facts["hbm_bytes"] if facts["hbm_bytes"] else None
     progress(f"  compiled in {main.seconds:.0f} s: {_memory_line(report)}")
 
@@ -220,8 +253,12 @@ def _train_estimate(spec, facts, formula: float, frames: int, progress, main: Co
     for name, lowered in probes.items():
         if name == "P1" and set(_loop_trips(main.compiled)) <= expected:
             # The program itself has no loops but ours (no windowed einsums): it is P1.
-            results[name] = {"compile_s": 0.0, **main.cost, "loop_trip_counts": _loop_trips(main.compiled),
-                             "note": "the compiled step itself (it has no windowed-einsum loops)"}
+            results[name] = {
+                "compile_s": 0.0,
+                **main.cost,
+                "loop_trip_counts": _loop_trips(main.compiled),
+                "note": "the compiled step itself (it has no windowed-einsum loops)",
+            }
             continue
         progress(f"  estimate probe {name} (windowed einsums off)")
         result = compile_lowered(lowered, NO_WINDOWED_EINSUM)
@@ -253,10 +290,16 @@ def _train_estimate(spec, facts, formula: float, frames: int, progress, main: Co
         "flops_xla": None if flops_per_device is None else flops_per_device * devices,
         "estimated_frames_per_s_per_chip": None if not step_s else frames / step_s / devices,
         "estimated_mfu": None if not (step_s and peak) else formula / (step_s * devices * peak),
-        "estimate": {"method": "XLA cost model (optimal_seconds), loops scaled by their trips from probe compiles "
-                               "with windowed einsums off: step = O + A (m + T) + A (L - 1) T",
-                     "layers": layers, "accumulation_steps": accumulation, "layer_unroll": d,
-                     "accumulation_unroll": a, "probes": results, "unexpected_loop_trip_counts": unexpected},
+        "estimate": {
+            "method": "XLA cost model (optimal_seconds), loops scaled by their trips from probe compiles "
+            "with windowed einsums off: step = O + A (m + T) + A (L - 1) T",
+            "layers": layers,
+            "accumulation_steps": accumulation,
+            "layer_unroll": d,
+            "accumulation_unroll": a,
+            "probes": results,
+            "unexpected_loop_trip_counts": unexpected,
+        },
     }
 
 
@@ -266,20 +309,43 @@ def _fmt(value, scale=1.0, digits=2, suffix=""):
 
 
 def train_table(reports: Sequence[dict[str, Any]]) -> str:
-    header = ("stage", "mesh d/f/t", "batch x frames", "micro/shard", "accum", "remat", "GiB/chip", "HBM GiB",
-              "fits", "step s (est.)", "frames/s/chip", "MFU (est.)", "compile s")
+    header = (
+        "stage",
+        "mesh d/f/t",
+        "batch x frames",
+        "micro/shard",
+        "accum",
+        "remat",
+        "GiB/chip",
+        "HBM GiB",
+        "fits",
+        "step s (est.)",
+        "frames/s/chip",
+        "MFU (est.)",
+        "compile s",
+    )
     rows = []
     for r in reports:
         mesh = r["mesh"]
         total = r["memory"].get("total")
-        rows.append((r["stage"], f"{mesh['data']}/{mesh['fsdp']}/{mesh['tensor']}",
-                     f"{r['global_batch_size']} x {r['sequence_length']}", str(r["micro_batch_per_data_shard"]),
-                     str(r["accumulation_steps"]), r["remat_policy"],
-                     _fmt(total if total is not None else r.get("required_bytes"), 1 / GIB) +
-                     ("" if total is not None else " (needed)"),
-                     _fmt(r["hbm_bytes"], 1 / GIB), "yes" if r["fits"] else "NO",
-                     _fmt(r.get("estimated_step_s"), 1, 3), _fmt(r.get("estimated_frames_per_s_per_chip"), 1, 0),
-                     _fmt(r.get("estimated_mfu"), 100, 1, "%"), _fmt(r["compile_s"], 1, 0)))
+        rows.append(
+            (
+                r["stage"],
+                f"{mesh['data']}/{mesh['fsdp']}/{mesh['tensor']}",
+                f"{r['global_batch_size']} x {r['sequence_length']}",
+                str(r["micro_batch_per_data_shard"]),
+                str(r["accumulation_steps"]),
+                r["remat_policy"],
+                _fmt(total if total is not None else r.get("required_bytes"), 1 / GIB)
+                + ("" if total is not None else " (needed)"),
+                _fmt(r["hbm_bytes"], 1 / GIB),
+                "yes" if r["fits"] else "NO",
+                _fmt(r.get("estimated_step_s"), 1, 3),
+                _fmt(r.get("estimated_frames_per_s_per_chip"), 1, 0),
+                _fmt(r.get("estimated_mfu"), 100, 1, "%"),
+                _fmt(r["compile_s"], 1, 0),
+            )
+        )
     return _table(header, rows)
 
 
@@ -290,8 +356,10 @@ def _table(header, rows) -> str:
 
 
 def collectives_table(report: dict[str, Any]) -> str:
-    rows = [(kind, f"{v['count']:.0f}", f"{v['bytes'] / GIB:.3f}", str(v["static"]))
-            for kind, v in (report.get("collectives") or {}).items()]
+    rows = [
+        (kind, f"{v['count']:.0f}", f"{v['bytes'] / GIB:.3f}", str(v["static"]))
+        for kind, v in (report.get("collectives") or {}).items()
+    ]
     return _table(("collective", "per step", "GiB per step", "in HLO"), rows)
 
 
@@ -314,9 +382,11 @@ def sweep_configs(config, devices, axes: SweepAxes, progress=_say) -> list[Any]:
     for tensor, remat, micro in itertools.product(tensors, remats, micros):
         data_parallel = len(devices) // tensor if len(devices) % tensor == 0 else 0
         if not data_parallel or config.data.global_batch_size % (micro * data_parallel):
-            progress(f"  left out: tensor {tensor}, micro-batch {micro}: the global batch "
-                     f"{config.data.global_batch_size} does not split into micro-batches of {micro} sequences per "
-                     f"data-parallel device over {len(devices)} devices")
+            progress(
+                f"  left out: tensor {tensor}, micro-batch {micro}: the global batch "
+                f"{config.data.global_batch_size} does not split into micro-batches of {micro} sequences per "
+                f"data-parallel device over {len(devices)} devices"
+            )
             continue
         variant = config.copy_and_resolve_references()
         variant.unlock()
@@ -374,8 +444,11 @@ def run_train() -> int:
     meta = {"topology": FLAGS.topology, "num_slices": FLAGS.num_slices}
     if FLAGS.sweep:
         try:
-            axes = SweepAxes(tuple(int(x) for x in FLAGS.sweep_tensor.split(",")), tuple(FLAGS.sweep_remat.split(",")),
-                             tuple(int(x) for x in FLAGS.sweep_micro_batch.split(",")))
+            axes = SweepAxes(
+                tuple(int(x) for x in FLAGS.sweep_tensor.split(",")),
+                tuple(FLAGS.sweep_remat.split(",")),
+                tuple(int(x) for x in FLAGS.sweep_micro_batch.split(",")),
+            )
         except ValueError:
             raise AotError("--sweep_tensor and --sweep_micro_batch take comma-separated integers") from None
         from flmjax.config import REMAT_POLICIES
@@ -395,8 +468,11 @@ def run_train() -> int:
     if not report["fits"]:
         needed = report["memory"]["total"] if report["memory"]["total"] is not None else report["required_bytes"]
         over = "" if needed is None else f" by {(needed - report['hbm_bytes']) / GIB:.2f} GiB"
-        print(f"does not fit: needs {_fmt(needed, 1 / GIB)} GiB per device, the compiler allows "
-              f"{_fmt(report['hbm_bytes'], 1 / GIB)} GiB: over{over}", file=sys.stderr)
+        print(
+            f"does not fit: needs {_fmt(needed, 1 / GIB)} GiB per device, the compiler allows "
+            f"{_fmt(report['hbm_bytes'], 1 / GIB)} GiB: over{over}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -429,8 +505,10 @@ def stream_model_config(model: str, dtype: str):
     elif model in config_lib.PRESETS:
         config = config_lib.preset(model)
     else:
-        raise AotError(f"--model {model!r} is neither a preset ({', '.join(sorted(config_lib.PRESETS))}) nor a "
-                       "released checkpoint folder")
+        raise AotError(
+            f"--model {model!r} is neither a preset ({', '.join(sorted(config_lib.PRESETS))}) nor a "
+            "released checkpoint folder"
+        )
     return config.replace(dtype=dtype, param_dtype=dtype)
 
 
@@ -442,8 +520,9 @@ def parse_mesh(text: str) -> dict[str, int]:
         name, _, value = part.partition("=")
         name = name.strip()
         if name not in sharding.MESH_AXES or not value.strip().lstrip("-").isdigit():
-            raise AotError(f"--mesh {text!r}: expected AXIS=SIZE pairs with AXIS one of {sharding.MESH_AXES}, "
-                           f"got {part!r}")
+            raise AotError(
+                f"--mesh {text!r}: expected AXIS=SIZE pairs with AXIS one of {sharding.MESH_AXES}, got {part!r}"
+            )
         sizes[name] = int(value)
     return sizes
 
@@ -477,27 +556,39 @@ def stream_bound_s(config, chip, batch: int, max_frames: int, mesh_shape: dict[s
     tensor, data = mesh_shape.get("tensor", 1), mesh_shape.get("data", 1) * mesh_shape.get("fsdp", 1)
     weights = weight_bytes_per_frame(config, model.abstract_params(config), batch) / tensor
     slots_per_device = batch / data if batch % data == 0 else batch
-    cache = cache_bytes(config, 1, max_frames, jnp.dtype(config.dtype)) * slots_per_device / \
-        (tensor if config.num_key_value_heads % tensor == 0 else 1)
+    cache = (
+        cache_bytes(config, 1, max_frames, jnp.dtype(config.dtype))
+        * slots_per_device
+        / (tensor if config.num_key_value_heads % tensor == 0 else 1)
+    )
     return (weights + cache) / chip["hbm_bandwidth"]
 
 
-def stream_report(config, devices, batch: int, max_frames: int, mesh_shape: dict[str, int],
-                  progress: Callable[[str], None] = _say) -> dict[str, Any]:
+def stream_report(
+    config, devices, batch: int, max_frames: int, mesh_shape: dict[str, int], progress: Callable[[str], None] = _say
+) -> dict[str, Any]:
     from flmjax import compiled as compiled_lib
     from flmjax import sharding
     from flmjax.infer import SamplingConfig, stream
 
     mesh = sharding.make_mesh(mesh_shape, devices)
     facts = device_facts(devices)
-    report = {"command": "stream", **facts, "model_layers": config.num_hidden_layers, "dtype": config.dtype,
-              "batch": batch, "max_frames": max_frames, "mesh": dict(mesh.shape),
-              "slots_split_over_data": batch % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0}
+    report = {
+        "command": "stream",
+        **facts,
+        "model_layers": config.num_hidden_layers,
+        "dtype": config.dtype,
+        "batch": batch,
+        "max_frames": max_frames,
+        "mesh": dict(mesh.shape),
+        "slots_split_over_data": batch % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0,
+    }
     progress(f"compiling the streaming step, batch {batch}, {max_frames}-frame cache, mesh {dict(mesh.shape)}")
     main = compile_lowered(stream.lower_stream_step(config, mesh, batch, max_frames, SamplingConfig()))
     report.update(compile_s=main.seconds, memory=main.memory, error=main.error, required_bytes=main.required_bytes)
-    report["fits"] = main.error is None and facts["hbm_bytes"] is not None and \
-        main.memory["total"] <= facts["hbm_bytes"]
+    report["fits"] = (
+        main.error is None and facts["hbm_bytes"] is not None and main.memory["total"] <= facts["hbm_bytes"]
+    )
     progress(f"  compiled in {main.seconds:.0f} s: {_memory_line(report)}")
     if main.compiled is not None:
         report["collectives"] = compiled_lib.hlo_summary(main.compiled.as_text()).collectives
@@ -505,24 +596,40 @@ def stream_report(config, devices, batch: int, max_frames: int, mesh_shape: dict
         probes = {}
         for name, auto in (("default layouts", False), ("compiler layouts", True)):
             progress(f"  estimate probe: every loop unrolled, windowed einsums off, params in {name}")
-            probe = compile_lowered(stream.lower_stream_step(config, mesh, batch, max_frames, SamplingConfig(),
-                                                             unrolled=True, auto_layouts=auto), NO_WINDOWED_EINSUM)
+            probe = compile_lowered(
+                stream.lower_stream_step(
+                    config, mesh, batch, max_frames, SamplingConfig(), unrolled=True, auto_layouts=auto
+                ),
+                NO_WINDOWED_EINSUM,
+            )
             loops = compiled_lib.hlo_summary(probe.compiled.as_text()).loops if probe.compiled is not None else None
-            probes[name] = {"compile_s": probe.seconds, **probe.cost, "loops_left": None if loops is None else
-                            len(loops), "error": probe.error}
-            progress(f"    {probe.seconds:.0f} s: {_fmt(probe.cost['optimal_seconds'], 1e3)} ms per frame "
-                     f"(bound {_fmt(bound, 1e3)} ms)")
+            probes[name] = {
+                "compile_s": probe.seconds,
+                **probe.cost,
+                "loops_left": None if loops is None else len(loops),
+                "error": probe.error,
+            }
+            progress(
+                f"    {probe.seconds:.0f} s: {_fmt(probe.cost['optimal_seconds'], 1e3)} ms per frame "
+                f"(bound {_fmt(bound, 1e3)} ms)"
+            )
         frame_s = probes["default layouts"]["optimal_seconds"]
         auto_s = probes["compiler layouts"]["optimal_seconds"]
-        report.update(estimated_frame_s=frame_s, estimated_frame_s_compiler_layouts=auto_s, bound_frame_s=bound,
-                      x_bound=None if not (frame_s and bound) else frame_s / bound,
-                      x_bound_compiler_layouts=None if not (auto_s and bound) else auto_s / bound,
-                      real_time=None if frame_s is None else frame_s < FRAME_S,
-                      estimate={"method": "XLA cost model (optimal_seconds) of the step with its layer, codebook "
-                                          "and top-p loops unrolled, windowed einsums off; with the params in "
-                                          "row-major layouts (what stream_step places) and in the layouts the "
-                                          "compiler chooses (a server that places them so once)",
-                                "probes": probes})
+        report.update(
+            estimated_frame_s=frame_s,
+            estimated_frame_s_compiler_layouts=auto_s,
+            bound_frame_s=bound,
+            x_bound=None if not (frame_s and bound) else frame_s / bound,
+            x_bound_compiler_layouts=None if not (auto_s and bound) else auto_s / bound,
+            real_time=None if frame_s is None else frame_s < FRAME_S,
+            estimate={
+                "method": "XLA cost model (optimal_seconds) of the step with its layer, codebook "
+                "and top-p loops unrolled, windowed einsums off; with the params in "
+                "row-major layouts (what stream_step places) and in the layouts the "
+                "compiler chooses (a server that places them so once)",
+                "probes": probes,
+            },
+        )
     return report
 
 
@@ -530,19 +637,41 @@ FRAME_S = 0.08
 
 
 def stream_table(reports: Sequence[dict[str, Any]]) -> str:
-    header = ("batch", "cache frames", "mesh d/t", "GiB/chip", "HBM GiB", "fits", "ms/frame (est.)",
-              "x bound", "ms (compiler layouts)", "x bound", "bound ms", "< 80 ms", "compile s")
+    header = (
+        "batch",
+        "cache frames",
+        "mesh d/t",
+        "GiB/chip",
+        "HBM GiB",
+        "fits",
+        "ms/frame (est.)",
+        "x bound",
+        "ms (compiler layouts)",
+        "x bound",
+        "bound ms",
+        "< 80 ms",
+        "compile s",
+    )
     rows = []
     for r in reports:
         total = r["memory"].get("total")
-        rows.append((str(r["batch"]), str(r["max_frames"]), f"{r['mesh']['data']}/{r['mesh']['tensor']}",
-                     _fmt(total if total is not None else r.get("required_bytes"), 1 / GIB),
-                     _fmt(r["hbm_bytes"], 1 / GIB), "yes" if r["fits"] else "NO",
-                     _fmt(r.get("estimated_frame_s"), 1e3), _fmt(r.get("x_bound"), 1, 2),
-                     _fmt(r.get("estimated_frame_s_compiler_layouts"), 1e3),
-                     _fmt(r.get("x_bound_compiler_layouts"), 1, 2), _fmt(r.get("bound_frame_s"), 1e3, 3),
-                     {True: "yes", False: "NO", None: "-"}[r.get("real_time")],
-                     _fmt(r["compile_s"], 1, 0)))
+        rows.append(
+            (
+                str(r["batch"]),
+                str(r["max_frames"]),
+                f"{r['mesh']['data']}/{r['mesh']['tensor']}",
+                _fmt(total if total is not None else r.get("required_bytes"), 1 / GIB),
+                _fmt(r["hbm_bytes"], 1 / GIB),
+                "yes" if r["fits"] else "NO",
+                _fmt(r.get("estimated_frame_s"), 1e3),
+                _fmt(r.get("x_bound"), 1, 2),
+                _fmt(r.get("estimated_frame_s_compiler_layouts"), 1e3),
+                _fmt(r.get("x_bound_compiler_layouts"), 1, 2),
+                _fmt(r.get("bound_frame_s"), 1e3, 3),
+                {True: "yes", False: "NO", None: "-"}[r.get("real_time")],
+                _fmt(r["compile_s"], 1, 0),
+            )
+        )
     return _table(header, rows)
 
 
@@ -561,8 +690,15 @@ def run_stream() -> int:
 
     mesh = sharding.make_mesh(mesh_shape, devices)  # a mesh that does not match the devices fails here
     stream.stream_param_shardings(config, mesh, batches[0])  # and a model that does not divide over it here
-    reports = [{"topology": FLAGS.topology, "num_slices": FLAGS.num_slices, "model": FLAGS.model,
-                **stream_report(config, devices, batch, FLAGS.max_frames, mesh_shape)} for batch in batches]
+    reports = [
+        {
+            "topology": FLAGS.topology,
+            "num_slices": FLAGS.num_slices,
+            "model": FLAGS.model,
+            **stream_report(config, devices, batch, FLAGS.max_frames, mesh_shape),
+        }
+        for batch in batches
+    ]
     print(stream_table(reports))
     _write({"stream": reports})
     return 0 if all(r["fits"] for r in reports) else 1

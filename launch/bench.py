@@ -62,12 +62,18 @@ def _persistent_cache() -> str | None:
 def environment_header(name: str, settings: Settings, command: str) -> dict[str, Any]:
     device = jax.devices()[0]
     return {
-        "benchmark": name, "command": command,
+        "benchmark": name,
+        "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "jax_version": jax.__version__, "jaxlib_version": importlib.metadata.version("jaxlib"),
-        "backend": jax.default_backend(), "device_kind": device.device_kind, "device_count": jax.device_count(),
-        "cpu_count": os.cpu_count(), "persistent_compilation_cache": _persistent_cache(),
-        "settings": dataclasses.asdict(settings), "param_dtype_for": PARAM_DTYPE_FOR,
+        "jax_version": jax.__version__,
+        "jaxlib_version": importlib.metadata.version("jaxlib"),
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "persistent_compilation_cache": _persistent_cache(),
+        "settings": dataclasses.asdict(settings),
+        "param_dtype_for": PARAM_DTYPE_FOR,
         "flops_sources": bench_forward.FLOPS_SOURCES,
     }
 
@@ -77,8 +83,7 @@ def run_benchmark(name: str, settings: Settings, out: str | os.PathLike, command
     benchmark = BENCHMARKS[name]
     command = shlex.join(sys.argv) if command is None else command
     if _persistent_cache():
-        progress(f"warning: persistent compilation cache {_persistent_cache()} is on; compile times may be "
-                  "cache loads")
+        progress(f"warning: persistent compilation cache {_persistent_cache()} is on; compile times may be cache loads")
     start = time.perf_counter()
     rows = benchmark.run(settings)
     header = {**environment_header(name, settings, command), "elapsed_s": time.perf_counter() - start}
@@ -109,28 +114,53 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     for name, benchmark in BENCHMARKS.items():
         sub = subparsers.add_parser(name, help=(benchmark.run.__doc__ or "").split("\n")[0])
         defaults = benchmark.default_settings()
-        sub.add_argument("--presets", type=_names, default=defaults.presets,
-                         help=f"comma-separated model presets, of {sorted(config_lib.PRESETS)}")
-        sub.add_argument("--dtypes", type=_names, default=defaults.dtypes,
-                         help=f"comma-separated compute dtypes, of {sorted(PARAM_DTYPE_FOR)}")
+        sub.add_argument(
+            "--presets",
+            type=_names,
+            default=defaults.presets,
+            help=f"comma-separated model presets, of {sorted(config_lib.PRESETS)}",
+        )
+        sub.add_argument(
+            "--dtypes",
+            type=_names,
+            default=defaults.dtypes,
+            help=f"comma-separated compute dtypes, of {sorted(PARAM_DTYPE_FOR)}",
+        )
         sub.add_argument("--batch", type=int, default=defaults.batch)
         sub.add_argument("--frames", type=int, default=defaults.frames)
         sub.add_argument("--repeats", type=int, default=defaults.repeats, help="timed runs after one warm-up")
         sub.add_argument("--seed", type=int, default=defaults.seed)
-        sub.add_argument("--workers", type=_counts, default=defaults.workers,
-                         help="data: comma-separated grain worker counts")
-        sub.add_argument("--records", type=int, default=defaults.records,
-                         help="data: synthetic records to build when --data_dir is not given")
+        sub.add_argument(
+            "--workers", type=_counts, default=defaults.workers, help="data: comma-separated grain worker counts"
+        )
+        sub.add_argument(
+            "--records",
+            type=int,
+            default=defaults.records,
+            help="data: synthetic records to build when --data_dir is not given",
+        )
         sub.add_argument("--stage", default=defaults.stage, help="data: stage config under configs/stages")
         sub.add_argument("--data_dir", default=defaults.data_dir, help="data: a built data dir to read instead")
-        sub.add_argument("--meshes", type=_counts, default=defaults.meshes,
-                         help="train: comma-separated mesh sizes (devices on the fsdp axis)")
-        sub.add_argument("--batches", type=_counts, default=defaults.batches,
-                         help="stream, codec: comma-separated batch sizes (concurrent sessions)")
+        sub.add_argument(
+            "--meshes",
+            type=_counts,
+            default=defaults.meshes,
+            help="train: comma-separated mesh sizes (devices on the fsdp axis)",
+        )
+        sub.add_argument(
+            "--batches",
+            type=_counts,
+            default=defaults.batches,
+            help="stream, codec: comma-separated batch sizes (concurrent sessions)",
+        )
         sub.add_argument("--seconds", type=float, default=defaults.seconds, help="codec: seconds of audio per call")
         sub.add_argument("--steps", type=int, default=defaults.steps, help="stream: timed frames per case")
-        sub.add_argument("--slots", type=_counts, default=defaults.slots,
-                         help="serve: comma-separated server slot counts (as many clients each)")
+        sub.add_argument(
+            "--slots",
+            type=_counts,
+            default=defaults.slots,
+            help="serve: comma-separated server slot counts (as many clients each)",
+        )
         sub.add_argument("--out", default=f"bench_results/{name}.json", help="JSON report path")
     return parser.parse_args(argv)
 
@@ -164,10 +194,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     # jax decides once per process whether the cache is used).
     jax.config.update("jax_enable_compilation_cache", False)
     try:
-        settings = Settings(presets=args.presets, dtypes=args.dtypes, batch=args.batch, frames=args.frames,
-                            repeats=args.repeats, seed=args.seed, workers=args.workers, records=args.records,
-                            stage=args.stage, data_dir=args.data_dir, meshes=args.meshes,
-                            batches=args.batches, seconds=args.seconds, steps=args.steps, slots=args.slots)
+        settings = Settings(
+            presets=args.presets,
+            dtypes=args.dtypes,
+            batch=args.batch,
+            frames=args.frames,
+            repeats=args.repeats,
+            seed=args.seed,
+            workers=args.workers,
+            records=args.records,
+            stage=args.stage,
+            data_dir=args.data_dir,
+            meshes=args.meshes,
+            batches=args.batches,
+            seconds=args.seconds,
+            steps=args.steps,
+            slots=args.slots,
+        )
     except ValueError as error:
         sys.exit(f"error: {error}")
     run_benchmark(args.benchmark, settings, args.out, command=shlex.join(["python", "-m", "launch.bench", *argv]))

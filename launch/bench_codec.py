@@ -62,8 +62,10 @@ def _bench_batch_size(config: codec.MimiConfig, params, batch: int, settings: Se
     encode, encode_compile_s = _compile(codec.encode, config, params, audio)
     codes = jax.block_until_ready(encode(params, audio))
     decode, decode_compile_s = _compile(codec.decode, config, params, codes)
-    progress(f"  batch {batch}: compile encode {encode_compile_s:.2f} s, decode {decode_compile_s:.2f} s; "
-             f"timing 1 warm-up + {settings.repeats} runs each")
+    progress(
+        f"  batch {batch}: compile encode {encode_compile_s:.2f} s, decode {decode_compile_s:.2f} s; "
+        f"timing 1 warm-up + {settings.repeats} runs each"
+    )
     encode_s, encode_times = _median_time(lambda: encode(params, audio), settings.repeats)
     decode_s, decode_times = _median_time(lambda: decode(params, codes), settings.repeats)
     pcm = decode(params, codes)
@@ -74,9 +76,11 @@ def _bench_batch_size(config: codec.MimiConfig, params, batch: int, settings: Se
     chunk = audio[..., : config.frame_size]
     encode_step, encode_step_compile_s = _compile(codec.encode_step, config, params, state, chunk)
     decode_step, decode_step_compile_s = _compile(codec.decode_step, config, params, state, codes[..., :1])
-    progress(f"  batch {batch}: compile encode_step {encode_step_compile_s:.2f} s, decode_step "
-             f"{decode_step_compile_s:.2f} s; timing 2 warm-up + {frames} frames")
-    chunks = [audio[..., s * config.frame_size:(s + 1) * config.frame_size] for s in range(frames)]
+    progress(
+        f"  batch {batch}: compile encode_step {encode_step_compile_s:.2f} s, decode_step "
+        f"{decode_step_compile_s:.2f} s; timing 2 warm-up + {frames} frames"
+    )
+    chunks = [audio[..., s * config.frame_size : (s + 1) * config.frame_size] for s in range(frames)]
     latencies = []
     for step in range(frames + 2):
         start = time.perf_counter()
@@ -87,14 +91,24 @@ def _bench_batch_size(config: codec.MimiConfig, params, batch: int, settings: Se
             latencies.append(time.perf_counter() - start)
     latencies_ms = np.asarray(latencies) * 1e3
     return {
-        "benchmark": "codec", "batch": batch, "seconds": seconds, "frames": frames, "repeats": settings.repeats,
-        "encode_compile_s": encode_compile_s, "encode_median_s": encode_s, "encode_times_s": encode_times,
+        "benchmark": "codec",
+        "batch": batch,
+        "seconds": seconds,
+        "frames": frames,
+        "repeats": settings.repeats,
+        "encode_compile_s": encode_compile_s,
+        "encode_median_s": encode_s,
+        "encode_times_s": encode_times,
         "encode_realtime": batch * seconds / encode_s,
-        "decode_compile_s": decode_compile_s, "decode_median_s": decode_s, "decode_times_s": decode_times,
+        "decode_compile_s": decode_compile_s,
+        "decode_median_s": decode_s,
+        "decode_times_s": decode_times,
         "decode_realtime": batch * seconds / decode_s,
-        "encode_step_compile_s": encode_step_compile_s, "decode_step_compile_s": decode_step_compile_s,
+        "encode_step_compile_s": encode_step_compile_s,
+        "decode_step_compile_s": decode_step_compile_s,
         "step_compile_s": encode_step_compile_s + decode_step_compile_s,
-        "frame_p50_ms": float(np.percentile(latencies_ms, 50)), "frame_p99_ms": float(np.percentile(latencies_ms, 99)),
+        "frame_p50_ms": float(np.percentile(latencies_ms, 50)),
+        "frame_p99_ms": float(np.percentile(latencies_ms, 99)),
         "frame_budget_ms": 1e3 / config.frame_rate,
     }
 

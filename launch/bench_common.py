@@ -18,6 +18,8 @@ from flmjax import model
 
 # Compute dtype -> param dtype: bf16 compute runs on bf16 params (no f32 master copy); f32 is f32 throughout.
 PARAM_DTYPE_FOR = {"float32": "float32", "bfloat16": "bfloat16"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """What every benchmark is run over (a benchmark may ignore what does not apply to it)."""
@@ -39,12 +41,21 @@ class Settings:
     slots: tuple[int, ...] = (1, 4, 8, 16)  # serve: server slot counts (and concurrent clients), one row each
 
     def __post_init__(self):
-        problems = [f"unknown preset {p!r}; expected one of {sorted(config_lib.PRESETS)}"
-                    for p in self.presets if p not in config_lib.PRESETS]
-        problems += [f"unknown dtype {d!r}; expected one of {sorted(PARAM_DTYPE_FOR)}"
-                     for d in self.dtypes if d not in PARAM_DTYPE_FOR]
-        problems += [f"{name} must be a positive integer, got {getattr(self, name)}"
-                     for name in ("batch", "frames", "repeats", "records") if getattr(self, name) < 1]
+        problems = [
+            f"unknown preset {p!r}; expected one of {sorted(config_lib.PRESETS)}"
+            for p in self.presets
+            if p not in config_lib.PRESETS
+        ]
+        problems += [
+            f"unknown dtype {d!r}; expected one of {sorted(PARAM_DTYPE_FOR)}"
+            for d in self.dtypes
+            if d not in PARAM_DTYPE_FOR
+        ]
+        problems += [
+            f"{name} must be a positive integer, got {getattr(self, name)}"
+            for name in ("batch", "frames", "repeats", "records")
+            if getattr(self, name) < 1
+        ]
         problems += [f"workers must be >= 0, got {w}" for w in self.workers if w < 0]
         problems += [f"mesh sizes must be positive, got {n}" for n in self.meshes if n < 1]
         problems += [f"batch sizes must be positive, got {n}" for n in self.batches if n < 1]
@@ -93,12 +104,14 @@ def fixed(digits: int, scale: float = 1.0) -> Callable[[Any], str]:
 
 def significant(digits: int, scale: float = 1.0) -> Callable[[Any], str]:
     """`digits` significant figures (trailing zeros kept), never in exponent notation."""
+
     def fmt(value):
         if value is None:
             return "-"
         value *= scale
         magnitude = int(np.floor(np.log10(abs(value)))) if value else 0
         return f"{value:,.{max(0, digits - 1 - magnitude)}f}"
+
     return fmt
 
 

@@ -27,8 +27,10 @@ def _bench_data_dir(settings: Settings, scratch: str) -> str:
         return settings.data_dir
     progress(f"[data] building {settings.records} synthetic records in {scratch}")
     with contextlib.redirect_stdout(sys.stderr):  # its summary is progress here, not the benchmark's table
-        status = cli.run(prepare_data.main, ["--synthetic", str(settings.records), "--seed", str(settings.seed),
-                                             "--out", scratch, "--no_progress"])
+        status = cli.run(
+            prepare_data.main,
+            ["--synthetic", str(settings.records), "--seed", str(settings.seed), "--out", scratch, "--no_progress"],
+        )
     if status != 0:
         raise RuntimeError("building the synthetic corpus failed")
     return scratch
@@ -46,8 +48,10 @@ def run_data_bench(settings: Settings) -> list[dict[str, Any]]:
         tokenizer = text.SentencePieceTokenizer(os.path.join(data_dir, "tokenizer.model"))
         ids = StreamIds(tokenizer.wait_id, config_lib.preset(config.model).aud_pad_id)
         for workers in settings.workers:
-            progress(f"[data] {settings.stage}: batch {settings.batch} x {settings.frames} frames, "
-                      f"{workers} workers, {settings.repeats} timed batches")
+            progress(
+                f"[data] {settings.stage}: batch {settings.batch} x {settings.frames} frames, "
+                f"{workers} workers, {settings.repeats} timed batches"
+            )
             iterator = pipeline.batch_iterator(pipeline.stage_pipeline(config, tokenizer, ids), num_workers=workers)
             try:
                 start = time.perf_counter()
@@ -60,16 +64,29 @@ def run_data_bench(settings: Settings) -> list[dict[str, Any]]:
             finally:
                 if hasattr(iterator, "close"):
                     iterator.close()
-            rows.append({"stage": settings.stage, "workers": workers, "batch": settings.batch,
-                         "frames": settings.frames, "batches": settings.repeats, "first_batch_s": first_batch_s,
-                         "elapsed_s": elapsed, "batches_per_s": settings.repeats / elapsed,
-                         "frames_per_s": settings.repeats * settings.batch * settings.frames / elapsed})
+            rows.append(
+                {
+                    "stage": settings.stage,
+                    "workers": workers,
+                    "batch": settings.batch,
+                    "frames": settings.frames,
+                    "batches": settings.repeats,
+                    "first_batch_s": first_batch_s,
+                    "elapsed_s": elapsed,
+                    "batches_per_s": settings.repeats / elapsed,
+                    "frames_per_s": settings.repeats * settings.batch * settings.frames / elapsed,
+                }
+            )
     return rows
 
 
 DATA_COLUMNS = (
-    Column("stage", "stage"), Column("workers", "workers"), Column("batch", "batch"), Column("frames", "frames"),
-    Column("first batch s", "first_batch_s", fixed(2)), Column("batches/s", "batches_per_s", fixed(2)),
+    Column("stage", "stage"),
+    Column("workers", "workers"),
+    Column("batch", "batch"),
+    Column("frames", "frames"),
+    Column("first batch s", "first_batch_s", fixed(2)),
+    Column("batches/s", "batches_per_s", fixed(2)),
     Column("frames/s", "frames_per_s", fixed(0)),
 )
 

@@ -35,15 +35,17 @@ from launch.bench_common import (
 FLOPS_SOURCES = {
     "xla": "compiled cost_analysis() of the benchmarked program",
     "xla-unrolled": "cost_analysis() of the same forward lowered with scan_layers=False (XLA counts a scanned "
-                    "layer loop's body once, so the compiled count of the scanned program is one layer's worth)",
+    "layer loop's body once, so the compiled count of the scanned program is one layer's worth)",
     "analytic": "2 x matmul params x tokens + 4 x batch x frames^2 x heads x head_dim per layer",
 }
 
 
 def _param_counts(params: model.Params) -> dict[str, int]:
     """Total params, the depth transformer's, and the temporal part (everything `forward` reads: the rest)."""
+
     def count(tree):
         return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
     total, depth = count(params), count(params["depth"])
     return {"params_temporal": total - depth, "params_depth": depth, "params_total": total}
 
@@ -53,7 +55,8 @@ def _analytic_flops(config: config_lib.ModelConfig, params: model.Params, batch:
     matmul_params = sum(
         int(np.prod(leaf.shape))
         for path, leaf in jax.tree_util.tree_leaves_with_path({k: params[k] for k in ("temporal", "text_head")})
-        if str(getattr(path[-1], "key", "")).endswith("kernel"))
+        if str(getattr(path[-1], "key", "")).endswith("kernel")
+    )
     attention = 4 * batch * frames * frames * config.num_attention_heads * config.head_dim
     return 2 * matmul_params * batch * frames + config.num_hidden_layers * attention
 
@@ -64,7 +67,8 @@ def _xla_flops(config, compiled, abstract_inputs) -> tuple[float | None, str]:
         return compiled_lib.cost(compiled)["flops"], "xla"
     unrolled = config.replace(scan_layers=False)
     lowered = jax.jit(functools.partial(model.forward, unrolled)).lower(
-        model.abstract_params(unrolled), *abstract_inputs)
+        model.abstract_params(unrolled), *abstract_inputs
+    )
     return compiled_lib.cost(lowered)["flops"], "xla-unrolled"
 
 
@@ -72,8 +76,9 @@ def _random_inputs(config: config_lib.ModelConfig, batch: int, frames: int, seed
     """Valid model inputs: text ids below the text vocabulary, audio ids below the codec's 2048 codes."""
     rng = np.random.default_rng(seed)
     text_ids = rng.integers(0, config.vocab_size, (batch, frames), dtype=np.int32)
-    speak_ids, listen_ids = (rng.integers(0, config_lib.NUM_CODES, (batch, frames, config.aud_channel),
-                                          dtype=np.int32) for _ in range(2))
+    speak_ids, listen_ids = (
+        rng.integers(0, config_lib.NUM_CODES, (batch, frames, config.aud_channel), dtype=np.int32) for _ in range(2)
+    )
     return tuple(jax.device_put(x) for x in (text_ids, speak_ids, listen_ids))
 
 
@@ -109,11 +114,23 @@ def _bench_forward_case(preset: str, dtype: str, settings: Settings) -> dict[str
     if flops is None:
         flops, source = float(_analytic_flops(config, params, batch, frames)), "analytic"
     return {
-        "benchmark": "forward", "preset": preset, "dtype": dtype, "param_dtype": config.param_dtype,
-        "batch": batch, "frames": frames, **_param_counts(params),
-        "lower_s": lower_s, "compile_s": compile_s, "repeats": settings.repeats, "times_s": times,
-        "median_s": median_s, "min_s": min(times), "frames_per_s": batch * frames / median_s,
-        "flops_per_call": flops, "flops_source": source, "gflops_per_s": flops / median_s / 1e9,
+        "benchmark": "forward",
+        "preset": preset,
+        "dtype": dtype,
+        "param_dtype": config.param_dtype,
+        "batch": batch,
+        "frames": frames,
+        **_param_counts(params),
+        "lower_s": lower_s,
+        "compile_s": compile_s,
+        "repeats": settings.repeats,
+        "times_s": times,
+        "median_s": median_s,
+        "min_s": min(times),
+        "frames_per_s": batch * frames / median_s,
+        "flops_per_call": flops,
+        "flops_source": source,
+        "gflops_per_s": flops / median_s / 1e9,
         "flops_analytic": _analytic_flops(config, params, batch, frames),
         "flops_xla_compiled": compiled_lib.cost(compiled)["flops"],
         **{key: value for key, value in memory_bytes(compiled_lib.memory(compiled)).items() if key != "alias_bytes"},
@@ -129,19 +146,28 @@ def run_forward_bench(settings: Settings) -> list[dict[str, Any]]:
             raise ValueError(f"{settings.frames} frames exceed {preset}'s max_position_embeddings {limit}")
     rows = []
     for i, (preset, dtype) in enumerate(cases, 1):
-        progress(f"[forward {i}/{len(cases)}] {preset} {dtype} (params {PARAM_DTYPE_FOR[dtype]}), "
-                  f"batch {settings.batch} x {settings.frames} frames")
+        progress(
+            f"[forward {i}/{len(cases)}] {preset} {dtype} (params {PARAM_DTYPE_FOR[dtype]}), "
+            f"batch {settings.batch} x {settings.frames} frames"
+        )
         rows.append(_bench_forward_case(preset, dtype, settings))
     return rows
 
 
 FORWARD_COLUMNS = (
-    Column("preset", "preset"), Column("compute", "dtype"), Column("params", "param_dtype"),
-    Column("temporal", "params_temporal", millions), Column("total", "params_total", millions),
-    Column("lower s", "lower_s", fixed(2)), Column("compile s", "compile_s", fixed(2)),
-    Column("median ms", "median_s", fixed(1, 1e3)), Column("min ms", "min_s", fixed(1, 1e3)),
-    Column("frames/s", "frames_per_s", fixed(0)), Column("GFLOP/call", "flops_per_call", significant(3, 1e-9)),
-    Column("GFLOP/s", "gflops_per_s", fixed(1)), Column("flops from", "flops_source"),
+    Column("preset", "preset"),
+    Column("compute", "dtype"),
+    Column("params", "param_dtype"),
+    Column("temporal", "params_temporal", millions),
+    Column("total", "params_total", millions),
+    Column("lower s", "lower_s", fixed(2)),
+    Column("compile s", "compile_s", fixed(2)),
+    Column("median ms", "median_s", fixed(1, 1e3)),
+    Column("min ms", "min_s", fixed(1, 1e3)),
+    Column("frames/s", "frames_per_s", fixed(0)),
+    Column("GFLOP/call", "flops_per_call", significant(3, 1e-9)),
+    Column("GFLOP/s", "gflops_per_s", fixed(1)),
+    Column("flops from", "flops_source"),
     Column("temp MiB", "temp_bytes", fixed(1, 1 / 2**20)),
 )
 

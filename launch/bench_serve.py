@@ -66,10 +66,28 @@ def _health(port: int) -> dict[str, Any]:
 def _start_server(checkpoint: str, slots: int, port: int, seconds: float, log_path: str) -> subprocess.Popen:
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "launch.serve", "--checkpoint", checkpoint, "--mimi", "random", "--slots",
-             str(slots), "--port", str(port), "--max_minutes", str(max(1.0, 2 * seconds / 60)),
-             "--idle_timeout_s", "600", "--stall_s", "60"],
-            stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "launch.serve",
+                "--checkpoint",
+                checkpoint,
+                "--mimi",
+                "random",
+                "--slots",
+                str(slots),
+                "--port",
+                str(port),
+                "--max_minutes",
+                str(max(1.0, 2 * seconds / 60)),
+                "--idle_timeout_s",
+                "600",
+                "--stall_s",
+                "60",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + STARTUP_S
     while "serving" not in open(log_path).read():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -94,9 +112,17 @@ def _serve_case(checkpoint: str, slots: int, settings: Settings, scratch: str) -
         url = f"ws://127.0.0.1:{port}/api/chat"
 
         async def clients():
-            return await asyncio.gather(*[
-                client_lib.converse(f"{url}?seed={i}", speech_like(settings.seconds, settings.seed + i),
-                                    realtime=True, timeout_s=settings.seconds * 4 + 60) for i in range(slots)])
+            return await asyncio.gather(
+                *[
+                    client_lib.converse(
+                        f"{url}?seed={i}",
+                        speech_like(settings.seconds, settings.seed + i),
+                        realtime=True,
+                        timeout_s=settings.seconds * 4 + 60,
+                    )
+                    for i in range(slots)
+                ]
+            )
 
         results = asyncio.run(clients())
         cpu_s, wall_s = _cpu_seconds(process.pid) - cpu_before, time.perf_counter() - wall_before
@@ -110,11 +136,21 @@ def _serve_case(checkpoint: str, slots: int, settings: Settings, scratch: str) -
     served_s = health["frames_served"] * FRAME_S
     voice_s = sum(r.received_samples for r in results) / 24000
     return {
-        "benchmark": "serve", "preset": settings.presets[0], "slots": slots, "clients": slots,
-        "seconds_per_client": settings.seconds, "startup_s": startup_s, "wall_s": wall_s,
-        "ticks": health["ticks"], "tick_p50_ms": health["tick_ms_p50"], "tick_p99_ms": health["tick_ms_p99"],
-        "late_ticks": health["late_ticks"], "underruns": health["underruns"], "served_s": served_s,
-        "voice_received_s": voice_s, "server_cpu_s": cpu_s,
+        "benchmark": "serve",
+        "preset": settings.presets[0],
+        "slots": slots,
+        "clients": slots,
+        "seconds_per_client": settings.seconds,
+        "startup_s": startup_s,
+        "wall_s": wall_s,
+        "ticks": health["ticks"],
+        "tick_p50_ms": health["tick_ms_p50"],
+        "tick_p99_ms": health["tick_ms_p99"],
+        "late_ticks": health["late_ticks"],
+        "underruns": health["underruns"],
+        "served_s": served_s,
+        "voice_received_s": voice_s,
+        "server_cpu_s": cpu_s,
         "cpu_s_per_served_s": cpu_s / served_s if served_s else None,
         "real_time": health["tick_ms_p99"] is not None and health["tick_ms_p99"] < FRAME_S * 1e3,
     }
@@ -131,10 +167,12 @@ def run_serve_bench(settings: Settings) -> list[dict[str, Any]]:
 
 def serve_notes(settings: Settings, rows: list[dict[str, Any]]) -> dict[str, Any]:
     held = [row["slots"] for row in rows if row["real_time"]]
-    notes = [f"most slots held in real time on this machine (tick p99 < 80 ms): {max(held) if held else 0} "
-             f"(of {', '.join(str(row['slots']) for row in rows)} tried)",
-             "released server: one conversation per process (asyncio.Lock), so N conversations are N processes, "
-             "each with its own model and codec copy and batch-1 steps"]
+    notes = [
+        f"most slots held in real time on this machine (tick p99 < 80 ms): {max(held) if held else 0} "
+        f"(of {', '.join(str(row['slots']) for row in rows)} tried)",
+        "released server: one conversation per process (asyncio.Lock), so N conversations are N processes, "
+        "each with its own model and codec copy and batch-1 steps",
+    ]
     return {"notes": notes, "most_real_time_slots": max(held) if held else 0}
 
 

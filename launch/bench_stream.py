@@ -3,10 +3,11 @@
 For every preset x dtype x batch (concurrent sessions) it builds a stream with a `--frames` KV cache, times the
 first step (compilation included; the CLI turns the persistent cache off) and then `--steps` steps, each
 `stream.stream_step` plus the host read of its output frame, as the session scheduler (`Scheduler.step`) runs
-it for a live session. Reported: p50 and p99 per-frame latency, the real-time factor (p50 / 80 ms: below 1 keeps up), the KV-cache memory, and the
-bandwidth lower bound: the bytes a step must read at least (every weight once, except the embedding tables of
-which it reads 17 rows per session, plus the KV cache up to the frames it holds during the timed steps) over the
-machine's measured read bandwidth. `x bound` is measured p50 / bound: how far the step is from the limit.
+it for a live session. Reported: p50 and p99 per-frame latency, the real-time factor (p50 / 80 ms: below 1 keeps
+up), the KV-cache memory, and the bandwidth lower bound: the bytes a step must read at least (every weight once,
+except the embedding tables of which it reads 17 rows per session, plus the KV cache up to the frames it holds
+during the timed steps) over the machine's measured read bandwidth. `x bound` is measured p50 / bound: how far the
+step is from the limit.
 
 Notes above the table give the same bound for the `flm_audio_7b` preset on TPU v5e and H100 (bf16 weights and
 cache, from the preset's sizes and `HBM_BANDWIDTH`), for a few batch sizes and context fills.
@@ -55,22 +56,35 @@ def weight_bytes_per_frame(config: config_lib.ModelConfig, params, batch: int) -
     for group, name in EMBEDDING_TABLES:
         table = params[group][name]
         row_bytes = table.shape[-1] * jnp.dtype(table.dtype).itemsize
-        rows = {"text": 1, "speak": config.aud_channel, "listen": config.aud_channel,
-                "token_embed": config.aud_channel - 1}[name] * batch
-        total += min(rows * row_bytes, table.size * jnp.dtype(table.dtype).itemsize) - \
-            table.size * jnp.dtype(table.dtype).itemsize
+        rows = {
+            "text": 1,
+            "speak": config.aud_channel,
+            "listen": config.aud_channel,
+            "token_embed": config.aud_channel - 1,
+        }[name] * batch
+        total += (
+            min(rows * row_bytes, table.size * jnp.dtype(table.dtype).itemsize)
+            - table.size * jnp.dtype(table.dtype).itemsize
+        )
     return total
 
 
 def cache_bytes(config: config_lib.ModelConfig, batch: int, frames: int, dtype) -> int:
     """K and V of every temporal layer for `frames` frames of `batch` sessions."""
-    return 2 * config.num_hidden_layers * batch * frames * config.num_key_value_heads * config.head_dim * \
-        jnp.dtype(dtype).itemsize
+    return (
+        2
+        * config.num_hidden_layers
+        * batch
+        * frames
+        * config.num_key_value_heads
+        * config.head_dim
+        * jnp.dtype(dtype).itemsize
+    )
 
 
 def measured_read_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
     """Bytes/s of a jitted sum over a large float32 array on the default device (a read-bound loop)."""
-    data = jnp.ones((megabytes * 2 ** 20 // 4,), jnp.float32)
+    data = jnp.ones((megabytes * 2**20 // 4,), jnp.float32)
     total = jax.jit(jnp.sum)
     total(data).block_until_ready()
     times = []
@@ -98,13 +112,25 @@ def _bench_case(preset: str, dtype: str, batch: int, settings: Settings, bandwid
     needed = weights + cache_bytes(config, batch, int(np.ceil(mean_fill)), config.jnp_dtype)
     bound_s = needed / bandwidth
     return {
-        "benchmark": "stream", "preset": preset, "dtype": dtype, "batch": batch, "max_frames": settings.frames,
-        "steps": settings.steps, "first_step_s": first_s, "compile_s_estimate": first_s - p50,
-        "times_s": steady, "p50_ms": p50 * 1e3, "p99_ms": float(np.percentile(steady, 99)) * 1e3,
-        "real_time_factor": p50 / FRAME_S, "frames_per_s": batch / p50,
-        "cache_mib": _nbytes({"k": state.cache["k"], "v": state.cache["v"]}) / 2 ** 20,
-        "weight_bytes_read": weights, "bytes_needed": needed,
-        "read_bandwidth_gbs": bandwidth / 1e9, "bound_ms": bound_s * 1e3, "x_bound": p50 / bound_s,
+        "benchmark": "stream",
+        "preset": preset,
+        "dtype": dtype,
+        "batch": batch,
+        "max_frames": settings.frames,
+        "steps": settings.steps,
+        "first_step_s": first_s,
+        "compile_s_estimate": first_s - p50,
+        "times_s": steady,
+        "p50_ms": p50 * 1e3,
+        "p99_ms": float(np.percentile(steady, 99)) * 1e3,
+        "real_time_factor": p50 / FRAME_S,
+        "frames_per_s": batch / p50,
+        "cache_mib": _nbytes({"k": state.cache["k"], "v": state.cache["v"]}) / 2**20,
+        "weight_bytes_read": weights,
+        "bytes_needed": needed,
+        "read_bandwidth_gbs": bandwidth / 1e9,
+        "bound_ms": bound_s * 1e3,
+        "x_bound": p50 / bound_s,
     }
 
 
@@ -116,10 +142,18 @@ def analytic_7b_bounds() -> list[dict[str, Any]]:
     for chip, bandwidth in HBM_BANDWIDTH.items():
         for batch in ANALYTIC_BATCHES:
             for context in ANALYTIC_CONTEXTS:
-                needed = weight_bytes_per_frame(config, params, batch) + cache_bytes(config, batch, context,
-                                                                                    jnp.bfloat16)
-                rows.append({"chip": chip, "batch": batch, "context_frames": context, "bytes": needed,
-                             "bound_ms": needed / bandwidth * 1e3})
+                needed = weight_bytes_per_frame(config, params, batch) + cache_bytes(
+                    config, batch, context, jnp.bfloat16
+                )
+                rows.append(
+                    {
+                        "chip": chip,
+                        "batch": batch,
+                        "context_frames": context,
+                        "bytes": needed,
+                        "bound_ms": needed / bandwidth * 1e3,
+                    }
+                )
     return rows
 
 
@@ -127,29 +161,44 @@ def run_stream_bench(settings: Settings) -> list[dict[str, Any]]:
     """One row per preset x dtype x batch: per-frame latency of the jitted streaming step vs its bandwidth bound."""
     progress("measuring read bandwidth (jitted sum over 256 MiB)")
     bandwidth = measured_read_bandwidth()
-    return [_bench_case(preset, dtype, batch, settings, bandwidth)
-            for preset in settings.presets for dtype in settings.dtypes for batch in settings.batches]
+    return [
+        _bench_case(preset, dtype, batch, settings, bandwidth)
+        for preset in settings.presets
+        for dtype in settings.dtypes
+        for batch in settings.batches
+    ]
 
 
 def stream_notes(settings: Settings, rows: list[dict[str, Any]]) -> dict[str, Any]:
     analytic = analytic_7b_bounds()
-    lines = [f"measured read bandwidth {rows[0]['read_bandwidth_gbs']:.1f} GB/s (jitted sum over 256 MiB)"] if rows \
-        else []
-    lines.append("flm_audio_7b per-frame bandwidth bound (bf16 weights read once + KV cache; one chip's HBM; the "
-                 "weights do not fit one v5e's 16 GB, shard them over 2+ chips and divide):")
+    lines = (
+        [f"measured read bandwidth {rows[0]['read_bandwidth_gbs']:.1f} GB/s (jitted sum over 256 MiB)"] if rows else []
+    )
+    lines.append(
+        "flm_audio_7b per-frame bandwidth bound (bf16 weights read once + KV cache; one chip's HBM; the "
+        "weights do not fit one v5e's 16 GB, shard them over 2+ chips and divide):"
+    )
     for row in analytic:
-        lines.append(f"  {row['chip']:<9} batch {row['batch']:>2} context {row['context_frames']:>5} frames: "
-                     f"{row['bytes'] / 1e9:6.2f} GB -> {row['bound_ms']:7.2f} ms/frame "
-                     f"(real-time factor {row['bound_ms'] / 1e3 / FRAME_S:.3f})")
+        lines.append(
+            f"  {row['chip']:<9} batch {row['batch']:>2} context {row['context_frames']:>5} frames: "
+            f"{row['bytes'] / 1e9:6.2f} GB -> {row['bound_ms']:7.2f} ms/frame "
+            f"(real-time factor {row['bound_ms'] / 1e3 / FRAME_S:.3f})"
+        )
     return {"notes": lines, "analytic_7b": analytic, "hbm_bandwidth": HBM_BANDWIDTH}
 
 
 STREAM_COLUMNS = (
-    Column("preset", "preset"), Column("dtype", "dtype"), Column("batch", "batch"),
-    Column("cache MiB", "cache_mib", fixed(1)), Column("compile+step1 s", "first_step_s", fixed(2)),
-    Column("p50 ms", "p50_ms", significant(3)), Column("p99 ms", "p99_ms", significant(3)),
-    Column("RTF", "real_time_factor", fixed(3)), Column("frames/s", "frames_per_s", fixed(0)),
-    Column("bytes/frame MiB", "bytes_needed", fixed(2, 2 ** -20)), Column("bound ms", "bound_ms", significant(3)),
+    Column("preset", "preset"),
+    Column("dtype", "dtype"),
+    Column("batch", "batch"),
+    Column("cache MiB", "cache_mib", fixed(1)),
+    Column("compile+step1 s", "first_step_s", fixed(2)),
+    Column("p50 ms", "p50_ms", significant(3)),
+    Column("p99 ms", "p99_ms", significant(3)),
+    Column("RTF", "real_time_factor", fixed(3)),
+    Column("frames/s", "frames_per_s", fixed(0)),
+    Column("bytes/frame MiB", "bytes_needed", fixed(2, 2**-20)),
+    Column("bound ms", "bound_ms", significant(3)),
     Column("x bound", "x_bound", fixed(1)),
 )
 

@@ -47,10 +47,12 @@ from launch.bench_common import Benchmark, Column, Settings, fixed, memory_bytes
 # Compute dtype -> param dtype for training: params and optimizer state stay float32 (the master copy).
 TRAIN_PARAM_DTYPE_FOR = {"float32": "float32", "bfloat16": "float32"}
 TRAIN_DEFAULT_MESHES = (1, 8)
-TRAIN_FLOPS_NOTE = ("flops_formula: model_flops_per_frame (3 x forward matmul FLOPs) x batch x frames; "
-                    "flops_xla_unrolled: compiled cost_analysis() of the same step with scan_layers=False on one "
-                    "device, compiled once per preset x dtype (XLA counts a scanned layer loop's body once, and a "
-                    "partitioned program's count is per device)")
+TRAIN_FLOPS_NOTE = (
+    "flops_formula: model_flops_per_frame (3 x forward matmul FLOPs) x batch x frames; "
+    "flops_xla_unrolled: compiled cost_analysis() of the same step with scan_layers=False on one "
+    "device, compiled once per preset x dtype (XLA counts a scanned layer loop's body once, and a "
+    "partitioned program's count is per device)"
+)
 
 
 def _tokens_per_frame(config: config_lib.ModelConfig) -> int:
@@ -116,8 +118,9 @@ def _xla_unrolled_train_flops(config, settings: Settings, tx, loss_config) -> tu
     so XLA counts one of them)."""
     unrolled = config.replace(scan_layers=False)
     mesh = _train_mesh(1)
-    compiled = step_lib.compile_train_step(unrolled, loss_config, tx, step_lib.state_shardings(unrolled, tx, mesh),
-                                           mesh, settings.batch, settings.frames)
+    compiled = step_lib.compile_train_step(
+        unrolled, loss_config, tx, step_lib.state_shardings(unrolled, tx, mesh), mesh, settings.batch, settings.frames
+    )
     return compiled.flops, compiled.compile_seconds, _while_loops(compiled.run)
 
 
@@ -140,13 +143,24 @@ def _host_memory_problem(memory: dict[str, int | None], devices: int) -> str | N
     available = _available_host_bytes()
     if available is None or devices * per_device <= 0.9 * available:
         return None
-    return (f"skipped: {devices} device(s) x {per_device / 2**30:.2f} GiB (compiled temp + argument + output - "
-            f"aliased) = {devices * per_device / 2**30:.1f} GiB of host memory; {available / 2**30:.1f} GiB "
-            "available")
+    return (
+        f"skipped: {devices} device(s) x {per_device / 2**30:.2f} GiB (compiled temp + argument + output - "
+        f"aliased) = {devices * per_device / 2**30:.1f} GiB of host memory; {available / 2**30:.1f} GiB "
+        "available"
+    )
 
 
-def _bench_train_case(preset: str, dtype: str, devices: int, settings: Settings, tx, loss_config,
-                      xla_flops: float | None, xla_compile_s: float, xla_loops: int | None) -> dict[str, Any]:
+def _bench_train_case(
+    preset: str,
+    dtype: str,
+    devices: int,
+    settings: Settings,
+    tx,
+    loss_config,
+    xla_flops: float | None,
+    xla_compile_s: float,
+    xla_loops: int | None,
+) -> dict[str, Any]:
     batch, frames = settings.batch, settings.frames
     config = _train_config(preset, dtype)
     mesh = _train_mesh(devices)
@@ -154,8 +168,10 @@ def _bench_train_case(preset: str, dtype: str, devices: int, settings: Settings,
     compiled = step_lib.compile_train_step(config, loss_config, tx, shardings, mesh, batch, frames)
     memory = memory_bytes(compiled.memory)
     skipped = _host_memory_problem(memory, devices)
-    progress(f"  compile (lower + compile) {compiled.compile_seconds:.2f} s; "
-              + (skipped if skipped else f"timing 1 warm-up + {settings.repeats} steps"))
+    progress(
+        f"  compile (lower + compile) {compiled.compile_seconds:.2f} s; "
+        + (skipped if skipped else f"timing 1 warm-up + {settings.repeats} steps")
+    )
     times, loss = [], None
     if not skipped:
         # Params drawn on the host (init_params alone takes 10+ s to compile on a small CPU); timing does not
@@ -163,8 +179,9 @@ def _bench_train_case(preset: str, dtype: str, devices: int, settings: Settings,
         params = random_params(config, settings.seed)
         state = step_lib.init_state_sharded(config, tx, jax.random.key(settings.seed), shardings, params=params)
         del params
-        batch_arrays = jax.device_put(_random_train_batch(config, batch, frames, settings.seed),
-                                      step_lib.batch_shardings(mesh))
+        batch_arrays = jax.device_put(
+            _random_train_batch(config, batch, frames, settings.seed), step_lib.batch_shardings(mesh)
+        )
         with sharding.activation_rules(mesh):
             state, step_metrics = jax.block_until_ready(compiled.run(state, batch_arrays))  # warm-up
             for _ in range(settings.repeats):
@@ -183,20 +200,37 @@ def _bench_train_case(preset: str, dtype: str, devices: int, settings: Settings,
     peak, peak_source = _peak_for_mesh(devices)
     parts = [memory[key] for key in ("temp_bytes", "argument_bytes", "output_bytes")]
     return {
-        "benchmark": "train", "preset": preset, "dtype": dtype, "param_dtype": config.param_dtype,
-        "devices": devices, "mesh_shape": dict(mesh.shape), "batch": batch, "frames": frames,
+        "benchmark": "train",
+        "preset": preset,
+        "dtype": dtype,
+        "param_dtype": config.param_dtype,
+        "devices": devices,
+        "mesh_shape": dict(mesh.shape),
+        "batch": batch,
+        "frames": frames,
         "params_total": sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(model.abstract_params(config))),
-        "skipped": skipped, "compile_s": compiled.compile_seconds, "repeats": settings.repeats, "times_s": times,
-        "median_s": median_s, "min_s": min(times, default=None), "final_loss": loss,
-        "frames_per_s": frames_per_s, "tokens_per_frame": _tokens_per_frame(config),
+        "skipped": skipped,
+        "compile_s": compiled.compile_seconds,
+        "repeats": settings.repeats,
+        "times_s": times,
+        "median_s": median_s,
+        "min_s": min(times, default=None),
+        "final_loss": loss,
+        "frames_per_s": frames_per_s,
+        "tokens_per_frame": _tokens_per_frame(config),
         "tokens_per_s": per_step(_tokens_per_frame(config) * batch * frames),
-        **memory, "compiled_bytes": None if None in parts else sum(parts), "peak_rss_bytes": _peak_rss_bytes(),
-        "flops_formula": flops_formula, "flops_xla_unrolled": xla_flops, "xla_unrolled_compile_s": xla_compile_s,
+        **memory,
+        "compiled_bytes": None if None in parts else sum(parts),
+        "peak_rss_bytes": _peak_rss_bytes(),
+        "flops_formula": flops_formula,
+        "flops_xla_unrolled": xla_flops,
+        "xla_unrolled_compile_s": xla_compile_s,
         "xla_unrolled_while_loops": xla_loops,
         "flops_formula_over_xla": None if not xla_flops else flops_formula / xla_flops,
         "flops_xla_scanned_per_device": compiled.flops,
         "achieved_flops_per_s": per_step(flops_formula),
-        "peak_flops_per_device": peak, "peak_flops_source": peak_source,
+        "peak_flops_per_device": peak,
+        "peak_flops_source": peak_source,
         "mfu": None if median_s is None else flops_formula / median_s / (peak * devices),
     }
 
@@ -204,14 +238,21 @@ def _bench_train_case(preset: str, dtype: str, devices: int, settings: Settings,
 def run_train_bench(settings: Settings) -> list[dict[str, Any]]:
     """One row per preset x mesh size x dtype: compile and step times, throughput, memory, FLOPs and MFU of
     the sharded train step."""
-    problems = [f"a {n}-device mesh needs {n} devices; there are {jax.device_count()} (on CPU, run through "
-                f"`python -m launch.bench train`, or set XLA_FLAGS=--xla_force_host_platform_device_count={n})"
-                for n in settings.meshes if n > jax.device_count()]
-    problems += [f"batch {settings.batch} does not divide over a {n}-device mesh"
-                 for n in settings.meshes if settings.batch % n]
-    problems += [f"{settings.frames} frames exceed {p}'s max_position_embeddings "
-                 f"{_train_config(p, 'float32').max_position_embeddings}" for p in settings.presets
-                 if settings.frames > _train_config(p, "float32").max_position_embeddings]
+    problems = [
+        f"a {n}-device mesh needs {n} devices; there are {jax.device_count()} (on CPU, run through "
+        f"`python -m launch.bench train`, or set XLA_FLAGS=--xla_force_host_platform_device_count={n})"
+        for n in settings.meshes
+        if n > jax.device_count()
+    ]
+    problems += [
+        f"batch {settings.batch} does not divide over a {n}-device mesh" for n in settings.meshes if settings.batch % n
+    ]
+    problems += [
+        f"{settings.frames} frames exceed {p}'s max_position_embeddings "
+        f"{_train_config(p, 'float32').max_position_embeddings}"
+        for p in settings.presets
+        if settings.frames > _train_config(p, "float32").max_position_embeddings
+    ]
     if problems:  # fail before the first case, not after an hour of them
         raise ValueError("invalid train bench settings:\n  " + "\n  ".join(problems))
     tx = optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(warmup_steps=0, total_steps=1000))
@@ -224,9 +265,11 @@ def run_train_bench(settings: Settings) -> list[dict[str, Any]]:
             xla = _xla_unrolled_train_flops(_train_config(preset, dtype), settings, tx, loss_config)
             progress(f"  compile {xla[1]:.2f} s, {xla[0] or 0:.4g} FLOPs per step, {xla[2]} while loops left")
             for devices in settings.meshes:
-                progress(f"[train {len(rows) + 1}/{cases}] {preset} {dtype} (params "
-                          f"{TRAIN_PARAM_DTYPE_FOR[dtype]}), mesh of {devices} device(s), batch {settings.batch} x "
-                          f"{settings.frames} frames")
+                progress(
+                    f"[train {len(rows) + 1}/{cases}] {preset} {dtype} (params "
+                    f"{TRAIN_PARAM_DTYPE_FOR[dtype]}), mesh of {devices} device(s), batch {settings.batch} x "
+                    f"{settings.frames} frames"
+                )
                 rows.append(_bench_train_case(preset, dtype, devices, settings, tx, loss_config, *xla))
     return rows
 
@@ -234,40 +277,65 @@ def run_train_bench(settings: Settings) -> list[dict[str, Any]]:
 def train_notes(settings: Settings, rows: list[dict[str, Any]]) -> dict[str, Any]:
     device = jax.devices()[0]
     fake = device.platform == "cpu" and jax.device_count() > 1
-    devices = (f"{jax.device_count()} fake CPU devices (--xla_force_host_platform_device_count) sharing the same "
-               f"{os.cpu_count()} cores: a bigger mesh shows partitioning overhead, not parallel speed-up"
-               if fake else f"{jax.device_count()} x {device.device_kind}")
+    devices = (
+        f"{jax.device_count()} fake CPU devices (--xla_force_host_platform_device_count) sharing the same "
+        f"{os.cpu_count()} cores: a bigger mesh shows partitioning overhead, not parallel speed-up"
+        if fake
+        else f"{jax.device_count()} x {device.device_kind}"
+    )
     sources = sorted({row["peak_flops_source"] for row in rows})
-    notes = [f"devices: {devices}",
-             "tokens/s = frames/s x 17 (per frame: 1 text token + 8 speak + 8 listen audio codes)",
-             "compiled MiB: temp + argument + output bytes of the compiled step, per device (the donated state "
-             "counts in both argument and output); peak RSS: the whole process's so far",
-             "formula GFLOP: model_flops_per_frame x batch x frames; XLA GFLOP: the same step with "
-             "scan_layers=False, compiled on one device; MFU = formula FLOPs / median / (peak per device x "
-             "devices)",
-             *(f"peak: {source}" for source in sources),
-             *(f"{preset}: XLA GFLOP counts each of the {loops} while loops left in the scan_layers=False step "
-               "once: it is too low"
-               for preset, loops in sorted({(row["preset"], row["xla_unrolled_while_loops"]) for row in rows})
-               if loops),
-             *(f"{row['preset']} {row['dtype']} on {row['devices']} device(s) {row['skipped']}"
-               for row in rows if row["skipped"])]
-    return {"notes": notes, "fake_cpu_devices": fake, "param_dtype_for": TRAIN_PARAM_DTYPE_FOR,
-            "tokens_per_frame": 17, "flops_note": TRAIN_FLOPS_NOTE}
+    notes = [
+        f"devices: {devices}",
+        "tokens/s = frames/s x 17 (per frame: 1 text token + 8 speak + 8 listen audio codes)",
+        "compiled MiB: temp + argument + output bytes of the compiled step, per device (the donated state "
+        "counts in both argument and output); peak RSS: the whole process's so far",
+        "formula GFLOP: model_flops_per_frame x batch x frames; XLA GFLOP: the same step with "
+        "scan_layers=False, compiled on one device; MFU = formula FLOPs / median / (peak per device x "
+        "devices)",
+        *(f"peak: {source}" for source in sources),
+        *(
+            f"{preset}: XLA GFLOP counts each of the {loops} while loops left in the scan_layers=False step "
+            "once: it is too low"
+            for preset, loops in sorted({(row["preset"], row["xla_unrolled_while_loops"]) for row in rows})
+            if loops
+        ),
+        *(
+            f"{row['preset']} {row['dtype']} on {row['devices']} device(s) {row['skipped']}"
+            for row in rows
+            if row["skipped"]
+        ),
+    ]
+    return {
+        "notes": notes,
+        "fake_cpu_devices": fake,
+        "param_dtype_for": TRAIN_PARAM_DTYPE_FOR,
+        "tokens_per_frame": 17,
+        "flops_note": TRAIN_FLOPS_NOTE,
+    }
 
 
 TRAIN_COLUMNS = (
-    Column("preset", "preset"), Column("compute", "dtype"), Column("devices", "devices"),
-    Column("compile s", "compile_s", fixed(2)), Column("median s", "median_s", fixed(3)),
-    Column("min s", "min_s", fixed(3)), Column("frames/s", "frames_per_s", fixed(1)),
-    Column("tokens/s", "tokens_per_s", fixed(0)), Column("compiled MiB", "compiled_bytes", fixed(1, 1 / 2**20)),
+    Column("preset", "preset"),
+    Column("compute", "dtype"),
+    Column("devices", "devices"),
+    Column("compile s", "compile_s", fixed(2)),
+    Column("median s", "median_s", fixed(3)),
+    Column("min s", "min_s", fixed(3)),
+    Column("frames/s", "frames_per_s", fixed(1)),
+    Column("tokens/s", "tokens_per_s", fixed(0)),
+    Column("compiled MiB", "compiled_bytes", fixed(1, 1 / 2**20)),
     Column("peak RSS MiB", "peak_rss_bytes", fixed(0, 1 / 2**20)),
     Column("formula GFLOP", "flops_formula", significant(4, 1e-9)),
     Column("XLA GFLOP", "flops_xla_unrolled", significant(4, 1e-9)),
     Column("formula/XLA", "flops_formula_over_xla", fixed(3)),
     Column("GFLOP/s", "achieved_flops_per_s", fixed(1, 1e-9)),
-    Column("peak GFLOP/s/dev", "peak_flops_per_device", fixed(1, 1e-9)), Column("MFU %", "mfu", fixed(1, 100)),
+    Column("peak GFLOP/s/dev", "peak_flops_per_device", fixed(1, 1e-9)),
+    Column("MFU %", "mfu", fixed(1, 100)),
 )
 
-BENCHMARK = Benchmark(run_train_bench, TRAIN_COLUMNS, notes=train_notes,
-                      defaults=(("dtypes", ("float32",)), ("batch", 8), ("meshes", TRAIN_DEFAULT_MESHES)))
+BENCHMARK = Benchmark(
+    run_train_bench,
+    TRAIN_COLUMNS,
+    notes=train_notes,
+    defaults=(("dtypes", ("float32",)), ("batch", 8), ("meshes", TRAIN_DEFAULT_MESHES)),
+)

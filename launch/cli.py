@@ -38,8 +38,16 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 # The error types that mean "this input is missing or damaged", not "this code is wrong".
-INPUT_ERRORS = (UserError, OSError, EOFError, struct.error, json.JSONDecodeError, UnicodeDecodeError,
-                zipfile.BadZipFile, SafetensorError)
+INPUT_ERRORS = (
+    UserError,
+    OSError,
+    EOFError,
+    struct.error,
+    json.JSONDecodeError,
+    UnicodeDecodeError,
+    zipfile.BadZipFile,
+    SafetensorError,
+)
 
 
 def describe(error: BaseException) -> str:

@@ -46,8 +46,9 @@ class Conversation:
     closed_by_server: tuple[int, str] | None = None  # (code, reason) of a close frame the server sent first
 
 
-async def converse(url: str, user: np.ndarray, *, realtime: bool = False, timeout_s: float = 120.0,
-                   on_text=None) -> Conversation:
+async def converse(
+    url: str, user: np.ndarray, *, realtime: bool = False, timeout_s: float = 120.0, on_text=None
+) -> Conversation:
     """Streams `user` (float32 mono at 24 kHz) to the server at `url` and collects its answer, until the voice
     that came back is as long as what was sent (or `timeout_s`)."""
     import sphn
@@ -57,7 +58,7 @@ async def converse(url: str, user: np.ndarray, *, realtime: bool = False, timeou
     writer, reader = sphn.OpusStreamWriter(SAMPLE_RATE), sphn.OpusStreamReader(SAMPLE_RATE)
     frames = -(-len(user) // FRAME)
     padded = np.zeros((frames + FLUSH_FRAMES) * FRAME, np.float32)
-    padded[:len(user)] = user
+    padded[: len(user)] = user
     voice, text = [], []
     start = time.monotonic()
     try:
@@ -83,7 +84,7 @@ async def converse(url: str, user: np.ndarray, *, realtime: bool = False, timeou
         async def send() -> None:
             began = time.monotonic()
             for index in range(0, len(padded), FRAME):
-                writer.append_pcm(padded[index:index + FRAME])
+                writer.append_pcm(padded[index : index + FRAME])
                 pages = writer.read_bytes()
                 if pages:
                     try:
@@ -122,9 +123,10 @@ async def converse(url: str, user: np.ndarray, *, realtime: bool = False, timeou
     total = received()
     spoken = np.concatenate([np.zeros(FRAME, np.float32)] + voice) if voice else np.zeros(0, np.float32)
     aligned = np.zeros(len(user), np.float32)
-    aligned[:min(len(user), len(spoken))] = spoken[:len(user)]
-    return Conversation(voice=aligned, text=text, handshake_s=handshake_s, received_samples=total,
-                        closed_by_server=closed_by_server)
+    aligned[: min(len(user), len(spoken))] = spoken[: len(user)]
+    return Conversation(
+        voice=aligned, text=text, handshake_s=handshake_s, received_samples=total, closed_by_server=closed_by_server
+    )
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -147,15 +149,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ClientError(f"output exists: {args.out} (use --overwrite to replace)")
     user = audio_lib.load_audio(args.wav, SAMPLE_RATE, mono=True)[0]
     url = args.url if args.seed is None else f"{args.url}{'&' if '?' in args.url else '?'}seed={args.seed}"
-    result = asyncio.run(converse(url, user, realtime=args.realtime, timeout_s=args.timeout_s,
-                                  on_text=lambda piece: print(piece, end="", flush=True)))
+    result = asyncio.run(
+        converse(
+            url,
+            user,
+            realtime=args.realtime,
+            timeout_s=args.timeout_s,
+            on_text=lambda piece: print(piece, end="", flush=True),
+        )
+    )
     print()
     audio_lib.write_wav(args.out, np.stack([user, result.voice]), SAMPLE_RATE)
-    print(f"wrote {args.out} ({len(user) / SAMPLE_RATE:.2f} s, stereo: user left, model right); "
-          f"{result.received_samples / SAMPLE_RATE:.2f} s of voice received", file=sys.stderr)
+    print(
+        f"wrote {args.out} ({len(user) / SAMPLE_RATE:.2f} s, stereo: user left, model right); "
+        f"{result.received_samples / SAMPLE_RATE:.2f} s of voice received",
+        file=sys.stderr,
+    )
     if result.closed_by_server is not None:
-        print(f"the server ended the conversation: {result.closed_by_server[1] or result.closed_by_server[0]}",
-              file=sys.stderr)
+        print(
+            f"the server ended the conversation: {result.closed_by_server[1] or result.closed_by_server[0]}",
+            file=sys.stderr,
+        )
     return 0
 
 

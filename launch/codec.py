@@ -55,6 +55,7 @@ class CodecCliError(UserError, ValueError):
 # ---------------------------------------------------------------------------------------------------------------
 # Streaming in windows.
 
+
 @functools.partial(jax.jit, static_argnums=0)
 def _decode_window(config, params, state, codes):
     """codes [B, 8, W] -> (state, pcm [B, 1, W * frame_size])."""
@@ -65,19 +66,21 @@ def _decode_window(config, params, state, codes):
 
 def _bar(total: int, desc: str, enabled: bool):
     import tqdm
-    return tqdm.tqdm(total=total, desc=desc, unit="frame", disable=not enabled, dynamic_ncols=True,
-                     file=sys.stderr)
+
+    return tqdm.tqdm(total=total, desc=desc, unit="frame", disable=not enabled, dynamic_ncols=True, file=sys.stderr)
 
 
-def encode_audio(config, params, audio: np.ndarray, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
-                 progress: bool = False) -> np.ndarray:
+def encode_audio(
+    config, params, audio: np.ndarray, chunk_frames: int = DEFAULT_CHUNK_FRAMES, progress: bool = False
+) -> np.ndarray:
     """Mono signals `[B, n]` at 24 kHz -> int16 codes `[B, 8, ceil(n / 1920)]` (`flmjax.codec.stream_encode`)."""
     with _bar(-(-audio.shape[1] // config.frame_size), "encoding", progress) as bar:
         return stream_encode(config, params, audio, chunk_frames, on_window=bar.update)
 
 
-def decode_codes(config, params, codes: np.ndarray, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
-                 progress: bool = False) -> np.ndarray:
+def decode_codes(
+    config, params, codes: np.ndarray, chunk_frames: int = DEFAULT_CHUNK_FRAMES, progress: bool = False
+) -> np.ndarray:
     """Codes `[B, 8, T]` -> float32 pcm `[B, 1920 * T]` at 24 kHz, streaming in windows."""
     batch, _, frames = codes.shape
     windows = -(-frames // chunk_frames)
@@ -87,14 +90,15 @@ def decode_codes(config, params, codes: np.ndarray, chunk_frames: int = DEFAULT_
     out = []
     with _bar(frames, "decoding", progress) as bar:
         for w in range(windows):
-            state, pcm = _decode_window(config, params, state, padded[..., w * chunk_frames:(w + 1) * chunk_frames])
+            state, pcm = _decode_window(config, params, state, padded[..., w * chunk_frames : (w + 1) * chunk_frames])
             out.append(np.asarray(pcm[:, 0]))
             bar.update(min(chunk_frames, frames - w * chunk_frames))
-    return np.concatenate(out, axis=-1)[:, :frames * config.frame_size]
+    return np.concatenate(out, axis=-1)[:, : frames * config.frame_size]
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The command line.
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = cli.ArgumentParser(prog="python -m launch.codec", description=__doc__.split("\n")[0])
@@ -104,16 +108,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         command.add_argument("input", metavar=source)
         command.add_argument("output", metavar=target)
         command.add_argument("--mimi", required=True, help="folder with model.safetensors [+ mimi_config.json]")
-        command.add_argument("--chunk_frames", type=int, default=DEFAULT_CHUNK_FRAMES,
-                             help="frames per compiled streaming window (12.5 per second)")
+        command.add_argument(
+            "--chunk_frames",
+            type=int,
+            default=DEFAULT_CHUNK_FRAMES,
+            help="frames per compiled streaming window (12.5 per second)",
+        )
         command.add_argument("--overwrite", action="store_true", help="replace an existing output")
         command.add_argument("--no_progress", action="store_true", help="no progress bar")
         if name == "encode":
-            command.add_argument("--allow_nonfinite", action="store_true",
-                                 help="encode NaN/Inf samples as silence (with a warning) instead of refusing")
+            command.add_argument(
+                "--allow_nonfinite",
+                action="store_true",
+                help="encode NaN/Inf samples as silence (with a warning) instead of refusing",
+            )
         if name == "decode":
-            command.add_argument("--dtype", choices=("int16", "float32"), default="int16",
-                                 help="WAV sample format (int16 saturates at full scale)")
+            command.add_argument(
+                "--dtype",
+                choices=("int16", "float32"),
+                default="int16",
+                help="WAV sample format (int16 saturates at full scale)",
+            )
     args = parser.parse_args(argv)
     if args.chunk_frames <= 0:
         parser.error("--chunk_frames must be positive")
@@ -128,8 +143,10 @@ def _read_codes(path: str) -> np.ndarray:
     if codes.ndim == 2:
         codes = codes[None]
     if codes.ndim != 3 or codes.shape[1] != 8 or codes.shape[2] == 0 or not np.issubdtype(codes.dtype, np.integer):
-        raise CodecCliError(f"{path}: codes of shape {codes.shape} and dtype {codes.dtype}; expected integers "
-                            "[channels, 8, T] or [8, T] with T > 0")
+        raise CodecCliError(
+            f"{path}: codes of shape {codes.shape} and dtype {codes.dtype}; expected integers "
+            "[channels, 8, T] or [8, T] with T > 0"
+        )
     if codes.min() < 0 or codes.max() >= 2048:
         raise CodecCliError(f"{path}: codes must be in 0..2047, found {codes.min()}..{codes.max()}")
     return codes
@@ -155,9 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     channels, _, frames = codes.shape
     duration = frames / config.frame_rate
-    print(f"{args.command}d {args.input} -> {args.output}: {channels} channel(s), {frames} frames, "
-          f"{duration:.2f} s of audio ({frames * config.frame_size} samples at {config.sample_rate} Hz) "
-          f"in {seconds:.2f} s, real-time factor {seconds / duration:.3f} (compile included)")
+    print(
+        f"{args.command}d {args.input} -> {args.output}: {channels} channel(s), {frames} frames, "
+        f"{duration:.2f} s of audio ({frames * config.frame_size} samples at {config.sample_rate} Hz) "
+        f"in {seconds:.2f} s, real-time factor {seconds / duration:.3f} (compile included)"
+    )
     return 0
 
 

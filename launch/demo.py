@@ -29,8 +29,9 @@ def count_params(tree) -> int:
 
 
 def main(argv=None) -> None:
-    parser = cli.ArgumentParser(prog="python -m launch.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(
+        prog="python -m launch.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="tiny", choices=sorted(flm_config.PRESETS))
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
@@ -41,9 +42,11 @@ def main(argv=None) -> None:
     config = flm_config.preset(args.preset)
     start = time.perf_counter()
     params = jax.jit(functools.partial(model.init_params, config))(jax.random.key(args.seed))
-    print(f"model {args.preset}: {count_params(params) / 1e6:.2f}M params "
-          f"(temporal {count_params({k: v for k, v in params.items() if k != 'depth'}) / 1e6:.2f}M, "
-          f"depth {count_params(params['depth']) / 1e6:.2f}M), initialised in {time.perf_counter() - start:.1f}s")
+    print(
+        f"model {args.preset}: {count_params(params) / 1e6:.2f}M params "
+        f"(temporal {count_params({k: v for k, v in params.items() if k != 'depth'}) / 1e6:.2f}M, "
+        f"depth {count_params(params['depth']) / 1e6:.2f}M), initialised in {time.perf_counter() - start:.1f}s"
+    )
 
     # One session: the user speaks random codes; the model's own rows start from <wait> / aud_pad.
     rng = np.random.default_rng(args.seed)
@@ -54,8 +57,7 @@ def main(argv=None) -> None:
     speak_codes = rng.integers(0, 2048, (1, frames, config.aud_channel))
     speak_codes[:, 0] = config.aud_pad_id
 
-    text_logits, hidden = jax.jit(functools.partial(model.forward, config))(params, text_ids, speak_codes,
-                                                                            listen_codes)
+    text_logits, hidden = jax.jit(functools.partial(model.forward, config))(params, text_ids, speak_codes, listen_codes)
     print(f"forward: text_logits {text_logits.shape} {text_logits.dtype}, hidden {hidden.shape}")
     print("greedy text token per frame:", np.asarray(jnp.argmax(text_logits[0], -1)).tolist())
 
@@ -63,8 +65,9 @@ def main(argv=None) -> None:
     cache = model.init_cache(config, batch_size=1, max_frames=frames)
     streamed = []
     for t in range(frames):
-        logits, _, cache = step(params, cache, text_ids[:, t:t + 1], speak_codes[:, t:t + 1],
-                                listen_codes[:, t:t + 1])
+        logits, _, cache = step(
+            params, cache, text_ids[:, t : t + 1], speak_codes[:, t : t + 1], listen_codes[:, t : t + 1]
+        )
         streamed.append(logits)
     difference = float(jnp.max(jnp.abs(jnp.concatenate(streamed, 1) - text_logits)))
     print(f"KV-cached, one frame at a time: max |logits - forward| = {difference:.2e}")

@@ -118,13 +118,18 @@ def _format(value) -> str:
 def table(columns: dict[str, dict]) -> str:
     """Rows of TABLE_ROWS (those any column has), one column per model plus `reference`."""
     names = list(columns)
-    rows = [(label, [columns[n].get(key) for n in names]) for key, label in TABLE_ROWS
-            if any(key in columns[n] for n in names)]
+    rows = [
+        (label, [columns[n].get(key) for n in names])
+        for key, label in TABLE_ROWS
+        if any(key in columns[n] for n in names)
+    ]
     width = max(len(label) for label, _ in rows)
     widths = [max(12, len(n)) for n in names]
     lines = [" " * width + "  " + "  ".join(n.rjust(w) for n, w in zip(names, widths))]
-    lines += [label.ljust(width) + "  " + "  ".join(_format(v).rjust(w) for v, w in zip(values, widths))
-              for label, values in rows]
+    lines += [
+        label.ljust(width) + "  " + "  ".join(_format(v).rjust(w) for v, w in zip(values, widths))
+        for label, values in rows
+    ]
     return "\n".join(lines)
 
 
@@ -150,35 +155,57 @@ def run_tokens(args) -> int:
         except (KeyError, ValueError) as error:
             raise EvalError(f"--untrained: {error}") from None
         params = model.init_params(config, jax.random.key(args.seed))
-        models.append((f"untrained {args.untrained}", config, params, None,
-                       f"fresh {args.untrained} params (seed {args.seed})"))
+        models.append(
+            (f"untrained {args.untrained}", config, params, None, f"fresh {args.untrained} params (seed {args.seed})")
+        )
 
     tokenizer_path = args.tokenizer or os.path.join(args.data_dir, "tokenizer.model")
     tokenizer = text.load_tokenizer(tokenizer_path) if os.path.exists(tokenizer_path) else None
-    report: dict[str, Any] = {"command": ["python", "-m", "launch.eval", *args.argv], "data": repr(source),
-                              "dialogs": len(records), "frames": args.frames or None,
-                              "text_temperature": args.text_temperature, "models": {}}
+    report: dict[str, Any] = {
+        "command": ["python", "-m", "launch.eval", *args.argv],
+        "data": repr(source),
+        "dialogs": len(records),
+        "frames": args.frames or None,
+        "text_temperature": args.text_temperature,
+        "models": {},
+    }
     columns: dict[str, dict] = {}
     reference = None
     for name, config, params, stage_config, description in models:
         if tokenizer is not None:
             text.check_compatible(tokenizer, config)
         rule = _placement_rule(args, stage_config) if tokenizer is not None else None
-        print(f"{name}: {description}; {len(records)} dialogs, "
-              f"{'first ' + str(args.frames) + ' frames' if args.frames else 'whole records'}, "
-              f"{'greedy' if args.text_temperature <= 0 else f'text temperature {args.text_temperature}'}, monologue "
-              f"{rule.placement if rule else 'not scored'}", file=sys.stderr, flush=True)
+        print(
+            f"{name}: {description}; {len(records)} dialogs, "
+            f"{'first ' + str(args.frames) + ' frames' if args.frames else 'whole records'}, "
+            f"{'greedy' if args.text_temperature <= 0 else f'text temperature {args.text_temperature}'}, monologue "
+            f"{rule.placement if rule else 'not scored'}",
+            file=sys.stderr,
+            flush=True,
+        )
         start = time.perf_counter()
-        result = dialogs.evaluate_dialogs(config, params, records, tokenizer, batch_size=args.batch,
-                                          max_frames=args.frames or None, seed=args.seed, quality_rule=rule,
-                                          sampling=dialogs.decoding(args.text_temperature),
-                                          silence_codes=SILENCE_FRAME)
+        result = dialogs.evaluate_dialogs(
+            config,
+            params,
+            records,
+            tokenizer,
+            batch_size=args.batch,
+            max_frames=args.frames or None,
+            seed=args.seed,
+            quality_rule=rule,
+            sampling=dialogs.decoding(args.text_temperature),
+            silence_codes=SILENCE_FRAME,
+        )
         seconds = time.perf_counter() - start
         print(f"{name}: evaluated in {seconds:.1f}s", file=sys.stderr, flush=True)
         columns[name] = result.metrics
         reference = reference or result.reference
-        report["models"][name] = {"checkpoint": description, "placement": rule.placement if rule else None,
-                                  "seconds": seconds, **result.to_json()}
+        report["models"][name] = {
+            "checkpoint": description,
+            "placement": rule.placement if rule else None,
+            "seconds": seconds,
+            **result.to_json(),
+        }
     columns["reference"] = reference
     report["reference"] = reference
     print(table(columns))
@@ -201,21 +228,35 @@ def add_fdb_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=4, help="samples streamed together as one batch")
     parser.add_argument("--greedy", action="store_true", help="argmax decoding (with the repetition penalties)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--max_frames", type=int,
-                        help="KV cache frames per session (default: the longest sample of the dataset)")
-    parser.add_argument("--sliding_window", action="store_true",
-                        help="past max_frames, attend to the last max_frames frames instead of stopping")
+    parser.add_argument(
+        "--max_frames", type=int, help="KV cache frames per session (default: the longest sample of the dataset)"
+    )
+    parser.add_argument(
+        "--sliding_window",
+        action="store_true",
+        help="past max_frames, attend to the last max_frames frames instead of stopping",
+    )
     parser.add_argument("--limit", type=int, help="only the first N samples (in path order)")
     parser.add_argument("--no_score", action="store_true", help="run the model only; no summary")
-    parser.add_argument("--transcripts", choices=("flmjax", "keep"), default="flmjax",
-                        help="flmjax: write every output.json with flmjax's recogniser (PocketSphinx); keep: score "
-                        "an output.json already there (e.g. from FDB's get_transcript/asr.py), write only missing ones")
-    parser.add_argument("--icc_gt", help="FDB's icc_gt_distribution.json (in its repository, v1_v1.5/evaluation/; "
-                        "non-commercial licence) for the backchannel JSD")
+    parser.add_argument(
+        "--transcripts",
+        choices=("flmjax", "keep"),
+        default="flmjax",
+        help="flmjax: write every output.json with flmjax's recogniser (PocketSphinx); keep: score "
+        "an output.json already there (e.g. from FDB's get_transcript/asr.py), write only missing ones",
+    )
+    parser.add_argument(
+        "--icc_gt",
+        help="FDB's icc_gt_distribution.json (in its repository, v1_v1.5/evaluation/; "
+        "non-commercial licence) for the backchannel JSD",
+    )
     parser.add_argument("--tokenizer", help="show the monologue in timeline.png as text with this tokenizer")
     parser.add_argument("--timeline", help="the sample (path under --data) drawn in timeline.png")
-    parser.add_argument("--allow_nonfinite", action="store_true",
-                        help="hear NaN/Inf samples of an input.wav as silence (with a warning) instead of skipping it")
+    parser.add_argument(
+        "--allow_nonfinite",
+        action="store_true",
+        help="hear NaN/Inf samples of an input.wav as silence (with a warning) instead of skipping it",
+    )
 
 
 def _stderr(line: str) -> None:
@@ -237,10 +278,12 @@ def run_fdb_command(args: argparse.Namespace) -> int:
     skipped: dict[str, str] = {}  # rel -> why it is neither run nor scored
     found = fdb_io.discover_samples(data, skipped)
     if args.limit is not None:
-        found = found[:max(0, args.limit)]
+        found = found[: max(0, args.limit)]
     if not found and not skipped:
-        raise FdbError(f"no FDB samples under {data} (folders with input.wav and turn_taking.json, pause.json, "
-                       "interrupt.json or metadata.json, or input.wav under a *backchannel* folder)")
+        raise FdbError(
+            f"no FDB samples under {data} (folders with input.wav and turn_taking.json, pause.json, "
+            "interrupt.json or metadata.json, or input.wav under a *backchannel* folder)"
+        )
     skipped.update({s.rel: problem for s in found if (problem := fdb_io.sample_problem(s)) is not None})
     for rel, reason in sorted(skipped.items()):
         _stderr(f"fdb: warning: skipping {rel}: {reason}")
@@ -249,9 +292,11 @@ def run_fdb_command(args: argparse.Namespace) -> int:
         raise FdbError(f"every sample under {data} was skipped: {_reasons(skipped)}")
     tasks = sorted({s.task for s in samples})
     pending = [s for s in samples if not fdb_io.is_complete(s, out)]
-    _stderr(f"fdb: {len(samples)} samples in {len(tasks)} tasks ({', '.join(tasks)}); "
-            f"{len(samples) - len(pending)} already done, {len(pending)} to run" +
-            (f"; {len(skipped)} skipped" if skipped else ""))
+    _stderr(
+        f"fdb: {len(samples)} samples in {len(tasks)} tasks ({', '.join(tasks)}); "
+        f"{len(samples) - len(pending)} already done, {len(pending)} to run"
+        + (f"; {len(skipped)} skipped" if skipped else "")
+    )
     if not pending:
         _stderr(f"fdb: nothing new to do: every sample has its {fdb_io.OUTPUT_WAV} in {out}")
     else:
@@ -262,14 +307,28 @@ def run_fdb_command(args: argparse.Namespace) -> int:
         mimi_config, mimi_params = codec.load_codec(args.mimi)
         # The longest session of all samples, not just the pending ones: a resumed run compiles the same cache.
         max_frames = args.max_frames or max(fdb_run.session_frames(s, p) for s in samples for p in s.prefixes)
-        stats = fdb_run.run_samples(pending, out, config, params, mimi_config, mimi_params, batch=args.batch,
-                                    sampling=SamplingConfig.greedy() if args.greedy else SamplingConfig(),
-                                    seed=args.seed, max_frames=max_frames, sliding_window=args.sliding_window,
-                                    log=_stderr, done_before=len(samples) - len(pending), total=len(samples),
-                                    allow_nonfinite=args.allow_nonfinite)
+        stats = fdb_run.run_samples(
+            pending,
+            out,
+            config,
+            params,
+            mimi_config,
+            mimi_params,
+            batch=args.batch,
+            sampling=SamplingConfig.greedy() if args.greedy else SamplingConfig(),
+            seed=args.seed,
+            max_frames=max_frames,
+            sliding_window=args.sliding_window,
+            log=_stderr,
+            done_before=len(samples) - len(pending),
+            total=len(samples),
+            allow_nonfinite=args.allow_nonfinite,
+        )
         skipped.update(stats.skipped)
-        _stderr(f"fdb: ran {stats.samples} samples, {stats.audio_s:.1f} s of audio in {stats.wall_s:.1f} s wall "
-                f"(real-time factor {stats.real_time_factor:.2f}, compilation included)")
+        _stderr(
+            f"fdb: ran {stats.samples} samples, {stats.audio_s:.1f} s of audio in {stats.wall_s:.1f} s wall "
+            f"(real-time factor {stats.real_time_factor:.2f}, compilation included)"
+        )
     finished = [s for s in samples if s.rel not in skipped and fdb_io.is_complete(s, out)]
     if not finished:
         raise FdbError(f"no sample finished: {len(skipped)} skipped ({_reasons(skipped)})")
@@ -284,8 +343,16 @@ def run_fdb_command(args: argparse.Namespace) -> int:
             raise FdbError(f"--tokenizer {args.tokenizer}: {error}") from None
     icc_gt = fdb_score.load_icc_gt(args.icc_gt) if args.icc_gt else None
     md_path, json_path, timeline_path = fdb_score.score_samples(
-        samples, out, transcripts=args.transcripts, icc_gt=icc_gt, tokenizer=tokenizer,
-        timeline_sample=args.timeline, skipped=skipped, allow_nonfinite=args.allow_nonfinite, log=_stderr)
+        samples,
+        out,
+        transcripts=args.transcripts,
+        icc_gt=icc_gt,
+        tokenizer=tokenizer,
+        timeline_sample=args.timeline,
+        skipped=skipped,
+        allow_nonfinite=args.allow_nonfinite,
+        log=_stderr,
+    )
     print(md_path.read_text())
     print(f"wrote {md_path}, {json_path}" + (f", {timeline_path}" if timeline_path else ""))
     return 0
@@ -301,8 +368,9 @@ def _print_skipped(skipped: dict[str, str], total: int) -> None:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = cli.ArgumentParser(prog="python -m launch.eval", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    tokens = commands.add_parser("tokens", help="token-level duplex metrics of the streaming model on dialog "
-                                 "records with known turns (no audio)")
+    tokens = commands.add_parser(
+        "tokens", help="token-level duplex metrics of the streaming model on dialog records with known turns (no audio)"
+    )
     tokens.add_argument("--checkpoint", help="a training workdir, the main job's workdir, or a released folder")
     tokens.add_argument("--step", type=int, help="checkpoint step (default: newest)")
     tokens.add_argument("--untrained", metavar="PRESET", help="also evaluate fresh params of this preset")
@@ -311,20 +379,33 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     tokens.add_argument("--split", default="validation_dialog")
     tokens.add_argument("--dialogs", type=int, default=0, help="first N records of the split (0: all)")
     tokens.add_argument("--batch", type=int, default=8, help="dialogs streamed in parallel")
-    tokens.add_argument("--frames", type=int, default=0,
-                        help="evaluate each dialog's first N frames (0: whole records)")
-    tokens.add_argument("--placement", choices=("auto", "leading", "trailing", "none"), default="auto",
-                        help="monologue quality: auto = the checkpoint's stage (else leading)")
+    tokens.add_argument(
+        "--frames", type=int, default=0, help="evaluate each dialog's first N frames (0: whole records)"
+    )
+    tokens.add_argument(
+        "--placement",
+        choices=("auto", "leading", "trailing", "none"),
+        default="auto",
+        help="monologue quality: auto = the checkpoint's stage (else leading)",
+    )
     tokens.add_argument("--lead_frames", type=int, default=2)
     tokens.add_argument("--trail_frames", type=int, default=1)
     tokens.add_argument("--tokenizer", help="default: DATA_DIR/tokenizer.model")
-    tokens.add_argument("--text_temperature", type=float, default=0.0,
-                        help="0: greedy; else sample the monologue token at this temperature (audio argmax)")
+    tokens.add_argument(
+        "--text_temperature",
+        type=float,
+        default=0.0,
+        help="0: greedy; else sample the monologue token at this temperature (audio argmax)",
+    )
     tokens.add_argument("--seed", type=int, default=0, help="untrained params and sampling")
     tokens.add_argument("--out", help="write the figures and per-dialog details as JSON")
-    add_fdb_arguments(commands.add_parser(
-        "fdb", help="Full-Duplex-Bench file contract: stream each sample's input.wav, write a time-synchronous "
-        "output.wav, score the outputs (see flmjax.eval.fdb_run)"))
+    add_fdb_arguments(
+        commands.add_parser(
+            "fdb",
+            help="Full-Duplex-Bench file contract: stream each sample's input.wav, write a time-synchronous "
+            "output.wav, score the outputs (see flmjax.eval.fdb_run)",
+        )
+    )
     args = parser.parse_args(argv)
     args.argv = list(argv)
     return args

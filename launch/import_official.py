@@ -37,8 +37,9 @@ def import_official(src: str | os.PathLike, workdir: str | os.PathLike, param_dt
     directory = ckpt_lib.checkpoint_dir(workdir)
     files.check_apart(directory, [src], what="the checkpoint folder")
     if os.path.isdir(directory) and os.listdir(directory):
-        raise ImportRefusedError(f"{directory} already holds checkpoints ({sorted(os.listdir(directory))[:5]}); "
-                                 "import into a fresh workdir")
+        raise ImportRefusedError(
+            f"{directory} already holds checkpoints ({sorted(os.listdir(directory))[:5]}); import into a fresh workdir"
+        )
     config, params = load_official(src, param_dtype=param_dtype)
     cpu = jax.devices("cpu")[0]
     state = {"step": jnp.asarray(IMPORT_STEP, jnp.int32), "params": jax.device_put(params, cpu)}

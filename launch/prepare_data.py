@@ -49,25 +49,49 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", help="JSON-lines manifest (flmjax.data.manifest)")
     source.add_argument("--synthetic", type=int, metavar="N", help="build from N generated records instead")
-    source.add_argument("--audio-manifest", "--audio_manifest", dest="audio_manifest", metavar="M.jsonl",
-                        help="JSON lines {\"path\": \"x.wav\", \"duration\": s} of stereo recordings with x.json "
-                             "alignments beside them (moshi-finetune's layout)")
+    source.add_argument(
+        "--audio-manifest",
+        "--audio_manifest",
+        dest="audio_manifest",
+        metavar="M.jsonl",
+        help='JSON lines {"path": "x.wav", "duration": s} of stereo recordings with x.json '
+        "alignments beside them (moshi-finetune's layout)",
+    )
     parser.add_argument("--seed", type=int, help="seed of --synthetic (default 0)")
-    parser.add_argument("--tokenizer_vocab_size", type=int, default=1000,
-                        help="with --synthetic: most pieces of the SentencePiece model trained into "
-                             "DATA_DIR/tokenizer.model (a small corpus gives fewer)")
+    parser.add_argument(
+        "--tokenizer_vocab_size",
+        type=int,
+        default=1000,
+        help="with --synthetic: most pieces of the SentencePiece model trained into "
+        "DATA_DIR/tokenizer.model (a small corpus gives fewer)",
+    )
     recorded = parser.add_argument_group("with --audio-manifest")
     recorded.add_argument("--mimi", help="Mimi folder: model.safetensors [+ mimi_config.json]")
-    recorded.add_argument("--gap_s", type=float, default=recordings.GAP_S,
-                          help="a silence longer than this (seconds) between words starts a new segment")
-    recorded.add_argument("--sentence_end", default=recordings.SENTENCE_END,
-                          help="characters that end a sentence (and a segment) when they end a word")
-    recorded.add_argument("--main_speaker", default=recordings.MAIN_SPEAKER,
-                          help="the alignments' speaker label of the assistant (left channel); any other "
-                               "label is the user")
-    recorded.add_argument("--mono-as", "--mono_as", dest="mono_as", choices=recordings.MONO_AS, default="reject",
-                          help="mono files: reject them, or keep them as single-speaker utterances "
-                               "(TTS-style if the speaker is the main one, else ASR-style)")
+    recorded.add_argument(
+        "--gap_s",
+        type=float,
+        default=recordings.GAP_S,
+        help="a silence longer than this (seconds) between words starts a new segment",
+    )
+    recorded.add_argument(
+        "--sentence_end",
+        default=recordings.SENTENCE_END,
+        help="characters that end a sentence (and a segment) when they end a word",
+    )
+    recorded.add_argument(
+        "--main_speaker",
+        default=recordings.MAIN_SPEAKER,
+        help="the alignments' speaker label of the assistant (left channel); any other label is the user",
+    )
+    recorded.add_argument(
+        "--mono-as",
+        "--mono_as",
+        dest="mono_as",
+        choices=recordings.MONO_AS,
+        default="reject",
+        help="mono files: reject them, or keep them as single-speaker utterances "
+        "(TTS-style if the speaker is the main one, else ASR-style)",
+    )
     recorded.add_argument("--batch_files", type=int, default=4, help="files encoded together")
     parser.add_argument("--out", required=True, help="data dir: the dataset goes to OUT/NAME/1.0.0")
     parser.add_argument("--name", help="dataset name (default: dialogs; synthetic with --synthetic)")
@@ -95,8 +119,10 @@ def write_synthetic_manifest(num_records: int, seed: int, folder: str) -> str:
     Splits are named `{train,validation}_{dialog,asr,tts}`, so that a stage can draw each kind of record with
     its own task (see configs/stages).
     """
-    pairs = ((example.record, f"{example.split}_{example.kind}")
-             for example in synthetic.generate_examples(num_records=num_records, seed=seed))
+    pairs = (
+        (example.record, f"{example.split}_{example.kind}")
+        for example in synthetic.generate_examples(num_records=num_records, seed=seed)
+    )
     return write_manifest(pairs, folder)
 
 
@@ -113,8 +139,9 @@ def build_synthetic(args: argparse.Namespace) -> BuildSummary:
         manifest = os.path.join(source, os.path.basename(generated))
         if existing is None or not os.path.isfile(manifest):  # a build is due, or the corpus was deleted
             files.swap_in(staging, source)
-    summary = existing or dataset.build_dataset(manifest, args.out, name=args.name, progress=not args.no_progress,
-                                                overwrite=args.overwrite)
+    summary = existing or dataset.build_dataset(
+        manifest, args.out, name=args.name, progress=not args.no_progress, overwrite=args.overwrite
+    )
     train_synthetic_tokenizer(manifest, args.out, args.tokenizer_vocab_size)
     return summary
 
@@ -125,8 +152,13 @@ def train_synthetic_tokenizer(manifest: str, out: str, vocab_size: int) -> str:
     if os.path.exists(path):
         print(f"tokenizer {path} exists: kept", file=sys.stderr)
         return path
-    sentences = [segment.text for entry in read_manifest(manifest) if entry.split.startswith("train")
-                 for channel in CHANNELS for segment in entry.load().segments(channel)]
+    sentences = [
+        segment.text
+        for entry in read_manifest(manifest)
+        if entry.split.startswith("train")
+        for channel in CHANNELS
+        for segment in entry.load().segments(channel)
+    ]
     model = text.train_sentencepiece(sentences, vocab_size, hard_vocab_limit=False)
     with open(path + ".tmp", "wb") as f:
         f.write(model)
@@ -146,14 +178,25 @@ def prepare_recordings(args: argparse.Namespace) -> recordings.PreparedRecording
 
     rule = recordings.GroupingRule(args.gap_s, args.sentence_end, args.main_speaker)
     prepared = recordings.prepare_recordings(
-        args.audio_manifest, os.path.join(args.out, f"{args.name}_source"), encoder,
-        codec.codec_fingerprint(args.mimi), rule, args.mono_as, args.batch_files, progress=not args.no_progress)
-    print(f"recordings: {prepared.records} usable, {prepared.encoded} encoded now, {prepared.reused} already "
-          f"encoded, {len(prepared.rejections)} rejected", file=sys.stderr)
+        args.audio_manifest,
+        os.path.join(args.out, f"{args.name}_source"),
+        encoder,
+        codec.codec_fingerprint(args.mimi),
+        rule,
+        args.mono_as,
+        args.batch_files,
+        progress=not args.no_progress,
+    )
+    print(
+        f"recordings: {prepared.records} usable, {prepared.encoded} encoded now, {prepared.reused} already "
+        f"encoded, {len(prepared.rejections)} rejected",
+        file=sys.stderr,
+    )
     if not prepared.records:
         reasons = "; ".join(f"{category}: {message}" for category, message in prepared.rejections[:MESSAGES_SHOWN])
-        raise DatasetError(f"no usable recording in {args.audio_manifest} "
-                                   f"({len(prepared.rejections)} rejected; {reasons})")
+        raise DatasetError(
+            f"no usable recording in {args.audio_manifest} ({len(prepared.rejections)} rejected; {reasons})"
+        )
     return prepared
 
 
@@ -170,8 +213,10 @@ def with_rejections(summary: BuildSummary, rejections: list[tuple[str, str]]) ->
 def format_table(rows: list[list[str]]) -> str:
     """Left-aligned first column, right-aligned others."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
-                               enumerate(zip(row, widths))).rstrip() for row in rows)
+    return "\n".join(
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        for row in rows
+    )
 
 
 def format_summary(summary: BuildSummary) -> str:
@@ -180,10 +225,24 @@ def format_summary(summary: BuildSummary) -> str:
     rows = [["split", "records", "hours", "frames", "words"]]
     hours = summary.hours
     for split in sorted(summary.records):
-        rows.append([split, str(summary.records[split]), f"{hours[split]:.3f}", str(summary.frames[split]),
-                     str(summary.text_words[split])])
-    rows.append(["total", str(sum(summary.records.values())), f"{sum(hours.values()):.3f}",
-                 str(sum(summary.frames.values())), str(sum(summary.text_words.values()))])
+        rows.append(
+            [
+                split,
+                str(summary.records[split]),
+                f"{hours[split]:.3f}",
+                str(summary.frames[split]),
+                str(summary.text_words[split]),
+            ]
+        )
+    rows.append(
+        [
+            "total",
+            str(sum(summary.records.values())),
+            f"{sum(hours.values()):.3f}",
+            str(sum(summary.frames.values())),
+            str(sum(summary.text_words.values())),
+        ]
+    )
     lines.append(format_table(rows))
     lines.append("")
     lines.append(f"rejected {summary.rejected}")
@@ -203,12 +262,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = build_synthetic(args)
     elif args.audio_manifest is not None:
         prepared = prepare_recordings(args)
-        summary = with_rejections(dataset.build_dataset(prepared.manifest, args.out, name=args.name,
-                                                        progress=not args.no_progress, overwrite=args.overwrite),
-                                  prepared.rejections)
+        summary = with_rejections(
+            dataset.build_dataset(
+                prepared.manifest, args.out, name=args.name, progress=not args.no_progress, overwrite=args.overwrite
+            ),
+            prepared.rejections,
+        )
     else:
-        summary = dataset.build_dataset(args.manifest, args.out, name=args.name, progress=not args.no_progress,
-                                        overwrite=args.overwrite)
+        summary = dataset.build_dataset(
+            args.manifest, args.out, name=args.name, progress=not args.no_progress, overwrite=args.overwrite
+        )
     print(format_summary(summary), flush=True)
     return 0
 

@@ -78,8 +78,13 @@ SETTINGS = {
     "repetition_penalty_window_text": ("text", "window", int, lambda v: 1 <= v <= PENALTY_RING),
     "repetition_penalty_window_audio": ("audio", "window", int, lambda v: 1 <= v <= PENALTY_RING),
 }
-RANGES = {"temperature": ">= 0", "top_p": "in [0, 1]", "top_k": ">= 0", "repetition_penalty": "> 0",
-          "window": f"in 1..{PENALTY_RING}"}
+RANGES = {
+    "temperature": ">= 0",
+    "top_p": "in [0, 1]",
+    "top_k": ">= 0",
+    "repetition_penalty": "> 0",
+    "window": f"in 1..{PENALTY_RING}",
+}
 
 
 def apply_settings(current: SamplingConfig, settings: Any) -> SamplingConfig:
@@ -102,12 +107,14 @@ def apply_settings(current: SamplingConfig, settings: Any) -> SamplingConfig:
         stream, field, kind, check = SETTINGS[key]
         number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
         if number is None or (kind is int and number != int(number)) or not check(number):
-            error.args = (f"{key} must be {'an integer' if kind is int else 'a number'} {RANGES[field]}, "
-                          f"got {value!r}",)
+            error.args = (
+                f"{key} must be {'an integer' if kind is int else 'a number'} {RANGES[field]}, got {value!r}",
+            )
             raise error
         streams[stream][field] = kind(number)
-    return dataclasses.replace(current, text=StreamSampling(**streams["text"]),
-                               audio=StreamSampling(**streams["audio"]), do_sample=do_sample)
+    return dataclasses.replace(
+        current, text=StreamSampling(**streams["text"]), audio=StreamSampling(**streams["audio"]), do_sample=do_sample
+    )
 
 
 # ---------------------------------------------------------------------------------------------- connections
@@ -164,8 +171,14 @@ class Connection:
 
 
 class Server:
-    def __init__(self, live: LiveSessions, sampling: SamplingConfig, sample_rate: int,
-                 idle_timeout_s: float = 30.0, stall_s: float = 5.0):
+    def __init__(
+        self,
+        live: LiveSessions,
+        sampling: SamplingConfig,
+        sample_rate: int,
+        idle_timeout_s: float = 30.0,
+        stall_s: float = 5.0,
+    ):
         self.live, self.sampling, self.sample_rate = live, sampling, sample_rate
         self.idle_timeout_s, self.stall_s = idle_timeout_s, stall_s
         self.connections: dict[int, Connection] = {}  # by session number
@@ -181,11 +194,14 @@ class Server:
         if seed is not None and not seed.lstrip("-").isdigit():
             return web.json_response({"error": f"seed must be an integer, got {seed!r}"}, status=400)
         if self.stopping.is_set() or not self.live.can_admit():
-            reason = ("the server is shutting down" if self.stopping.is_set() else
-                      f"all {self.live.slots} conversation slots are busy; try again later")
+            reason = (
+                "the server is shutting down"
+                if self.stopping.is_set()
+                else f"all {self.live.slots} conversation slots are busy; try again later"
+            )
             LOG.info("refused a connection: %s", reason)
             return web.json_response({"error": reason}, status=503)
-        session = self.live.admit(self.sampling, None if seed is None else int(seed) % 2 ** 32)
+        session = self.live.admit(self.sampling, None if seed is None else int(seed) % 2**32)
         ws = web.WebSocketResponse(max_msg_size=1 << 20)
         connection = Connection(request, ws, session, self.sample_rate)
         self.connections[session.number] = connection
@@ -201,8 +217,13 @@ class Server:
             if connection.sender is not None:
                 connection.sender.cancel()
             self.connections.pop(session.number, None)
-            LOG.info("conversation %d: closed (%d frames heard, %d served, %d underruns)", session.number,
-                     session.frames_heard, session.frames_served, session.underruns)
+            LOG.info(
+                "conversation %d: closed (%d frames heard, %d served, %d underruns)",
+                session.number,
+                session.frames_heard,
+                session.frames_served,
+                session.underruns,
+            )
         return ws
 
     async def _receive(self, connection: Connection) -> None:
@@ -258,8 +279,7 @@ class Server:
             next_at = max(next_at + FRAME_S, loop.time())  # late: start the next tick now, never catch up
             if seconds > FRAME_S and start - self._last_late_log > 1.0:
                 self._last_late_log = start
-                LOG.warning("tick took %.1f ms (> 80 ms); %d late ticks so far", seconds * 1e3,
-                            self.live.late_ticks)
+                LOG.warning("tick took %.1f ms (> 80 ms); %d late ticks so far", seconds * 1e3, self.live.late_ticks)
 
     async def tick(self, loop) -> None:
         now = time.monotonic()
@@ -299,8 +319,7 @@ class Server:
 
     async def shutdown(self) -> None:
         self.stopping.set()
-        await asyncio.gather(*[_close_socket(c, 1001, "server shutting down")
-                               for c in list(self.connections.values())])
+        await asyncio.gather(*[_close_socket(c, 1001, "server shutting down") for c in list(self.connections.values())])
         self.pool.shutdown(wait=True)
 
 
@@ -339,12 +358,16 @@ def settings_view(sampling: SamplingConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- command line
 def parse_args(argv: Sequence[str] | None) -> Any:
     parser = cli.ArgumentParser(prog="python -m launch.serve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True,
-                        help="released-format folder, stage workdir, main-job workdir or step folder")
+    parser.add_argument(
+        "--checkpoint", required=True, help="released-format folder, stage workdir, main-job workdir or step folder"
+    )
     parser.add_argument("--step", type=int, help="training checkpoint step (default: newest complete)")
-    parser.add_argument("--mimi", required=True,
-                        help="Mimi folder (model.safetensors [+ mimi_config.json]), or 'random': the released "
-                             "size with random weights (benchmarks, smoke tests)")
+    parser.add_argument(
+        "--mimi",
+        required=True,
+        help="Mimi folder (model.safetensors [+ mimi_config.json]), or 'random': the released "
+        "size with random weights (benchmarks, smoke tests)",
+    )
     parser.add_argument("--tokenizer", help="tokenizer file or folder (text pieces are sent only with one)")
     parser.add_argument("--slots", type=int, default=8, help="conversations served at once (one batch)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -352,10 +375,15 @@ def parse_args(argv: Sequence[str] | None) -> Any:
     parser.add_argument("--max_minutes", type=float, default=5.0, help="longest conversation (its KV cache)")
     parser.add_argument("--greedy", action="store_true", help="argmax decoding by default (use_sampling false)")
     parser.add_argument("--seed", type=int, default=0, help="base of every conversation's key")
-    parser.add_argument("--idle_timeout_s", type=float, default=30.0,
-                        help="close a connection that sends no audio for this long before its first frame")
-    parser.add_argument("--stall_s", type=float, default=5.0,
-                        help="close a connection that takes none of what it is sent for this long")
+    parser.add_argument(
+        "--idle_timeout_s",
+        type=float,
+        default=30.0,
+        help="close a connection that sends no audio for this long before its first frame",
+    )
+    parser.add_argument(
+        "--stall_s", type=float, default=5.0, help="close a connection that takes none of what it is sent for this long"
+    )
     args = parser.parse_args(argv)
     for name in ("slots", "port", "max_minutes", "idle_timeout_s", "stall_s"):
         if getattr(args, name) <= 0:
@@ -383,10 +411,18 @@ def build(args) -> tuple[LiveSessions, SamplingConfig, int]:
     mimi_config, mimi_params = load_mimi(args.mimi, args.seed)
     stream_sampling = SamplingConfig(
         text=dataclasses.replace(SamplingConfig().text, window=PENALTY_RING),
-        audio=dataclasses.replace(SamplingConfig().audio, window=PENALTY_RING), do_sample=True)
+        audio=dataclasses.replace(SamplingConfig().audio, window=PENALTY_RING),
+        do_sample=True,
+    )
     max_frames = max(1, round(args.max_minutes * 60 / FRAME_S))
-    scheduler = Scheduler(config, params, slots=args.slots, max_frames=max_frames, sampling=stream_sampling,
-                          codec=audio_sessions.StreamingCodec(config, mimi_config, mimi_params, args.slots))
+    scheduler = Scheduler(
+        config,
+        params,
+        slots=args.slots,
+        max_frames=max_frames,
+        sampling=stream_sampling,
+        codec=audio_sessions.StreamingCodec(config, mimi_config, mimi_params, args.slots),
+    )
     start = time.perf_counter()
     silence = np.zeros((args.slots, mimi_config.frame_size), np.float32)
     # Compile every path a tick takes (a session's start with its own sampling, its decoder's restart) before
@@ -432,8 +468,9 @@ async def serve(args, live: LiveSessions, sampling: SamplingConfig, sample_rate:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr,
-                        force=True)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr, force=True
+    )
     try:
         import aiohttp  # noqa: F401
         import sphn  # noqa: F401

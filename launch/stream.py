@@ -69,8 +69,10 @@ def read_listen_codes(path: str, channels: int, codebook: int) -> np.ndarray:
     if codes.ndim == 3 and codes.shape[0] == 1:
         codes = codes[0]
     if codes.ndim != 2 or codes.shape[0] != channels:
-        raise CliError(f"listen codes {path} have shape {list(codes.shape)}; expected [{channels}, frames] or "
-                       f"[1, {channels}, frames]")
+        raise CliError(
+            f"listen codes {path} have shape {list(codes.shape)}; expected [{channels}, frames] or "
+            f"[1, {channels}, frames]"
+        )
     if not np.issubdtype(codes.dtype, np.integer):
         raise CliError(f"listen codes {path} are {codes.dtype}, not integers")
     if codes.shape[1] < 2:
@@ -80,16 +82,18 @@ def read_listen_codes(path: str, channels: int, codebook: int) -> np.ndarray:
     return codes.T.astype(np.int32)
 
 
-def read_sessions(paths: list[str], read: Callable[[str], np.ndarray], skip_bad: bool
-                  ) -> tuple[list[int], list[np.ndarray], list[tuple[str, str]]]:
+def read_sessions(
+    paths: list[str], read: Callable[[str], np.ndarray], skip_bad: bool
+) -> tuple[list[int], list[np.ndarray], list[tuple[str, str]]]:
     """`(indices read, their inputs, (path, reason) of those skipped)`; without `skip_bad` a bad input raises."""
     if not skip_bad:
         return list(range(len(paths))), [read(path) for path in paths], []
     kept, inputs, skipped = read_each(range(len(paths)), lambda index: read(paths[index]))
     skipped = [(paths[index], reason) for index, reason in skipped]
     if not kept:
-        raise CliError(f"no session could be read ({len(skipped)} skipped): " +
-                       "; ".join(reason for _, reason in skipped))
+        raise CliError(
+            f"no session could be read ({len(skipped)} skipped): " + "; ".join(reason for _, reason in skipped)
+        )
     return kept, inputs, skipped
 
 
@@ -114,12 +118,19 @@ def output_paths(args: argparse.Namespace, inputs: list[str]) -> list[str]:
     return [os.path.join(args.out, f"{name}.npz") for name in names]
 
 
-def write_session(path: str, frames: np.ndarray, step_s: np.ndarray, monologue: str | None,
-                  listen_codes: np.ndarray) -> None:
+def write_session(
+    path: str, frames: np.ndarray, step_s: np.ndarray, monologue: str | None, listen_codes: np.ndarray
+) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as out:  # a file object: np.savez adds no ".npz" to a path named otherwise
-        np.savez(out, frames=frames, text_ids=frames[:, 0], speak_codes=frames[:, 1:].T,
-                 listen_codes=listen_codes.T, step_ms=(step_s * 1e3).astype(np.float32))
+        np.savez(
+            out,
+            frames=frames,
+            text_ids=frames[:, 0],
+            speak_codes=frames[:, 1:].T,
+            listen_codes=listen_codes.T,
+            step_ms=(step_s * 1e3).astype(np.float32),
+        )
     if monologue is not None:
         with open(os.path.splitext(path)[0] + ".txt", "w") as out:
             out.write(monologue + "\n")
@@ -136,15 +147,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--greedy", action="store_true", help="argmax decoding (with the repetition penalties)")
     parser.add_argument("--tokenizer", help="write the monologue as text with this tokenizer")
     parser.add_argument("--max_frames", type=int, help="KV cache frames per session (default: the longest input)")
-    parser.add_argument("--sliding_window", action="store_true",
-                        help="past max_frames, attend to the last max_frames frames instead of stopping")
+    parser.add_argument(
+        "--sliding_window",
+        action="store_true",
+        help="past max_frames, attend to the last max_frames frames instead of stopping",
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--mimi", help="Mimi folder, to read WAV inputs and write --out_wav")
     parser.add_argument("--out_wav", "--out-wav", help="the model's voice as WAV (a folder with --batch_file)")
     parser.add_argument("--stereo", action="store_true", help="--out_wav: user left, model right")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--allow_nonfinite", action="store_true",
-                        help="hear NaN/Inf samples of a WAV input as silence (with a warning) instead of refusing")
+    parser.add_argument(
+        "--allow_nonfinite",
+        action="store_true",
+        help="hear NaN/Inf samples of a WAV input as silence (with a warning) instead of refusing",
+    )
     args = parser.parse_args(argv)
     if args.max_frames is not None and args.max_frames < 1:
         parser.error(f"--max_frames {args.max_frames}: must be at least 1 (leave it out for the longest input)")
@@ -166,8 +183,9 @@ def wav_paths(args: argparse.Namespace, outputs: list[str]) -> list[str]:
 def session_reader(args: argparse.Namespace, config, mimi_config=None) -> Callable[[str], np.ndarray]:
     """What reads one session's input: a WAV as mono 24 kHz audio [n] (given `mimi_config`), else codes [T, C]."""
     if mimi_config is not None:
-        return lambda path: audio_lib.load_audio(path, mimi_config.sample_rate, mono=True,
-                                                 allow_nonfinite=args.allow_nonfinite)[0]
+        return lambda path: audio_lib.load_audio(
+            path, mimi_config.sample_rate, mono=True, allow_nonfinite=args.allow_nonfinite
+        )[0]
     return lambda path: read_listen_codes(path, config.aud_channel, codebook_size(config))
 
 
@@ -208,44 +226,63 @@ def run(args: argparse.Namespace) -> int:
     wavs = [wavs[i] for i in kept] if wavs else wavs
 
     # Each session samples from its own key (from --seed and its file name): the same tokens alone or in a batch.
-    options = dict(sampling=SamplingConfig.greedy() if args.greedy else SamplingConfig(),
-                   max_frames=args.max_frames, sliding_window=args.sliding_window, seed=args.seed,
-                   session_seeds=[zlib.crc32(os.path.basename(path).encode()) for path in inputs],
-                   progress=progress)
+    options = dict(
+        sampling=SamplingConfig.greedy() if args.greedy else SamplingConfig(),
+        max_frames=args.max_frames,
+        sliding_window=args.sliding_window,
+        seed=args.seed,
+        session_seeds=[zlib.crc32(os.path.basename(path).encode()) for path in inputs],
+        progress=progress,
+    )
     if audio_in:
-        result = sessions.run_sessions(config, params, session_input, **options,
-                                       codec=audio_sessions.streaming_codec(config, mimi_config, mimi_params))
+        result = sessions.run_sessions(
+            config,
+            params,
+            session_input,
+            **options,
+            codec=audio_sessions.streaming_codec(config, mimi_config, mimi_params),
+        )
         user_audio, model_audio, listen = session_input, result.voice, result.heard
     else:
         listen = session_input
         result = sessions.run_sessions(config, params, listen, **options)
         if wavs:  # the frames, decoded as they came: frame s-1 in slot s, like the audio path
             user_audio = [audio_sessions.decode_voice(config, mimi_config, mimi_params, codes) for codes in listen]
-            model_audio = [np.concatenate([np.zeros(mimi_config.frame_size, np.float32),
-                                           audio_sessions.decode_voice(config, mimi_config, mimi_params,
-                                                                       frames[:, 1:])])
-                           for frames in result.frames]
+            model_audio = [
+                np.concatenate(
+                    [
+                        np.zeros(mimi_config.frame_size, np.float32),
+                        audio_sessions.decode_voice(config, mimi_config, mimi_params, frames[:, 1:]),
+                    ]
+                )
+                for frames in result.frames
+            ]
     for i, (path, frames) in enumerate(zip(outputs, result.frames)):
-        monologue = None if tokenizer is None else sessions.monologue_text(frames[:, 0], tokenizer,
-                                                                           config.text_wait_id)
+        monologue = None if tokenizer is None else sessions.monologue_text(frames[:, 0], tokenizer, config.text_wait_id)
         write_session(path, frames, result.step_s, monologue, listen[i])
         print(f"wrote {path} ({len(frames)} frames)" + ("" if monologue is None else " and its monologue"))
         if wavs:
             voice = model_audio[i]
-            samples = np.stack([user_audio[i][:len(voice)], voice]) if args.stereo else voice[None]
+            samples = np.stack([user_audio[i][: len(voice)], voice]) if args.stereo else voice[None]
             os.makedirs(os.path.dirname(os.path.abspath(wavs[i])), exist_ok=True)
             audio_lib.write_wav(wavs[i], samples, mimi_config.sample_rate)
-            print(f"wrote {wavs[i]} ({samples.shape[1] / mimi_config.sample_rate:.2f} s, "
-                  f"{'stereo: user left, model right' if args.stereo else 'mono'})")
+            print(
+                f"wrote {wavs[i]} ({samples.shape[1] / mimi_config.sample_rate:.2f} s, "
+                f"{'stereo: user left, model right' if args.stereo else 'mono'})"
+            )
     summary = result.latency_summary()
-    print(f"{len(listen)} session(s), {len(result.step_s)} steps; per-frame latency p50 {summary['p50_ms']:.2f} ms, "
-          f"p90 {summary['p90_ms']:.2f} ms, p99 {summary['p99_ms']:.2f} ms, max {summary['max_ms']:.2f} ms "
-          f"(first step, with compilation: {summary['first_step_ms']:.0f} ms); real-time factor "
-          f"{summary['real_time_factor']:.3f}")
+    print(
+        f"{len(listen)} session(s), {len(result.step_s)} steps; per-frame latency p50 {summary['p50_ms']:.2f} ms, "
+        f"p90 {summary['p90_ms']:.2f} ms, p99 {summary['p99_ms']:.2f} ms, max {summary['max_ms']:.2f} ms "
+        f"(first step, with compilation: {summary['first_step_ms']:.0f} ms); real-time factor "
+        f"{summary['real_time_factor']:.3f}"
+    )
     if audio_in and len(result.codec_s) > 1:
         both = result.step_s[1:] + result.codec_s[1:]
-        print(f"with the streaming codec (encode + decode each frame): p50 {np.median(both) * 1e3:.2f} ms, "
-              f"real-time factor {np.median(both) / FRAME_S:.3f}")
+        print(
+            f"with the streaming codec (encode + decode each frame): p50 {np.median(both) * 1e3:.2f} ms, "
+            f"real-time factor {np.median(both) / FRAME_S:.3f}"
+        )
     if skipped:
         print(f"skipped {len(skipped)} of {len(skipped) + len(inputs)} session(s), no output written for them:")
         for path, reason in skipped:

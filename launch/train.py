@@ -28,8 +28,12 @@ from flmjax.errors import UserError, one_line
 from launch import cli
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/main.py", "a stage config (configs/stages/*.py) or a "
-                                "schedule (configs/main.py)", lock_config=True)
+config_flags.DEFINE_config_file(
+    "config",
+    "configs/main.py",
+    "a stage config (configs/stages/*.py) or a schedule (configs/main.py)",
+    lock_config=True,
+)
 flags.DEFINE_string("workdir", "runs/main", "where checkpoints and metrics go")
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for multi-process runs")
 flags.DEFINE_integer("num_processes", None, "number of processes (hosts) of a multi-process run")
@@ -41,8 +45,11 @@ def initialize_distributed() -> None:
     import jax
 
     if FLAGS.num_processes and FLAGS.num_processes > 1:
-        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
     elif FLAGS.tpu_pod:
         jax.distributed.initialize()
 

@@ -39,21 +39,42 @@ def read_sentences(paths, counts):
 
 
 def main(argv=None) -> None:
-    parser = cli.ArgumentParser(prog="python -m launch.train_tokenizer", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, action="append",
-                        help="text file(s), one sentence per line; comma-separated and/or repeated")
+    parser = cli.ArgumentParser(
+        prog="python -m launch.train_tokenizer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--input",
+        required=True,
+        action="append",
+        help="text file(s), one sentence per line; comma-separated and/or repeated",
+    )
     parser.add_argument("--vocab_size", required=True, type=int, help="pieces in all, specials included")
     parser.add_argument("--out", required=True, help="where to write the .model file")
     parser.add_argument("--model_type", default="unigram", choices=text.MODEL_TYPES)
-    parser.add_argument("--character_coverage", type=float, default=0.9995,
-                        help="share of characters the vocabulary covers (1.0 for small alphabets)")
-    parser.add_argument("--byte_fallback", action="store_true",
-                        help="spell unknown characters as UTF-8 bytes (adds 256 pieces) instead of <unk>")
-    parser.add_argument("--soft_vocab_limit", action="store_true",
-                        help="accept a smaller vocabulary when the corpus cannot fill --vocab_size")
-    parser.add_argument("--num_threads", type=int, default=1,
-                        help="trainer threads (the model depends on it; 1, the default, for reproducible models)")
+    parser.add_argument(
+        "--character_coverage",
+        type=float,
+        default=0.9995,
+        help="share of characters the vocabulary covers (1.0 for small alphabets)",
+    )
+    parser.add_argument(
+        "--byte_fallback",
+        action="store_true",
+        help="spell unknown characters as UTF-8 bytes (adds 256 pieces) instead of <unk>",
+    )
+    parser.add_argument(
+        "--soft_vocab_limit",
+        action="store_true",
+        help="accept a smaller vocabulary when the corpus cannot fill --vocab_size",
+    )
+    parser.add_argument(
+        "--num_threads",
+        type=int,
+        default=1,
+        help="trainer threads (the model depends on it; 1, the default, for reproducible models)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
 
@@ -64,15 +85,22 @@ def main(argv=None) -> None:
     if os.path.exists(args.out) and not args.overwrite:
         parser.error(f"{args.out} exists; pass --overwrite to replace it")
 
-    print(f"training a {args.model_type} SentencePiece model, vocab {args.vocab_size}, from {', '.join(inputs)}",
-          flush=True)
+    print(
+        f"training a {args.model_type} SentencePiece model, vocab {args.vocab_size}, from {', '.join(inputs)}",
+        flush=True,
+    )
     counts = {"sentences": 0, "chars": 0}
     start = time.perf_counter()
     try:
         model_bytes = text.train_sentencepiece(
-            read_sentences(inputs, counts), args.vocab_size, args.model_type,
-            character_coverage=args.character_coverage, byte_fallback=args.byte_fallback,
-            hard_vocab_limit=not args.soft_vocab_limit, num_threads=args.num_threads)
+            read_sentences(inputs, counts),
+            args.vocab_size,
+            args.model_type,
+            character_coverage=args.character_coverage,
+            byte_fallback=args.byte_fallback,
+            hard_vocab_limit=not args.soft_vocab_limit,
+            num_threads=args.num_threads,
+        )
     except ValueError as error:  # train_sentencepiece's own checks: a setting or corpus to change
         raise TokenizerTrainingError(str(error)) from None
     elapsed = time.perf_counter() - start

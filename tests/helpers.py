@@ -33,8 +33,9 @@ def tree_hash(path) -> str:
 
 def run_module(module: str, *args) -> subprocess.CompletedProcess:
     """`python -m MODULE ARGS` from the repository root, output captured as text."""
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO_ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
@@ -52,6 +53,6 @@ def damaged_copies(folder, tmp_path, config_name: str, config_text: str) -> list
     for copy in (truncated, malformed):
         shutil.copytree(folder, copy)
     weights = (truncated / "model.safetensors").read_bytes()
-    (truncated / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    (truncated / "model.safetensors").write_bytes(weights[: len(weights) // 2])
     (malformed / config_name).write_text(config_text)
     return [(truncated, "model.safetensors"), (malformed, config_name)]

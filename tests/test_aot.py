@@ -18,7 +18,7 @@ from flmjax import hardware
 
 pytestmark = pytest.mark.xdist_group("libtpu")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-GIB = 2 ** 30
+GIB = 2**30
 
 
 def tiny_stage(layers: int = 4, accumulation: int = 2, batch: int = 8, frames: int = 64, remat: str = "full"):
@@ -100,9 +100,12 @@ def test_the_estimate_counts_every_layer_and_micro_batch_like_an_unrolled_compil
     spec = loop.stage_step(tiny_stage(), v5e)
     unrolled_config = spec.model_config.replace(scan_layers=False)
     shardings = step_lib.state_shardings(unrolled_config, spec.tx, spec.mesh)
-    unrolled = aot.compile_lowered(step_lib.lower_train_step(
-        unrolled_config, spec.loss_config, spec.tx, shardings, spec.mesh, 8, 64, 2, accumulation_unroll=2),
-        aot.NO_WINDOWED_EINSUM)
+    unrolled = aot.compile_lowered(
+        step_lib.lower_train_step(
+            unrolled_config, spec.loss_config, spec.tx, shardings, spec.mesh, 8, 64, 2, accumulation_unroll=2
+        ),
+        aot.NO_WINDOWED_EINSUM,
+    )
     assert compiled_lib.hlo_summary(unrolled.compiled.as_text()).loops == []
     r = train_report
     assert r["flops_xla_per_device"] == pytest.approx(unrolled.cost["flops"], rel=0.01)
@@ -154,8 +157,9 @@ def test_stream_report_compiles_the_sharded_step_and_its_bound(v5e):
     from launch import aot
 
     config = tiny(dtype="bfloat16", param_dtype="bfloat16")
-    r = aot.stream_report(config, v5e, batch=2, max_frames=128, mesh_shape={"data": 2, "tensor": 2},
-                          progress=lambda message: None)
+    r = aot.stream_report(
+        config, v5e, batch=2, max_frames=128, mesh_shape={"data": 2, "tensor": 2}, progress=lambda message: None
+    )
     assert r["mesh"] == {"data": 2, "fsdp": 1, "tensor": 2} and r["slots_split_over_data"] and r["fits"]
     assert 0 < r["memory"]["total"] < r["hbm_bytes"]
     assert r["estimated_frame_s"] > 0 and r["estimated_frame_s_compiler_layouts"] > 0
@@ -185,16 +189,19 @@ def test_stream_step_compiles_for_params_in_the_layouts_place_stream_params_give
     fresh = jax.eval_shape(lambda: stream_lib._fresh_state(config, stream_lib.SamplingConfig(), batch, frames, False))
     state_shardings = stream_lib.stream_state_shardings(fresh.replace(mesh=mesh)).replace(mesh=None)
     state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), fresh, state_shardings)
-    params = jax.tree.map(lambda p, f: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=f),
-                          model.abstract_params(config), formats)
-    listen = jax.ShapeDtypeStruct((batch, config.aud_channel), jnp.int32,
-                                  sharding=sharding.logical_sharding(mesh, ("batch", None), rules))
+    params = jax.tree.map(
+        lambda p, f: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=f), model.abstract_params(config), formats
+    )
+    listen = jax.ShapeDtypeStruct(
+        (batch, config.aud_channel), jnp.int32, sharding=sharding.logical_sharding(mesh, ("batch", None), rules)
+    )
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch))
     keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype, sharding=sharding.logical_sharding(mesh, ("batch",), rules))
     with sharding.activation_rules(mesh, rules):
         placed = stream_lib._step_frames.lower(params, state.replace(mesh=mesh), listen, keys).compile()
-    assert [f.layout for f in jax.tree.leaves(placed.input_formats[0][0])] == \
-        [f.layout for f in jax.tree.leaves(formats)]
+    assert [f.layout for f in jax.tree.leaves(placed.input_formats[0][0])] == [
+        f.layout for f in jax.tree.leaves(formats)
+    ]
     assert compiled_lib.cost(placed)["optimal_seconds"] == pytest.approx(compiled_lib.cost(chosen)["optimal_seconds"])
 
 
@@ -211,8 +218,14 @@ def run_aot(*args, cwd=None, env=None):
     environment = {key: value for key, value in os.environ.items() if not key.startswith("TPU_")}
     environment.update(env or {})
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), environment.get("PYTHONPATH")]))
-    with subprocess.Popen([sys.executable, "-m", "launch.aot", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, cwd=cwd or REPO_ROOT, env=environment) as process:
+    with subprocess.Popen(
+        [sys.executable, "-m", "launch.aot", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd or REPO_ROOT,
+        env=environment,
+    ) as process:
         stdout, stderr = process.communicate(timeout=600)
     result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     result.pid = process.pid
@@ -223,20 +236,32 @@ def error_lines(result):
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
 
-TINY = ["--config", "configs/stages/stage4_duplex_leading.py", "--config.model=tiny",
-        "--config.data.global_batch_size=8", "--config.data.sequence_length=32"]
+TINY = [
+    "--config",
+    "configs/stages/stage4_duplex_leading.py",
+    "--config.model=tiny",
+    "--config.data.global_batch_size=8",
+    "--config.data.sequence_length=32",
+]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--topology", "v9x:2x2", *TINY], "unknown TPU topology 'v9x:2x2'"),
-    (["train", "--topology", "v5e:2x2", *TINY, "--config.mesh.fsdp=3"], "holds 3 devices, but there are 4"),
-    (["train", "--topology", "v5e:2x2", *TINY, "--config.mesh.fsdp=1", "--config.mesh.tensor=4"],
-     "not divisible by mesh axes ('tensor',)"),
-    (["train", "--topology", "v5e:2x2", *TINY, "--config.data.global_batch_size=6"], "does not divide over the 4"),
-    (["stream", "--topology", "v5e:2x2", "--model", "tiny", "--mesh", "data=1,tensor=4"],
-     "not divisible by mesh axes ('tensor',)"),
-    (["stream", "--topology", "v5e:2x2", "--model", "nonesuch"], "neither a preset"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--topology", "v9x:2x2", *TINY], "unknown TPU topology 'v9x:2x2'"),
+        (["train", "--topology", "v5e:2x2", *TINY, "--config.mesh.fsdp=3"], "holds 3 devices, but there are 4"),
+        (
+            ["train", "--topology", "v5e:2x2", *TINY, "--config.mesh.fsdp=1", "--config.mesh.tensor=4"],
+            "not divisible by mesh axes ('tensor',)",
+        ),
+        (["train", "--topology", "v5e:2x2", *TINY, "--config.data.global_batch_size=6"], "does not divide over the 4"),
+        (
+            ["stream", "--topology", "v5e:2x2", "--model", "tiny", "--mesh", "data=1,tensor=4"],
+            "not divisible by mesh axes ('tensor',)",
+        ),
+        (["stream", "--topology", "v5e:2x2", "--model", "nonesuch"], "neither a preset"),
+    ],
+)
 def test_bad_input_is_one_error_line_before_any_compile(args, message, tmp_path):
     result = run_aot(*args, "--out", str(tmp_path / "report.json"))
     assert result.returncode == 2, result.stderr[-2000:]
@@ -261,9 +286,19 @@ def test_a_program_that_does_not_fit_gets_a_report_and_exit_status_1(tmp_path):
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     out = tmp_path / "reports" / "oom.json"
-    result = run_aot("train", "--topology", "v5e:2x2", "--config", str(REPO_ROOT / "configs/stages/stage4_duplex_leading.py"),
-                     "--config.model=tiny", "--config.data.global_batch_size=16",
-                     "--config.data.sequence_length=16384", "--out", str(out), cwd=workdir)
+    result = run_aot(
+        "train",
+        "--topology",
+        "v5e:2x2",
+        "--config",
+        str(REPO_ROOT / "configs/stages/stage4_duplex_leading.py"),
+        "--config.model=tiny",
+        "--config.data.global_batch_size=16",
+        "--config.data.sequence_length=16384",
+        "--out",
+        str(out),
+        cwd=workdir,
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["fits"] is False and report["required_bytes"] > report["hbm_bytes"]
@@ -282,11 +317,17 @@ def test_importing_flmjax_keeps_libtpu_quiet_on_a_machine_without_tpu_chips():
     """libtpu (the test extra) loads whenever jax looks for backends, e.g. in `python -m launch.train` on a CPU."""
     if hardware.has_tpu_chips():
         pytest.skip("TPU chips attached: libtpu's settings are the TPU runtime's own there")
-    environment = {key: value for key, value in os.environ.items()
-                   if not key.startswith("TPU_") and key != "JAX_PLATFORMS"}
-    with subprocess.Popen([sys.executable, "-c", "import flmjax, jax; print(jax.devices()[0].platform)"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
-                          env=environment) as process:
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith("TPU_") and key != "JAX_PLATFORMS"
+    }
+    with subprocess.Popen(
+        [sys.executable, "-c", "import flmjax, jax; print(jax.devices()[0].platform)"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+        env=environment,
+    ) as process:
         stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0 and stdout.strip() == "cpu", stderr
     assert "TPU" not in stderr and "libtpu" not in stderr, stderr
@@ -303,8 +344,10 @@ def test_topology_names_are_checked():
 
 
 def test_out_of_memory_messages_are_read_in_binary_units():
-    message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
-               "(531.70G) exceeds available HBM (95.74G).")
+    message = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+        "(531.70G) exceeds available HBM (95.74G)."
+    )
     assert hardware.out_of_memory_bytes(message) == (int(531.70 * GIB), int(95.74 * GIB))
     assert hardware.out_of_memory_bytes("something else") == (None, None)
 

@@ -15,18 +15,32 @@ def stereo(n=2400, rate=24000):
 
 def write_pcm24(path, samples, rate):
     """A 24-bit PCM WAV by hand (scipy writes no 24-bit files): little-endian 3-byte frames."""
-    ints = np.ascontiguousarray(np.clip(np.rint(samples.T * 2 ** 23), -2 ** 23, 2 ** 23 - 1).astype("<i4"))
+    ints = np.ascontiguousarray(np.clip(np.rint(samples.T * 2**23), -(2**23), 2**23 - 1).astype("<i4"))
     data = ints.view(np.uint8).reshape(*ints.shape, 4)[..., :3].tobytes()
     channels = samples.shape[0]
-    header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, 1, channels, rate,
-                         rate * channels * 3, channels * 3, 24, b"data", len(data))
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + len(data),
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,
+        channels,
+        rate,
+        rate * channels * 3,
+        channels * 3,
+        24,
+        b"data",
+        len(data),
+    )
     path.write_bytes(header + data)
 
 
 def sine_amplitude_and_frequency(samples, rate):
     spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
     peak = int(np.argmax(spectrum))
-    return np.sqrt(2 * np.mean(samples ** 2)), peak * rate / len(samples)
+    return np.sqrt(2 * np.mean(samples**2)), peak * rate / len(samples)
 
 
 def test_int16_round_trip_of_a_stereo_file_is_within_one_step(tmp_path):
@@ -62,9 +76,10 @@ def test_24_and_32_bit_pcm_read_to_the_same_scale(tmp_path):
     write_pcm24(tmp_path / "a24.wav", samples, 24000)
     read24, rate = read_wav(tmp_path / "a24.wav")
     assert rate == 24000
-    np.testing.assert_allclose(read24, samples, atol=2 ** -23)
+    np.testing.assert_allclose(read24, samples, atol=2**-23)
     from scipy.io import wavfile
-    wavfile.write(tmp_path / "a32.wav", 24000, np.rint(samples.T * 2 ** 31 * 0.999).astype(np.int32))
+
+    wavfile.write(tmp_path / "a32.wav", 24000, np.rint(samples.T * 2**31 * 0.999).astype(np.int32))
     read32, _ = read_wav(tmp_path / "a32.wav")
     np.testing.assert_allclose(read32, samples * 0.999, atol=1e-6)
 
@@ -76,6 +91,7 @@ def test_unreadable_and_empty_files_are_errors_naming_them(tmp_path):
     with pytest.raises(AudioError, match="missing.wav: no such file"):
         read_wav(tmp_path / "missing.wav")
     from scipy.io import wavfile
+
     wavfile.write(tmp_path / "empty.wav", 24000, np.zeros((0, 2), np.int16))
     with pytest.raises(AudioError, match="empty.wav: holds no samples"):
         read_wav(tmp_path / "empty.wav")

@@ -8,12 +8,43 @@ import pytest
 from launch import bench, bench_train
 
 BATCH, FRAMES = 1, 8
-ROW_KEYS = {"benchmark", "preset", "dtype", "param_dtype", "batch", "frames", "params_temporal", "params_depth",
-            "params_total", "lower_s", "compile_s", "repeats", "times_s", "median_s", "min_s", "frames_per_s",
-            "flops_per_call", "flops_source", "gflops_per_s", "flops_analytic", "flops_xla_compiled",
-            "temp_bytes", "argument_bytes", "output_bytes"}
-HEADER_KEYS = {"benchmark", "command", "date", "jax_version", "device_kind", "cpu_count", "settings", "elapsed_s",
-               "persistent_compilation_cache"}
+ROW_KEYS = {
+    "benchmark",
+    "preset",
+    "dtype",
+    "param_dtype",
+    "batch",
+    "frames",
+    "params_temporal",
+    "params_depth",
+    "params_total",
+    "lower_s",
+    "compile_s",
+    "repeats",
+    "times_s",
+    "median_s",
+    "min_s",
+    "frames_per_s",
+    "flops_per_call",
+    "flops_source",
+    "gflops_per_s",
+    "flops_analytic",
+    "flops_xla_compiled",
+    "temp_bytes",
+    "argument_bytes",
+    "output_bytes",
+}
+HEADER_KEYS = {
+    "benchmark",
+    "command",
+    "date",
+    "jax_version",
+    "device_kind",
+    "cpu_count",
+    "settings",
+    "elapsed_s",
+    "persistent_compilation_cache",
+}
 
 
 def run_and_read(name, settings, folder):
@@ -65,8 +96,7 @@ def test_forward_flops_count_every_layer_not_one_scan_body(report):
 
 def test_cli_splits_comma_separated_lists_and_defaults_the_out_path():
     args = bench.parse_args(["forward", "--presets", "tiny,small", "--dtypes", "bfloat16", "--batch", "2"])
-    assert (args.benchmark, args.presets, args.dtypes, args.batch) == ("forward", ("tiny", "small"),
-                                                                       ("bfloat16",), 2)
+    assert (args.benchmark, args.presets, args.dtypes, args.batch) == ("forward", ("tiny", "small"), ("bfloat16",), 2)
     assert args.out == "bench_results/forward.json"
 
 
@@ -95,20 +125,51 @@ def test_data_benchmark_defaults_to_the_issue_shape():
 # 8 x 256 frames (the bench's default), not fewer: the FLOP formula leaves out the per-step optimizer update
 # (about 20 FLOPs per param), which weighs more the fewer frames a step holds (formula/XLA 0.89 at 2 x 128).
 TRAIN_BATCH, TRAIN_FRAMES, TRAIN_MESHES = 8, 256, (1, 2)
-TRAIN_ROW_KEYS = {"benchmark", "preset", "dtype", "param_dtype", "devices", "mesh_shape", "batch", "frames",
-                  "params_total", "skipped", "compile_s", "repeats", "times_s", "median_s", "min_s", "final_loss",
-                  "frames_per_s", "tokens_per_frame", "tokens_per_s", "temp_bytes", "argument_bytes", "output_bytes",
-                  "alias_bytes", "compiled_bytes", "peak_rss_bytes", "flops_formula", "flops_xla_unrolled",
-                  "xla_unrolled_compile_s", "xla_unrolled_while_loops", "flops_formula_over_xla",
-                  "flops_xla_scanned_per_device", "achieved_flops_per_s", "peak_flops_per_device",
-                  "peak_flops_source", "mfu"}
+TRAIN_ROW_KEYS = {
+    "benchmark",
+    "preset",
+    "dtype",
+    "param_dtype",
+    "devices",
+    "mesh_shape",
+    "batch",
+    "frames",
+    "params_total",
+    "skipped",
+    "compile_s",
+    "repeats",
+    "times_s",
+    "median_s",
+    "min_s",
+    "final_loss",
+    "frames_per_s",
+    "tokens_per_frame",
+    "tokens_per_s",
+    "temp_bytes",
+    "argument_bytes",
+    "output_bytes",
+    "alias_bytes",
+    "compiled_bytes",
+    "peak_rss_bytes",
+    "flops_formula",
+    "flops_xla_unrolled",
+    "xla_unrolled_compile_s",
+    "xla_unrolled_while_loops",
+    "flops_formula_over_xla",
+    "flops_xla_scanned_per_device",
+    "achieved_flops_per_s",
+    "peak_flops_per_device",
+    "peak_flops_source",
+    "mfu",
+}
 
 
 @pytest.fixture(scope="module")
 def train_report(tmp_path_factory):
     """The JSON written by one tiny train run (float32, meshes of 1 and 2 devices, 2 timed steps)."""
-    settings = bench.Settings(presets=("tiny",), dtypes=("float32",), meshes=TRAIN_MESHES, batch=TRAIN_BATCH,
-                              frames=TRAIN_FRAMES, repeats=2)
+    settings = bench.Settings(
+        presets=("tiny",), dtypes=("float32",), meshes=TRAIN_MESHES, batch=TRAIN_BATCH, frames=TRAIN_FRAMES, repeats=2
+    )
     return run_and_read("train", settings, tmp_path_factory.mktemp("bench"))
 
 
@@ -124,14 +185,24 @@ def test_train_report_has_a_row_per_mesh_with_every_key(train_report):
         assert set(row) == TRAIN_ROW_KEYS
         assert (row["preset"], row["dtype"], row["param_dtype"]) == ("tiny", "float32", "float32")
         assert row["mesh_shape"] == {"data": 1, "fsdp": row["devices"], "tensor": 1}
-        assert (row["batch"], row["frames"], row["repeats"], len(row["times_s"])) == (TRAIN_BATCH, TRAIN_FRAMES,
-                                                                                       2, 2)
+        assert (row["batch"], row["frames"], row["repeats"], len(row["times_s"])) == (TRAIN_BATCH, TRAIN_FRAMES, 2, 2)
 
 
 def test_train_times_memory_and_loss_are_positive(train_report):
     for row in train_report["rows"]:
-        for key in ("compile_s", "xla_unrolled_compile_s", "median_s", "min_s", "compiled_bytes", "peak_rss_bytes",
-                    "flops_formula", "flops_xla_unrolled", "achieved_flops_per_s", "peak_flops_per_device", "mfu"):
+        for key in (
+            "compile_s",
+            "xla_unrolled_compile_s",
+            "median_s",
+            "min_s",
+            "compiled_bytes",
+            "peak_rss_bytes",
+            "flops_formula",
+            "flops_xla_unrolled",
+            "achieved_flops_per_s",
+            "peak_flops_per_device",
+            "mfu",
+        ):
             assert row[key] > 0, key
         assert row["min_s"] <= row["median_s"]
         assert row["compiled_bytes"] == row["temp_bytes"] + row["argument_bytes"] + row["output_bytes"]
@@ -146,7 +217,8 @@ def test_train_rates_follow_from_the_median_step(train_report):
         assert row["tokens_per_s"] == pytest.approx(17 * row["frames_per_s"], rel=1e-9)
         assert row["achieved_flops_per_s"] == pytest.approx(row["flops_formula"] / row["median_s"], rel=1e-9)
         assert row["mfu"] == pytest.approx(
-            row["flops_formula"] / row["median_s"] / (row["peak_flops_per_device"] * row["devices"]), rel=1e-9)
+            row["flops_formula"] / row["median_s"] / (row["peak_flops_per_device"] * row["devices"]), rel=1e-9
+        )
 
 
 def test_train_flop_formula_is_within_10_percent_of_xla_unrolled(train_report):
@@ -170,7 +242,13 @@ def test_train_cpu_peak_is_the_machine_split_over_the_mesh(train_report):
 def test_train_cli_defaults_and_mesh_list():
     args = bench.parse_args(["train"])
     assert (args.presets, args.meshes, args.dtypes, args.batch, args.frames, args.repeats) == (
-        ("tiny", "small"), (1, 8), ("float32",), 8, 256, 5)
+        ("tiny", "small"),
+        (1, 8),
+        ("float32",),
+        8,
+        256,
+        5,
+    )
     assert args.out == "bench_results/train.json"
     assert bench.parse_args(["train", "--meshes", "1,2,4"]).meshes == (1, 2, 4)
     assert bench.parse_args(["forward"]).dtypes == ("float32", "bfloat16")
@@ -178,8 +256,9 @@ def test_train_cli_defaults_and_mesh_list():
 
 def test_train_rejects_meshes_the_batch_or_devices_cannot_fill():
     settings = bench.Settings(presets=("tiny",), dtypes=("float32",), meshes=(3, 16), batch=4, frames=8)
-    with pytest.raises(ValueError, match="(?s)16-device mesh needs 16 devices.*batch 4 does not divide over a "
-                                         "3-device mesh"):
+    with pytest.raises(
+        ValueError, match="(?s)16-device mesh needs 16 devices.*batch 4 does not divide over a 3-device mesh"
+    ):
         bench_train.run_train_bench(settings)
 
 
@@ -187,8 +266,9 @@ def test_train_skips_a_case_whose_devices_would_not_fit_in_host_memory(monkeypat
     """On CPU all fake devices live in host memory: a case that would be OOM-killed (losing every row) is
     compiled but not run."""
     monkeypatch.setattr(bench_train, "_available_host_bytes", lambda: 2**20)
-    settings = bench.Settings(presets=("tiny",), dtypes=("float32",), meshes=(1,), batch=TRAIN_BATCH,
-                              frames=TRAIN_FRAMES, repeats=2)  # the fixture's shapes: compiles come from the cache
+    settings = bench.Settings(
+        presets=("tiny",), dtypes=("float32",), meshes=(1,), batch=TRAIN_BATCH, frames=TRAIN_FRAMES, repeats=2
+    )  # the fixture's shapes: compiles come from the cache
     [row] = bench.run_benchmark("train", settings, tmp_path / "train.json", command="test")["rows"]
     assert row["skipped"].startswith("skipped: 1 device(s) x ")
     assert (row["times_s"], row["median_s"], row["frames_per_s"], row["mfu"]) == ([], None, None, None)
@@ -217,7 +297,7 @@ def test_stream_rows_follow_from_their_times_and_sizes(stream_report):
         assert len(row["times_s"]) == 3 and row["first_step_s"] > 0
         assert row["p50_ms"] == pytest.approx(sorted(row["times_s"])[1] * 1e3)
         assert row["real_time_factor"] == pytest.approx(row["p50_ms"] / 80.0)
-        assert row["cache_mib"] * 2 ** 20 == bench_stream.cache_bytes(config, row["batch"], 8, "float32")
+        assert row["cache_mib"] * 2**20 == bench_stream.cache_bytes(config, row["batch"], 8, "float32")
         assert row["bound_ms"] == pytest.approx(row["bytes_needed"] / (row["read_bandwidth_gbs"] * 1e9) * 1e3)
         assert row["x_bound"] == pytest.approx(row["p50_ms"] / row["bound_ms"])
     # More sessions read the same weights once but more embedding rows and cache.
@@ -233,8 +313,9 @@ def test_stream_weight_bytes_count_embedding_rows_not_tables():
     params = model.abstract_params(config)
     total = sum(leaf.size * 4 for leaf in jax.tree.leaves(params))
     width, depth_width = config.hidden_size, config.depth_dim
-    tables = (config.vocab_size + 2 * config.aud_channel * config.aud_vocab_size) * width + \
-        config.aud_channel * config.aud_vocab_size * depth_width
+    tables = (
+        config.vocab_size + 2 * config.aud_channel * config.aud_vocab_size
+    ) * width + config.aud_channel * config.aud_vocab_size * depth_width
     rows = (1 + 2 * config.aud_channel) * width + (config.aud_channel - 1) * depth_width
     assert bench_stream.weight_bytes_per_frame(config, params, 1) == total - 4 * tables + 4 * rows
 
@@ -245,8 +326,9 @@ def test_stream_notes_give_the_7b_bound_per_chip(stream_report):
     by_chip = {}
     for row in analytic:
         by_chip.setdefault(row["chip"], []).append(row)
-        assert row["bound_ms"] == pytest.approx(row["bytes"] / stream_report["header"]["hbm_bandwidth"][row["chip"]]
-                                                * 1e3)
+        assert row["bound_ms"] == pytest.approx(
+            row["bytes"] / stream_report["header"]["hbm_bandwidth"][row["chip"]] * 1e3
+        )
     # The same bytes on a faster memory take proportionally less time.
     for v5e, h100 in zip(by_chip["TPU v5e"], by_chip["H100 SXM"]):
         assert v5e["bytes"] == h100["bytes"] and v5e["bound_ms"] > h100["bound_ms"]

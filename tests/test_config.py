@@ -37,15 +37,25 @@ def test_official_round_trip_is_lossless(name):
 
 def test_to_official_writes_every_field_the_released_loader_needs():
     written = flm_config.tiny().to_official()
-    required = ("vocab_size aud_vocab_size aud_channel hidden_size intermediate_size num_hidden_layers "
-                "num_attention_heads num_key_value_heads head_dim hidden_act max_position_embeddings rms_norm_eps "
-                "rope_theta rope_scaling attention_bias disable_att_o_bias mlp_bias attention_dropout "
-                "tie_word_embeddings use_mup input_mult output_mult mup_scale_factor initializer_range "
-                "bos_token_id eos_token_id pad_token_id torch_dtype mm_token_info aud_depthgpt").split()
+    required = (
+        "vocab_size aud_vocab_size aud_channel hidden_size intermediate_size num_hidden_layers "
+        "num_attention_heads num_key_value_heads head_dim hidden_act max_position_embeddings rms_norm_eps "
+        "rope_theta rope_scaling attention_bias disable_att_o_bias mlp_bias attention_dropout "
+        "tie_word_embeddings use_mup input_mult output_mult mup_scale_factor initializer_range "
+        "bos_token_id eos_token_id pad_token_id torch_dtype mm_token_info aud_depthgpt"
+    ).split()
     assert not [key for key in required if key not in written]
     assert set(written["mm_token_info"]) == {"text_wait_token_id", "aud_pad_token_id", "aud_emp_token_id"}
-    assert set(written["aud_depthgpt"]) == {"n_layer", "n_head", "n_embd", "dropout", "bias", "use_cmlp",
-                                            "use_rmsnorm", "use_swiglu"}
+    assert set(written["aud_depthgpt"]) == {
+        "n_layer",
+        "n_head",
+        "n_embd",
+        "dropout",
+        "bias",
+        "use_cmlp",
+        "use_rmsnorm",
+        "use_swiglu",
+    }
     assert written["model_type"] == "FLMAudio" and written["architectures"] == ["FLMAudioForCausalLM"]
 
 
@@ -75,8 +85,13 @@ def test_mrope_scaling_is_accepted_as_plain_rope_and_kept():
 def test_presets_build_and_have_the_sizes_they_promise():
     assert flm_config.preset("tiny").hidden_size == 64
     big = flm_config.preset("flm_audio_7b")
-    assert (big.hidden_size, big.vocab_size, big.aud_vocab_size, big.depth_dim, big.depth_layers) == \
-        (3584, 151668, 2050, 1024, 6)
+    assert (big.hidden_size, big.vocab_size, big.aud_vocab_size, big.depth_dim, big.depth_layers) == (
+        3584,
+        151668,
+        2050,
+        1024,
+        6,
+    )
     with pytest.raises(ConfigError, match="unknown model preset 'huge'"):
         flm_config.preset("huge")
 
@@ -93,25 +108,28 @@ def test_7b_preset_reproduces_the_released_depth_parameter_count():
     assert round(depth / 1e6, 2) == 490.69
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(num_attention_heads=4, num_key_value_heads=3), "not divisible by num_key_value_heads"),
-    (dict(hidden_size=66), "hidden_size \\(66\\) is not divisible by num_attention_heads"),
-    (dict(aud_channel=4), "aud_channel is 4, but per-position depth MLPs"),
-    (dict(text_wait_id=1000), "text_wait_token_id 1000 is outside the text vocabulary"),
-    (dict(aud_pad_id=2050), "aud_pad_token_id 2050 is outside the audio vocabulary"),
-    (dict(aud_emp_id=-1), "aud_emp_token_id -1 is outside the audio vocabulary"),
-    (dict(aud_pad_id=2049), "aud_pad_token_id and aud_emp_token_id are both 2049"),
-    (dict(bos_token_id=5000), "bos_token_id 5000 is outside the text vocabulary"),
-    (dict(hidden_act="mish"), "unknown hidden_act 'mish'"),
-    (dict(depth_dim=30), "depth n_embd \\(30\\) is not divisible by depth n_head"),
-    (dict(head_dim=15), "head_dim \\(15\\) must be even"),
-    (dict(aud_vocab_size=1000, aud_pad_id=998, aud_emp_id=999), "smaller than the codec's 2048 codes"),
-    (dict(rope_scaling='{"type": "yarn"}'), "rope_scaling type 'yarn' is not supported"),
-    (dict(tie_word_embeddings=True), "untied lm_head"),
-    (dict(dtype="int8"), "dtype 'int8' is not one of"),
-    (dict(remat_policy="sometimes"), "unknown remat_policy 'sometimes'"),
-    (dict(num_hidden_layers=0), "num_hidden_layers must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(num_attention_heads=4, num_key_value_heads=3), "not divisible by num_key_value_heads"),
+        (dict(hidden_size=66), "hidden_size \\(66\\) is not divisible by num_attention_heads"),
+        (dict(aud_channel=4), "aud_channel is 4, but per-position depth MLPs"),
+        (dict(text_wait_id=1000), "text_wait_token_id 1000 is outside the text vocabulary"),
+        (dict(aud_pad_id=2050), "aud_pad_token_id 2050 is outside the audio vocabulary"),
+        (dict(aud_emp_id=-1), "aud_emp_token_id -1 is outside the audio vocabulary"),
+        (dict(aud_pad_id=2049), "aud_pad_token_id and aud_emp_token_id are both 2049"),
+        (dict(bos_token_id=5000), "bos_token_id 5000 is outside the text vocabulary"),
+        (dict(hidden_act="mish"), "unknown hidden_act 'mish'"),
+        (dict(depth_dim=30), "depth n_embd \\(30\\) is not divisible by depth n_head"),
+        (dict(head_dim=15), "head_dim \\(15\\) must be even"),
+        (dict(aud_vocab_size=1000, aud_pad_id=998, aud_emp_id=999), "smaller than the codec's 2048 codes"),
+        (dict(rope_scaling='{"type": "yarn"}'), "rope_scaling type 'yarn' is not supported"),
+        (dict(tie_word_embeddings=True), "untied lm_head"),
+        (dict(dtype="int8"), "dtype 'int8' is not one of"),
+        (dict(remat_policy="sometimes"), "unknown remat_policy 'sometimes'"),
+        (dict(num_hidden_layers=0), "num_hidden_layers must be a positive integer"),
+    ],
+)
 def test_invalid_configs_are_rejected_with_a_message_naming_the_problem(overrides, message):
     with pytest.raises(ConfigError, match=message):
         flm_config.tiny(**overrides)

@@ -49,8 +49,10 @@ def test_replace_folder_leaves_the_old_folder_whole_when_the_build_fails(tmp_pat
     assert sorted(os.listdir(tmp_path)) == ["out"] and os.listdir(target) == ["new.txt"]
 
 
-@pytest.mark.parametrize("output, refused", [("run", True), ("run/stage", True), ("run/stage/export", True),
-                                              ("run/other", False), ("elsewhere", False)])
+@pytest.mark.parametrize(
+    "output, refused",
+    [("run", True), ("run/stage", True), ("run/stage/export", True), ("run/other", False), ("elsewhere", False)],
+)
 def test_an_output_that_is_contains_or_sits_inside_an_input_is_refused(tmp_path, output, refused):
     if refused:
         with pytest.raises(files.OverlapError, match="the input"):

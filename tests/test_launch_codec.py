@@ -45,10 +45,12 @@ def test_encode_of_a_24khz_file_equals_batch_encode(tmp_path, mimi, speech, caps
 def test_short_windows_carry_the_stream_state(tmp_path, mimi, speech):
     directory, config, params = mimi
     write_wav(tmp_path / "speech.wav", speech, 24000, dtype="float32")
-    assert run("encode", tmp_path / "speech.wav", tmp_path / "codes.npy", "--mimi", directory,
-               "--chunk_frames", 16) == 0
-    np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"),
-                                  np.asarray(codec.encode(config, params, speech[None])))
+    assert (
+        run("encode", tmp_path / "speech.wav", tmp_path / "codes.npy", "--mimi", directory, "--chunk_frames", 16) == 0
+    )
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "codes.npy"), np.asarray(codec.encode(config, params, speech[None]))
+    )
 
 
 @pytest.mark.parametrize("rate", [16000, 44100])
@@ -114,8 +116,10 @@ def test_long_files_stream_in_windows_like_the_released_code(tmp_path, mimi):
     np.testing.assert_array_equal(np.load(tmp_path / "codes.npy")[0], golden["long/stream_codes"][:, 0, :, 0].T)
 
     np.save(tmp_path / "batch_codes.npy", golden["long/codes"])
-    assert run("decode", tmp_path / "batch_codes.npy", tmp_path / "out.wav", "--mimi", directory,
-               "--dtype", "float32") == 0
+    assert (
+        run("decode", tmp_path / "batch_codes.npy", tmp_path / "out.wav", "--mimi", directory, "--dtype", "float32")
+        == 0
+    )
     pcm, _ = read_wav(tmp_path / "out.wav")
     np.testing.assert_allclose(pcm[0], golden["long/stream_pcm"][:, 0, 0].reshape(-1), atol=1e-5)
 
@@ -131,11 +135,13 @@ def test_non_finite_samples_are_refused_or_encoded_as_silence_with_a_warning(tmp
     assert not (tmp_path / "codes.npy").exists()
 
     with pytest.warns(UserWarning, match="nan.wav: 1 non-finite samples .* at 0.400 s, read as zeros"):
-        assert run("encode", tmp_path / "nan.wav", tmp_path / "codes.npy", "--mimi", directory,
-                   "--allow_nonfinite") == 0
+        assert (
+            run("encode", tmp_path / "nan.wav", tmp_path / "codes.npy", "--mimi", directory, "--allow_nonfinite") == 0
+        )
     silenced = np.where(np.isnan(poisoned), 0, poisoned)
-    np.testing.assert_array_equal(np.load(tmp_path / "codes.npy"),
-                                  np.asarray(codec.encode(config, params, silenced[None])))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "codes.npy"), np.asarray(codec.encode(config, params, silenced[None]))
+    )
 
 
 def test_a_repaired_input_is_one_warning_line_without_pythons_file_and_line(tmp_path, mimi, speech):
@@ -143,22 +149,53 @@ def test_a_repaired_input_is_one_warning_line_without_pythons_file_and_line(tmp_
     poisoned = speech[:, :3840].copy()
     poisoned[0, 100] = np.inf
     write_wav(tmp_path / "inf.wav", poisoned, 24000, dtype="float32")
-    done = subprocess.run([sys.executable, "-m", "launch.codec", "encode", str(tmp_path / "inf.wav"),
-                           str(tmp_path / "out.npy"), "--mimi", directory, "--no_progress", "--allow_nonfinite"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.codec",
+            "encode",
+            str(tmp_path / "inf.wav"),
+            str(tmp_path / "out.npy"),
+            "--mimi",
+            directory,
+            "--no_progress",
+            "--allow_nonfinite",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     warned = [line for line in done.stderr.splitlines() if "non-finite" in line]
-    assert warned == [f"warning: {tmp_path / 'inf.wav'}: 1 non-finite samples (NaN or Inf), the first at 0.004 s, "
-                      "read as zeros (--allow_nonfinite)"], done.stderr
+    assert warned == [
+        f"warning: {tmp_path / 'inf.wav'}: 1 non-finite samples (NaN or Inf), the first at 0.004 s, "
+        "read as zeros (--allow_nonfinite)"
+    ], done.stderr
 
 
 def test_a_wav_cut_inside_its_header_is_one_error_line(tmp_path, mimi, speech):
     directory, _, _ = mimi
     write_wav(tmp_path / "whole.wav", speech[:, :1920], 24000)
     (tmp_path / "cut.wav").write_bytes((tmp_path / "whole.wav").read_bytes()[:30])
-    done = subprocess.run([sys.executable, "-m", "launch.codec", "encode", str(tmp_path / "cut.wav"),
-                           str(tmp_path / "out.npy"), "--mimi", directory, "--no_progress"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.codec",
+            "encode",
+            str(tmp_path / "cut.wav"),
+            str(tmp_path / "out.npy"),
+            "--mimi",
+            directory,
+            "--no_progress",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'cut.wav'}: not a readable WAV")
 

@@ -38,8 +38,7 @@ def stage_config(data_dir, **duplex):
     config.data.sequence_length = 32
     config.data.global_batch_size = 8
     config.optimizer.warmup_steps = 1
-    config.train.update(dict(total_steps=STEPS, log_every=2, eval_every=2, save_every=STEPS,
-                             async_checkpoints=False))
+    config.train.update(dict(total_steps=STEPS, log_every=2, eval_every=2, save_every=STEPS, async_checkpoints=False))
     config.evals.held_out.batches = 1
     config.evals.duplex.update(duplex)
     return config
@@ -64,7 +63,7 @@ def test_the_loop_logs_duplex_metrics_at_each_eval(trained, data_dir):
     assert sorted(evals) == [2, 4]
     source = DialogSource(str(data_dir), "synthetic", "validation_dialog")
     user_turns = sum(_merged_turns(source[i].listen_segments, 24) for i in range(2))
-    for step, figures in evals.items():
+    for figures in evals.values():
         assert figures["duplex/dialogs"] == 2 and figures["duplex/frames"] == 48
         assert figures["duplex/speaking/n_user_turns"] == figures["duplex/thinking/n_user_turns"] == user_turns
         assert 0.0 <= figures["duplex/speaking/active_fraction"] <= 1.0
@@ -86,9 +85,29 @@ def test_duplex_eval_is_off_by_default_and_a_missing_split_is_an_error(data_dir,
 def test_cli_tokens_trained_and_untrained(trained, data_dir, tmp_path, capsys):
     workdir, _ = trained
     out = tmp_path / "tokens.json"
-    assert cli.run(eval_cli.main, ["tokens", "--checkpoint", str(workdir), "--untrained", "tiny", "--data_dir",
-                                   str(data_dir), "--dialogs", "2", "--frames", "24", "--batch", "2",
-                                   "--out", str(out)]) == 0
+    assert (
+        cli.run(
+            eval_cli.main,
+            [
+                "tokens",
+                "--checkpoint",
+                str(workdir),
+                "--untrained",
+                "tiny",
+                "--data_dir",
+                str(data_dir),
+                "--dialogs",
+                "2",
+                "--frames",
+                "24",
+                "--batch",
+                "2",
+                "--out",
+                str(out),
+            ],
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     header = printed.splitlines()[0].split()
     assert header[0] == "trained" and "reference" in header
@@ -109,8 +128,9 @@ def test_cli_errors(data_dir, tmp_path, capsys):
     assert "--checkpoint" in capsys.readouterr().err
     assert cli.run(eval_cli.main, ["tokens", "--checkpoint", str(tmp_path), "--data_dir", str(data_dir)]) == 2
     assert "neither" in capsys.readouterr().err
-    assert cli.run(eval_cli.main, ["tokens", "--untrained", "tiny", "--data_dir", str(data_dir),
-                                   "--split", "nope"]) == 2
+    assert (
+        cli.run(eval_cli.main, ["tokens", "--untrained", "tiny", "--data_dir", str(data_dir), "--split", "nope"]) == 2
+    )
     assert "nope" in capsys.readouterr().err
 
 
@@ -123,9 +143,24 @@ def test_a_tokenizer_that_does_not_fit_the_model_is_one_error_line(data_dir, tmp
 
     config = dataclasses.replace(flm_config.preset("tiny"), text_wait_id=5)  # the data's tokenizer says 3
     save_official(tmp_path / "ckpt", config, model.init_params(config, jax.random.key(0)), dtype="float32")
-    done = subprocess.run([sys.executable, "-m", "launch.eval", "tokens", "--checkpoint", str(tmp_path / "ckpt"),
-                           "--data_dir", str(data_dir), "--dialogs", "1"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.eval",
+            "tokens",
+            "--checkpoint",
+            str(tmp_path / "ckpt"),
+            "--data_dir",
+            str(data_dir),
+            "--dialogs",
+            "1",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: tokenizer does not fit the model config: the tokenizer's <wait> id is 3")

@@ -26,8 +26,13 @@ def run(argv) -> int:
 
 
 def run_process(*argv) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launch.stream", *map(str, argv)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "launch.stream", *map(str, argv)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def assert_one_error_line(done: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -35,11 +40,12 @@ def assert_one_error_line(done: subprocess.CompletedProcess, *fragments: str) ->
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and all(fragment in last for fragment in fragments), last
 
+
 WORDS = "hello there how are you doing today fine thanks what about the weather sunny and warm".split()
 
 
 def tokenizer_bytes() -> bytes:
-    return text_lib.train_sentencepiece([" ".join(WORDS[i:i + 5]) for i in range(len(WORDS) - 5)] * 20, 32)
+    return text_lib.train_sentencepiece([" ".join(WORDS[i : i + 5]) for i in range(len(WORDS) - 5)] * 20, 32)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +58,9 @@ def test_cli_reproduces_golden_greedy_frames(golden_stream, tmp_path):
     folder, reference = golden_stream
     np.save(tmp_path / "user.npy", reference["listen"])
     out = tmp_path / "out.npz"
-    assert run(["--checkpoint", str(folder), "--listen", str(tmp_path / "user.npy"),
-                "--out", str(out), "--greedy"]) == 0
+    assert (
+        run(["--checkpoint", str(folder), "--listen", str(tmp_path / "user.npy"), "--out", str(out), "--greedy"]) == 0
+    )
     written = np.load(out)
     expected = reference["greedy/out_tokens"][1:]  # step s returns frame s-1: 60 steps, 59 frames
     np.testing.assert_array_equal(written["frames"], expected)
@@ -71,12 +78,17 @@ def test_cli_takes_every_kind_of_checkpoint_path(golden_stream, tmp_path, kind):
     folder, reference = golden_stream
     import_official.import_official(folder, tmp_path / "main" / "stage4_duplex_leading")
     (tmp_path / "main" / "stage1_post_train_trailing").mkdir()  # no checkpoint: passed over
-    checkpoint = tmp_path / "main" if kind == "main job's workdir" else \
-        tmp_path / "main" / "stage4_duplex_leading" / "checkpoints" / "0"
+    checkpoint = (
+        tmp_path / "main"
+        if kind == "main job's workdir"
+        else tmp_path / "main" / "stage4_duplex_leading" / "checkpoints" / "0"
+    )
     np.save(tmp_path / "user.npy", reference["listen"])
     out = tmp_path / "out.npz"
-    assert run(["--checkpoint", str(checkpoint), "--listen", str(tmp_path / "user.npy"),
-                "--out", str(out), "--greedy"]) == 0
+    assert (
+        run(["--checkpoint", str(checkpoint), "--listen", str(tmp_path / "user.npy"), "--out", str(out), "--greedy"])
+        == 0
+    )
     np.testing.assert_array_equal(np.load(out)["frames"], reference["greedy/out_tokens"][1:])
 
 
@@ -89,14 +101,40 @@ def test_batch_file_sessions_equal_each_alone(golden_stream, tmp_path):
         np.save(tmp_path / f"{name}.npy", codes)
     (tmp_path / "sessions.txt").write_text("long.npy\n# a comment\nshort.npy\n")
     # Sampled (the released defaults): each session has its own key, so batching changes nothing.
-    assert run(["--checkpoint", str(folder), "--batch-file", str(tmp_path / "sessions.txt"),
-                "--out", str(tmp_path / "out"), "--seed", "5"]) == 0
+    assert (
+        run(
+            [
+                "--checkpoint",
+                str(folder),
+                "--batch-file",
+                str(tmp_path / "sessions.txt"),
+                "--out",
+                str(tmp_path / "out"),
+                "--seed",
+                "5",
+            ]
+        )
+        == 0
+    )
     for name, codes in users.items():
         alone = tmp_path / "alone" / f"{name}.npy"
         alone.parent.mkdir(exist_ok=True)
         np.save(alone, codes)
-        assert run(["--checkpoint", str(folder), "--listen", str(alone),
-                    "--out", str(tmp_path / "alone" / f"{name}.npz"), "--seed", "5"]) == 0
+        assert (
+            run(
+                [
+                    "--checkpoint",
+                    str(folder),
+                    "--listen",
+                    str(alone),
+                    "--out",
+                    str(tmp_path / "alone" / f"{name}.npz"),
+                    "--seed",
+                    "5",
+                ]
+            )
+            == 0
+        )
         batched = np.load(tmp_path / "out" / f"{name}.npz")["frames"]
         assert batched.shape == (codes.shape[1] - 1, 9)
         np.testing.assert_array_equal(batched, np.load(tmp_path / "alone" / f"{name}.npz")["frames"])
@@ -113,13 +151,29 @@ def test_monologue_text_breaks_lines_at_wait(tmp_path):
 def test_cli_writes_the_monologue_with_a_tokenizer(tmp_path):
     (tmp_path / "tok.model").write_bytes(tokenizer_bytes())
     tokenizer = text_lib.SentencePieceTokenizer(tokenizer_bytes())
-    config = dataclasses.replace(flm_config.preset("tiny"), vocab_size=tokenizer.vocab_size,
-                                 text_wait_id=tokenizer.wait_id)
+    config = dataclasses.replace(
+        flm_config.preset("tiny"), vocab_size=tokenizer.vocab_size, text_wait_id=tokenizer.wait_id
+    )
     save_official(tmp_path / "ckpt", config, model.init_params(config, jax.random.key(0)), dtype="float32")
     np.save(tmp_path / "user.npy", np.random.default_rng(1).integers(0, 2048, (1, 8, 20)))
     out = tmp_path / "session.npz"
-    assert run(["--checkpoint", str(tmp_path / "ckpt"), "--listen", str(tmp_path / "user.npy"),
-                "--out", str(out), "--tokenizer", str(tmp_path / "tok.model"), "--seed", "3"]) == 0
+    assert (
+        run(
+            [
+                "--checkpoint",
+                str(tmp_path / "ckpt"),
+                "--listen",
+                str(tmp_path / "user.npy"),
+                "--out",
+                str(out),
+                "--tokenizer",
+                str(tmp_path / "tok.model"),
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     frames = np.load(out)["frames"]
     expected = sessions.monologue_text(frames[:, 0], tokenizer, tokenizer.wait_id)
     assert (tmp_path / "session.txt").read_text() == expected + "\n"
@@ -146,8 +200,10 @@ def test_cli_errors_name_the_problem(golden_stream, tmp_path, capsys):
     assert run(args + ["--listen", str(tmp_path / "ok.npy")]) == 2
     assert "output exists" in capsys.readouterr().err
     assert (tmp_path / "out.npz").read_bytes() == b"keep me"
-    assert run(["--checkpoint", str(tmp_path), "--listen", str(tmp_path / "ok.npy"),
-                "--out", str(tmp_path / "x.npz")]) == 2
+    assert (
+        run(["--checkpoint", str(tmp_path), "--listen", str(tmp_path / "ok.npy"), "--out", str(tmp_path / "x.npz")])
+        == 2
+    )
     assert f"checkpoint {tmp_path}: it holds neither config.json" in capsys.readouterr().err
 
 
@@ -166,28 +222,53 @@ def test_wav_session_hears_the_streaming_encoder_and_speaks_in_time(golden_strea
     folder, _ = golden_stream
     mimi, user_wav = speech_wav
     base = ["--checkpoint", str(folder), "--mimi", str(mimi), "--greedy"]
-    assert run(base + ["--listen", str(user_wav), "--out", str(tmp_path / "a.npz"),
-                       "--out_wav", str(tmp_path / "a.wav"), "--stereo"]) == 0
+    assert (
+        run(
+            base
+            + [
+                "--listen",
+                str(user_wav),
+                "--out",
+                str(tmp_path / "a.npz"),
+                "--out_wav",
+                str(tmp_path / "a.wav"),
+                "--stereo",
+            ]
+        )
+        == 0
+    )
     written = np.load(tmp_path / "a.npz")
     user = load_audio(user_wav, 24000, mono=True)
     mimi_config, mimi_params = codec.load_codec(mimi)
     state = codec.init_codec_stream(mimi_config, mimi_params, 1)
     frames = -(-user.shape[1] // 1920)
     padded = np.zeros((1, 1, frames * 1920), np.float32)
-    padded[0, 0, :user.shape[1]] = user[0]
+    padded[0, 0, : user.shape[1]] = user[0]
     _, expected_codes = codec.encode_step(mimi_config, mimi_params, state, padded)  # all frames in one call
     np.testing.assert_array_equal(written["listen_codes"], np.asarray(expected_codes)[0])
 
     # The same session from the heard codes gives the same frames, and the same voice.
     np.save(tmp_path / "heard.npy", written["listen_codes"])
-    assert run(base + ["--listen", str(tmp_path / "heard.npy"), "--out", str(tmp_path / "b.npz"),
-                       "--out_wav", str(tmp_path / "b.wav")]) == 0
+    assert (
+        run(
+            base
+            + [
+                "--listen",
+                str(tmp_path / "heard.npy"),
+                "--out",
+                str(tmp_path / "b.npz"),
+                "--out_wav",
+                str(tmp_path / "b.wav"),
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(np.load(tmp_path / "b.npz")["frames"], written["frames"])
     stereo, rate = read_wav(tmp_path / "a.wav")
     voice, _ = read_wav(tmp_path / "b.wav")
     assert rate == 24000 and stereo.shape == (2, user.shape[1])  # as long as the input
     np.testing.assert_allclose(stereo[0], user[0], atol=1 / 32767)  # user on the left (16-bit)
-    np.testing.assert_array_equal(stereo[1], voice[0][:user.shape[1]])  # the model on the right
+    np.testing.assert_array_equal(stereo[1], voice[0][: user.shape[1]])  # the model on the right
     assert np.abs(stereo[1, :1920]).max() == 0  # slot 0: nothing emitted yet
     assert np.abs(stereo[1, 1920:]).max() > 0.01
 
@@ -195,8 +276,7 @@ def test_wav_session_hears_the_streaming_encoder_and_speaks_in_time(golden_strea
 def test_audio_options_need_mimi(golden_stream, speech_wav, tmp_path, capsys):
     folder, _ = golden_stream
     _, user_wav = speech_wav
-    assert run(["--checkpoint", str(folder), "--listen", str(user_wav),
-                "--out", str(tmp_path / "a.npz")]) == 2
+    assert run(["--checkpoint", str(folder), "--listen", str(user_wav), "--out", str(tmp_path / "a.npz")]) == 2
     assert "needs --mimi" in capsys.readouterr().err
 
 
@@ -220,8 +300,18 @@ def test_max_frames_zero_is_an_error_not_the_default(golden_stream, tmp_path, ca
     folder, reference = golden_stream
     np.save(tmp_path / "user.npy", reference["listen"][..., :5])
     with pytest.raises(SystemExit) as exited:
-        run(["--checkpoint", folder, "--listen", tmp_path / "user.npy", "--out", tmp_path / "a.npz",
-             "--max_frames", "0"])
+        run(
+            [
+                "--checkpoint",
+                folder,
+                "--listen",
+                tmp_path / "user.npy",
+                "--out",
+                tmp_path / "a.npz",
+                "--max_frames",
+                "0",
+            ]
+        )
     err = capsys.readouterr().err
     assert exited.value.code == 2 and "--max_frames 0: must be at least 1" in err
     assert err.startswith("error:") and err.count("\n") == 1, err  # one line, not argparse's usage + error
@@ -247,8 +337,11 @@ def test_a_bad_session_of_a_batch_is_skipped_and_listed(golden_stream, tmp_path,
     printed = capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.npz"]
     assert "skipped 3 of 4 session(s)" in printed
-    for name, reason in (("shape.npy", "have shape [4, 10]"), ("cut.npy", "cannot read"),
-                         ("missing.npy", "cannot read")):
+    for name, reason in (
+        ("shape.npy", "have shape [4, 10]"),
+        ("cut.npy", "cannot read"),
+        ("missing.npy", "cannot read"),
+    ):
         assert any(name in line and reason in line for line in printed.splitlines()), (name, printed)
 
     (tmp_path / "bad.txt").write_text("shape.npy\ncut.npy\n")
@@ -265,6 +358,7 @@ def test_damaged_checkpoint_and_wav_are_one_error_line_naming_the_file(golden_st
 
     mimi, user_wav = speech_wav
     (tmp_path / "cut.wav").write_bytes(user_wav.read_bytes()[:30])
-    done = run_process("--checkpoint", folder, "--mimi", mimi, "--listen", tmp_path / "cut.wav", "--out",
-                       tmp_path / "o")
+    done = run_process(
+        "--checkpoint", folder, "--mimi", mimi, "--listen", tmp_path / "cut.wav", "--out", tmp_path / "o"
+    )
     assert_one_error_line(done, f"{tmp_path / 'cut.wav'}: not a readable WAV file")

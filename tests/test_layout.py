@@ -39,7 +39,7 @@ def imported_modules(source: str, module: str, is_package: bool = False) -> list
             base = node.module or ""
             if node.level:
                 package = module.split(".") if is_package else module.split(".")[:-1]
-                package = package[:len(package) - (node.level - 1)]
+                package = package[: len(package) - (node.level - 1)]
                 base = ".".join(package + ([node.module] if node.module else []))
             found.append((node.lineno, base))
             found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
@@ -48,8 +48,13 @@ def imported_modules(source: str, module: str, is_package: bool = False) -> list
 
 def backward_imports(source: str, module: str, is_package: bool = False) -> list[str]:
     """`module:LINE imports NAME` for each import of `source` against the data flow."""
-    return sorted({f"{module}:{line} imports {name} ({stage_of(module)} <- {stage_of(name)})"
-                   for line, name in imported_modules(source, module, is_package) if is_backward(module, name)})
+    return sorted(
+        {
+            f"{module}:{line} imports {name} ({stage_of(module)} <- {stage_of(name)})"
+            for line, name in imported_modules(source, module, is_package)
+            if is_backward(module, name)
+        }
+    )
 
 
 def package_modules() -> list[tuple[str, pathlib.Path]]:
@@ -63,28 +68,33 @@ def package_modules() -> list[tuple[str, pathlib.Path]]:
 
 
 def test_no_module_imports_against_the_data_flow():
-    problems = [problem for module, path in package_modules()
-                for problem in backward_imports(path.read_text(), module, path.name == "__init__.py")]
+    problems = [
+        problem
+        for module, path in package_modules()
+        for problem in backward_imports(path.read_text(), module, path.name == "__init__.py")
+    ]
     assert not problems, "imports against the data flow:\n  " + "\n  ".join(problems)
 
 
 def test_the_package_has_every_stage_and_the_checkpoints_base():
     names = {module for module, _ in package_modules()}
-    assert {"flmjax.data", "flmjax.train", "flmjax.infer", "flmjax.eval", "flmjax.checkpoints",
-            "flmjax.codec"} <= names
+    assert {"flmjax.data", "flmjax.train", "flmjax.infer", "flmjax.eval", "flmjax.checkpoints", "flmjax.codec"} <= names
 
 
-@pytest.mark.parametrize("module, source, backward", [
-    ("flmjax.train.loop", "from flmjax.eval import dialogs\n", True),  # a later stage
-    ("flmjax.infer.stream", "from flmjax.train import checkpoint\n", True),  # a sibling
-    ("flmjax.train.step", "from flmjax.infer.stream import init_stream\n", True),  # the other sibling
-    ("flmjax.data.dataset", "import flmjax.train.loss\n", True),  # a plain import
-    ("flmjax.model", "from flmjax.data import text\n", True),  # a base module importing a stage
-    ("flmjax.checkpoints.paths", "from ..train import loop\n", True),  # a relative import
-    ("flmjax.train.loop", "def run():\n    if True:\n        from flmjax.eval import dialogs\n", True),  # local
-    ("flmjax.eval.fdb_run", "from flmjax.infer import sessions\nfrom flmjax.train import step\n", False),
-    ("flmjax.train.loop", "from flmjax.data import pipeline\nfrom flmjax import checkpoints, model\n", False),
-    ("flmjax.data.dataset", "from . import records\nimport numpy\n", False),
-])
+@pytest.mark.parametrize(
+    "module, source, backward",
+    [
+        ("flmjax.train.loop", "from flmjax.eval import dialogs\n", True),  # a later stage
+        ("flmjax.infer.stream", "from flmjax.train import checkpoint\n", True),  # a sibling
+        ("flmjax.train.step", "from flmjax.infer.stream import init_stream\n", True),  # the other sibling
+        ("flmjax.data.dataset", "import flmjax.train.loss\n", True),  # a plain import
+        ("flmjax.model", "from flmjax.data import text\n", True),  # a base module importing a stage
+        ("flmjax.checkpoints.paths", "from ..train import loop\n", True),  # a relative import
+        ("flmjax.train.loop", "def run():\n    if True:\n        from flmjax.eval import dialogs\n", True),  # local
+        ("flmjax.eval.fdb_run", "from flmjax.infer import sessions\nfrom flmjax.train import step\n", False),
+        ("flmjax.train.loop", "from flmjax.data import pipeline\nfrom flmjax import checkpoints, model\n", False),
+        ("flmjax.data.dataset", "from . import records\nimport numpy\n", False),
+    ],
+)
 def test_the_checker_catches_a_backward_import(module, source, backward):
     assert bool(backward_imports(source, module)) == backward

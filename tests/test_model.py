@@ -49,8 +49,9 @@ def test_kv_cached_steps_match_released_incremental_logits(golden):
     cache = model.init_cache(config, batch_size=text_ids.shape[0], max_frames=24)
     logits, hiddens = [], []
     for t in range(text_ids.shape[1]):
-        step_logits, step_hidden, cache = step(params, cache, text_ids[:, t:t + 1], speak_ids[:, t:t + 1],
-                                               listen_ids[:, t:t + 1])
+        step_logits, step_hidden, cache = step(
+            params, cache, text_ids[:, t : t + 1], speak_ids[:, t : t + 1], listen_ids[:, t : t + 1]
+        )
         logits.append(step_logits)
         hiddens.append(step_hidden)
     assert max_diff(np.concatenate(logits, 1), reference["text_logits_incremental"]) < TOLERANCE
@@ -62,10 +63,12 @@ def test_prefill_then_steps_equals_full_forward(golden):
     config, params, reference = golden
     text_ids, speak_ids, listen_ids = inputs(reference)
     cache = model.init_cache(config, batch_size=2, max_frames=16)
-    prefix_logits, _, cache = model.forward_cached(config, params, cache, text_ids[:, :10], speak_ids[:, :10],
-                                                   listen_ids[:, :10])
-    rest_logits, _, cache = model.forward_cached(config, params, cache, text_ids[:, 10:], speak_ids[:, 10:],
-                                                 listen_ids[:, 10:])
+    prefix_logits, _, cache = model.forward_cached(
+        config, params, cache, text_ids[:, :10], speak_ids[:, :10], listen_ids[:, :10]
+    )
+    rest_logits, _, cache = model.forward_cached(
+        config, params, cache, text_ids[:, 10:], speak_ids[:, 10:], listen_ids[:, 10:]
+    )
     combined = np.concatenate([prefix_logits, rest_logits], axis=1)
     assert max_diff(combined, reference["text_logits"]) < TOLERANCE
 
@@ -80,8 +83,10 @@ def test_depth_teacher_forced_logits_match_released(golden):
 def test_depth_prefix_logits_match_released(golden):
     config, params, reference = golden
     audio = reference["depth_audio"]
-    last_positions = [model.depth_forward(config, params, reference["depth_hidden"], audio[:, :k])[:, k]
-                      for k in range(config.aud_channel)]
+    last_positions = [
+        model.depth_forward(config, params, reference["depth_hidden"], audio[:, :k])[:, k]
+        for k in range(config.aud_channel)
+    ]
     assert max_diff(np.stack(last_positions, axis=1), reference["depth_logits_prefix"]) < TOLERANCE
 
 
@@ -99,12 +104,16 @@ def test_depth_steps_with_kv_cache_match_released_prefix_logits(golden):
     assert max_diff(np.stack(logits, axis=1), reference["depth_logits_prefix"]) < TOLERANCE
 
 
-@pytest.mark.parametrize("switches", list(itertools.product([False, True], repeat=4)),
-                         ids=lambda s: "cmlp{}-swiglu{}-rms{}-bias{}".format(*map(int, s)))
+@pytest.mark.parametrize(
+    "switches",
+    list(itertools.product([False, True], repeat=4)),
+    ids=lambda s: "cmlp{}-swiglu{}-rms{}-bias{}".format(*map(int, s)),
+)
 def test_depth_steps_equal_teacher_forced_pass_for_every_variant(switches):
     per_position, swiglu, rmsnorm, bias = switches
-    config = flm_config.tiny(depth_per_position_mlp=per_position, depth_swiglu=swiglu, depth_rmsnorm=rmsnorm,
-                             depth_bias=bias)
+    config = flm_config.tiny(
+        depth_per_position_mlp=per_position, depth_swiglu=swiglu, depth_rmsnorm=rmsnorm, depth_bias=bias
+    )
     params = model.init_params(config, jax.random.key(3))
     rng = np.random.default_rng(0)
     hidden = rng.standard_normal((3, config.hidden_size)).astype(np.float32)
@@ -141,9 +150,11 @@ def test_depth_rejects_a_prefix_of_all_codebooks():
 
 def random_inputs(config, batch, frames, seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.integers(0, config.vocab_size, (batch, frames)),
-            rng.integers(0, config.aud_vocab_size, (batch, frames, config.aud_channel)),
-            rng.integers(0, config.aud_vocab_size, (batch, frames, config.aud_channel)))
+    return (
+        rng.integers(0, config.vocab_size, (batch, frames)),
+        rng.integers(0, config.aud_vocab_size, (batch, frames, config.aud_channel)),
+        rng.integers(0, config.aud_vocab_size, (batch, frames, config.aud_channel)),
+    )
 
 
 @pytest.mark.parametrize("remat_policy", ["none", "full"])
@@ -177,8 +188,10 @@ def test_remat_policies_do_not_change_gradients():
         logits, _ = model.forward(cfg, p, *batch)
         return jnp.mean(jax.nn.logsumexp(logits, axis=-1))
 
-    grads = {policy: jax.grad(functools.partial(loss, config.replace(remat_policy=policy)))(params)
-             for policy in ("none", "full", "dots")}
+    grads = {
+        policy: jax.grad(functools.partial(loss, config.replace(remat_policy=policy)))(params)
+        for policy in ("none", "full", "dots")
+    }
     for policy in ("full", "dots"):
         differences = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), grads["none"], grads[policy])
         assert max(jax.tree.leaves(differences)) < 1e-6, policy
@@ -194,8 +207,7 @@ def test_cache_rows_are_independent_sessions():
     _, _, cache = model.forward_cached(config, params, cache, text[:, :4], speak[:, :4], listen[:, :4])
     np.testing.assert_array_equal(cache["length"], [4, 7])
     alone_cache = model.init_cache(config, batch_size=1, max_frames=8)
-    alone_logits, _, _ = model.forward_cached(config, params, alone_cache, text[:1, :4], speak[:1, :4],
-                                              listen[:1, :4])
+    alone_logits, _, _ = model.forward_cached(config, params, alone_cache, text[:1, :4], speak[:1, :4], listen[:1, :4])
     full_logits, _ = model.forward(config, params, text[:1, :4], speak[:1, :4], listen[:1, :4])
     assert max_diff(alone_logits, full_logits) < 1e-5
 
@@ -222,14 +234,33 @@ def test_param_dtype_sets_every_param_dtype():
 
 
 def test_every_param_has_logical_axis_names():
-    config = flm_config.tiny(depth_per_position_mlp=False, depth_swiglu=False, depth_rmsnorm=False,
-                             depth_bias=True, mlp_bias=True, attention_bias=True, disable_att_o_bias=False)
+    config = flm_config.tiny(
+        depth_per_position_mlp=False,
+        depth_swiglu=False,
+        depth_rmsnorm=False,
+        depth_bias=True,
+        mlp_bias=True,
+        attention_bias=True,
+        disable_att_o_bias=False,
+    )
     boxed = model.abstract_params(config, boxed=True)
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: hasattr(x, "names"))
     assert leaves and all(hasattr(leaf, "names") and len(leaf.names) == leaf.value.ndim for leaf in leaves)
     named = {name for leaf in leaves for name in leaf.names if name is not None}
-    assert named <= {"vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "layers", "audio_vocab",
-                     "codebook", "depth_embed", "depth_heads", "depth_mlp"}
+    assert named <= {
+        "vocab",
+        "embed",
+        "heads",
+        "kv_heads",
+        "head_dim",
+        "mlp",
+        "layers",
+        "audio_vocab",
+        "codebook",
+        "depth_embed",
+        "depth_heads",
+        "depth_mlp",
+    }
 
 
 @pytest.mark.parametrize("chunk", [4, 5, 16])
@@ -243,7 +274,7 @@ def test_chunked_attention_gives_the_dense_logits_and_gradients(chunk):
 
     def loss(cfg, p):
         logits, hidden = model.forward(cfg, p, *batch)
-        return jnp.mean(jax.nn.logsumexp(logits, axis=-1)) + jnp.mean(hidden ** 2)
+        return jnp.mean(jax.nn.logsumexp(logits, axis=-1)) + jnp.mean(hidden**2)
 
     dense_logits, _ = model.forward(config, params, *batch)
     chunked_logits, _ = model.forward(chunked, params, *batch)

@@ -37,7 +37,7 @@ WORDS = "hello there how are you doing today fine thanks what about the weather 
 
 
 def tokenizer_bytes() -> bytes:
-    return text_lib.train_sentencepiece([" ".join(WORDS[i:i + 5]) for i in range(len(WORDS) - 5)] * 20, 32)
+    return text_lib.train_sentencepiece([" ".join(WORDS[i : i + 5]) for i in range(len(WORDS) - 5)] * 20, 32)
 
 
 def user_audio(seconds: float, seed: int) -> np.ndarray:
@@ -60,26 +60,57 @@ def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
     (folder / "tok.model").write_bytes(tokenizer_bytes())
     tokenizer = text_lib.SentencePieceTokenizer(tokenizer_bytes())
-    config = dataclasses.replace(flm_config.preset("tiny"), vocab_size=tokenizer.vocab_size,
-                                 text_wait_id=tokenizer.wait_id)
+    config = dataclasses.replace(
+        flm_config.preset("tiny"), vocab_size=tokenizer.vocab_size, text_wait_id=tokenizer.wait_id
+    )
     save_official(folder / "ckpt", config, model.init_params(config, jax.random.key(0)), dtype="float32")
     port = free_port()
     log_path = folder / "server.log"
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(REPO_ROOT / ".jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+    env = dict(
+        os.environ,
+        JAX_COMPILATION_CACHE_DIR=str(REPO_ROOT / ".jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+    )
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "launch.serve", "--checkpoint", folder / "ckpt", "--mimi",
-             golden_path("mimi_small"), "--tokenizer", folder / "tok.model", "--slots", str(SLOTS), "--port",
-             str(port), "--max_minutes", "1", "--idle_timeout_s", "4", "--stall_s", "1"],
-            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "launch.serve",
+                "--checkpoint",
+                folder / "ckpt",
+                "--mimi",
+                golden_path("mimi_small"),
+                "--tokenizer",
+                folder / "tok.model",
+                "--slots",
+                str(SLOTS),
+                "--port",
+                str(port),
+                "--max_minutes",
+                "1",
+                "--idle_timeout_s",
+                "4",
+                "--stall_s",
+                "1",
+            ],
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     deadline = time.monotonic() + 300
     while "serving" not in log_path.read_text():
         assert process.poll() is None, log_path.read_text()
         assert time.monotonic() < deadline, "the server did not start within 300 s"
         time.sleep(0.5)
-    yield dict(url=f"ws://127.0.0.1:{port}/api/chat", http=f"http://127.0.0.1:{port}", process=process,
-               log=log_path, tokenizer=tokenizer)
+    yield dict(
+        url=f"ws://127.0.0.1:{port}/api/chat",
+        http=f"http://127.0.0.1:{port}",
+        process=process,
+        log=log_path,
+        tokenizer=tokenizer,
+    )
     if process.poll() is None:
         process.kill()
         process.wait(10)
@@ -142,8 +173,11 @@ def test_a_conversation_gets_the_same_answer_whatever_else_is_served(served):
     alone = asyncio.run(converse(served, audio, seed=11))
 
     async def crowded():
-        return await asyncio.gather(converse(served, audio, seed=11), converse(served, user_audio(3, 8), seed=12),
-                                    converse(served, user_audio(2, 9)))
+        return await asyncio.gather(
+            converse(served, audio, seed=11),
+            converse(served, user_audio(3, 8), seed=12),
+            converse(served, user_audio(2, 9)),
+        )
 
     again = asyncio.run(crowded())[0]
     assert "".join(again.text) == "".join(alone.text) and alone.text
@@ -172,7 +206,7 @@ def test_settings_are_checked_and_apply_to_new_conversations(served):
 
     first, second = asyncio.run(two_keys())  # greedy: the key no longer matters
     assert "".join(first.text) == "".join(second.text)
-    np.testing.assert_array_equal(first.voice[:len(audio) - 2 * FRAME], second.voice[:len(audio) - 2 * FRAME])
+    np.testing.assert_array_equal(first.voice[: len(audio) - 2 * FRAME], second.voice[: len(audio) - 2 * FRAME])
     assert post_settings(served, json.dumps({"use_sampling": True}).encode())[0] == 200
 
 
@@ -207,8 +241,9 @@ def test_misbehaving_clients_neither_stall_the_others_nor_crash_the_server(serve
             await garbage.send(message)
         writer = sphn.OpusStreamWriter(24000)  # then good audio: still served
         for index in range(0, 24000, FRAME):
-            writer.append_pcm(user_audio(1.0, 22)[index:index + FRAME] if index + FRAME <= 24000 else
-                              np.zeros(FRAME, np.float32))
+            writer.append_pcm(
+                user_audio(1.0, 22)[index : index + FRAME] if index + FRAME <= 24000 else np.zeros(FRAME, np.float32)
+            )
             pages = writer.read_bytes()
             if pages:
                 await garbage.send(b"\x01" + pages)
@@ -217,7 +252,7 @@ def test_misbehaving_clients_neither_stall_the_others_nor_crash_the_server(serve
         numbers["quitter"] = _conversation_number(served, seen)
         writer = sphn.OpusStreamWriter(24000)
         for index in range(0, 12 * FRAME, FRAME):
-            writer.append_pcm(user_audio(1.0, 23)[index:index + FRAME])
+            writer.append_pcm(user_audio(1.0, 23)[index : index + FRAME])
             pages = writer.read_bytes()
             if pages:
                 await quitter.send(b"\x01" + pages)
@@ -233,7 +268,7 @@ def test_misbehaving_clients_neither_stall_the_others_nor_crash_the_server(serve
         writer = sphn.OpusStreamWriter(24000)
         long_turn = user_audio(20.0, 24)
         for index in range(0, len(long_turn), FRAME):
-            writer.append_pcm(long_turn[index:index + FRAME])
+            writer.append_pcm(long_turn[index : index + FRAME])
             pages = writer.read_bytes()
             if pages:
                 await deaf.send(b"\x01" + pages)
@@ -248,8 +283,14 @@ def test_misbehaving_clients_neither_stall_the_others_nor_crash_the_server(serve
     assert served["process"].poll() is None  # still serving
     assert abs(good.received_samples - len(good_audio)) <= 2 * FRAME
     assert np.abs(good.voice).max() > 0
-    for kind, fragment in (("silent", "no audio for"), ("garbage", "unknown kind 7"), ("garbage", "not Ogg/Opus"),
-                           ("garbage", "empty message"), ("deaf", "not reading"), ("quitter", "closed")):
+    for kind, fragment in (
+        ("silent", "no audio for"),
+        ("garbage", "unknown kind 7"),
+        ("garbage", "not Ogg/Opus"),
+        ("garbage", "empty message"),
+        ("deaf", "not reading"),
+        ("quitter", "closed"),
+    ):
         assert len(log_lines(served, fragment, numbers[kind])) == 1, (kind, fragment, served["log"].read_text())
     garbage_closed = log_lines(served, "closed (", numbers["garbage"])
     assert not garbage_closed or "0 frames heard" not in garbage_closed[0]  # its good audio was heard
@@ -320,8 +361,14 @@ def test_live_sessions_hear_the_same_whatever_arrives_when():
     mimi_config, mimi_params = codec.load_codec(golden_path("mimi_small"))
 
     def live(slots):
-        scheduler = Scheduler(config, params, slots=slots, max_frames=40, sampling=SamplingConfig(),
-                              codec=audio_sessions.StreamingCodec(config, mimi_config, mimi_params, slots))
+        scheduler = Scheduler(
+            config,
+            params,
+            slots=slots,
+            max_frames=40,
+            sampling=SamplingConfig(),
+            codec=audio_sessions.StreamingCodec(config, mimi_config, mimi_params, slots),
+        )
         return LiveSessions(scheduler, seed=4)
 
     audio = user_audio(1.2, 41)
@@ -360,11 +407,16 @@ def test_live_sessions_hear_the_same_whatever_arrives_when():
 
 
 def test_settings_names_and_ranges():
-    updated = serve_lib.apply_settings(SamplingConfig(), {"temp_text": 0.7, "top_k_audio": 250, "top_p_audio": 0.0,
-                                                          "use_sampling": False})
+    updated = serve_lib.apply_settings(
+        SamplingConfig(), {"temp_text": 0.7, "top_k_audio": 250, "top_p_audio": 0.0, "use_sampling": False}
+    )
     assert updated.text.temperature == 0.7 and updated.audio.top_k == 250 and not updated.do_sample
-    for bad, key in (({"top_p_text": 1.5}, "top_p_text"), ({"use_sampling": 1}, "use_sampling"),
-                     ({"temp_audio": "hot"}, "temp_audio"), ({"nope": 1}, "nope")):
+    for bad, key in (
+        ({"top_p_text": 1.5}, "top_p_text"),
+        ({"use_sampling": 1}, "use_sampling"),
+        ({"temp_audio": "hot"}, "temp_audio"),
+        ({"nope": 1}, "nope"),
+    ):
         with pytest.raises(serve_lib.ServeError) as error:
             serve_lib.apply_settings(SamplingConfig(), bad)
         assert error.value.key == key

@@ -50,9 +50,11 @@ def inputs():
     """Random valid ids: text_ids [B,T] < vocab_size, speak_ids and listen_ids [B,T,C] < aud_vocab_size."""
     rng = np.random.default_rng(1)
     audio_shape = (BATCH, FRAMES, CONFIG.aud_channel)
-    return (rng.integers(0, CONFIG.vocab_size, (BATCH, FRAMES), dtype=np.int32),
-            rng.integers(0, CONFIG.aud_vocab_size, audio_shape, dtype=np.int32),
-            rng.integers(0, CONFIG.aud_vocab_size, audio_shape, dtype=np.int32))
+    return (
+        rng.integers(0, CONFIG.vocab_size, (BATCH, FRAMES), dtype=np.int32),
+        rng.integers(0, CONFIG.aud_vocab_size, audio_shape, dtype=np.int32),
+        rng.integers(0, CONFIG.aud_vocab_size, audio_shape, dtype=np.int32),
+    )
 
 
 # ---------------------------------------------------------------------- make_mesh
@@ -117,8 +119,12 @@ def test_make_mesh_rejects_a_tuple_of_the_wrong_length():
 # ---------------------------------------------------------------------- rules and specs
 def test_rules_cover_every_logical_axis_the_model_uses():
     logical_specs = nn.get_partition_spec(model.abstract_params(CONFIG, boxed=True))
-    names = {name for spec in jax.tree.leaves(logical_specs, is_leaf=lambda x: isinstance(x, P))
-             for name in spec if name is not None}
+    names = {
+        name
+        for spec in jax.tree.leaves(logical_specs, is_leaf=lambda x: isinstance(x, P))
+        for name in spec
+        if name is not None
+    }
     ruled = {name for name, _ in DEFAULT_RULES}
     assert names <= ruled, f"logical axes without a rule: {names - ruled}"
     assert {"batch", "length", "embed", "vocab"} <= ruled
@@ -143,16 +149,19 @@ def test_batch_sharding_splits_only_the_batch_dim(mesh):
 
 
 # ---------------------------------------------------------------------- sharded init
-@pytest.mark.parametrize("path, spec", [
-    ("temporal/layers/attn/q_kernel", P(None, "fsdp", "tensor", None)),  # [layers, embed, heads, head_dim]
-    ("temporal/layers/attn/o_kernel", P(None, "tensor", None, "fsdp")),  # [layers, heads, head_dim, embed]
-    ("temporal/layers/mlp/gate_kernel", P(None, "fsdp", "tensor")),  # [layers, embed, mlp]
-    ("temporal/layers/mlp/down_kernel", P(None, "tensor", "fsdp")),  # [layers, mlp, embed]
-    ("embedder/text", P("tensor", "fsdp")),  # [vocab, embed]
-    ("text_head/kernel", P("fsdp", "tensor")),  # [embed, vocab]
-    ("depth/blocks/mlp/gate_kernel", P(None, None, "fsdp", None)),  # [layers, codebook, depth_embed, depth_mlp]
-    ("depth/heads", P(None, "fsdp", None)),  # [codebook, depth_embed, audio_vocab]
-])
+@pytest.mark.parametrize(
+    "path, spec",
+    [
+        ("temporal/layers/attn/q_kernel", P(None, "fsdp", "tensor", None)),  # [layers, embed, heads, head_dim]
+        ("temporal/layers/attn/o_kernel", P(None, "tensor", None, "fsdp")),  # [layers, heads, head_dim, embed]
+        ("temporal/layers/mlp/gate_kernel", P(None, "fsdp", "tensor")),  # [layers, embed, mlp]
+        ("temporal/layers/mlp/down_kernel", P(None, "tensor", "fsdp")),  # [layers, mlp, embed]
+        ("embedder/text", P("tensor", "fsdp")),  # [vocab, embed]
+        ("text_head/kernel", P("fsdp", "tensor")),  # [embed, vocab]
+        ("depth/blocks/mlp/gate_kernel", P(None, None, "fsdp", None)),  # [layers, codebook, depth_embed, depth_mlp]
+        ("depth/heads", P(None, "fsdp", None)),  # [codebook, depth_embed, audio_vocab]
+    ],
+)
 def test_sharded_init_places_params_by_their_logical_axes(sharded_params, path, spec):
     leaf = functools.reduce(lambda tree, key: tree[key], path.split("/"), sharded_params)
     assert normalized(leaf.sharding.spec) == normalized(spec)
@@ -162,16 +171,19 @@ def test_sharded_init_places_params_by_their_logical_axes(sharded_params, path, 
 def test_sharded_init_returns_plain_arrays_shaped_like_init_params(sharded_params):
     expected = model.abstract_params(CONFIG)
     assert jax.tree.structure(sharded_params) == jax.tree.structure(expected)
-    assert jax.tree.map(lambda a: (a.shape, a.dtype), sharded_params) == \
-        jax.tree.map(lambda a: (a.shape, a.dtype), expected)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), sharded_params) == jax.tree.map(
+        lambda a: (a.shape, a.dtype), expected
+    )
 
 
 def test_sharded_init_has_the_values_of_unsharded_init(sharded_params):
     reference = jax.jit(functools.partial(model.init_params, CONFIG))(jax.random.key(0))  # on one device
-    for (path, got), want in zip(jax.tree_util.tree_flatten_with_path(sharded_params)[0],
-                                 jax.tree.leaves(reference), strict=True):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=0,
-                                   err_msg=jax.tree_util.keystr(path))
+    for (path, got), want in zip(
+        jax.tree_util.tree_flatten_with_path(sharded_params)[0], jax.tree.leaves(reference), strict=True
+    ):
+        np.testing.assert_allclose(
+            np.asarray(got), np.asarray(want), rtol=0, atol=0, err_msg=jax.tree_util.keystr(path)
+        )
 
 
 # ---------------------------------------------------------------------- activations and forward
@@ -188,9 +200,14 @@ def test_sharded_forward_matches_the_single_device_forward(mesh, sharded_params,
     hidden_sharding = logical_sharding(mesh, ("batch", "length", "embed"))
     sharded_forward = jax.jit(
         functools.partial(model.forward, CONFIG),
-        in_shardings=(param_shardings(CONFIG, mesh), batch_sharding(mesh, ndim=2), batch_sharding(mesh, ndim=3),
-                      batch_sharding(mesh, ndim=3)),
-        out_shardings=(logits_sharding, hidden_sharding))
+        in_shardings=(
+            param_shardings(CONFIG, mesh),
+            batch_sharding(mesh, ndim=2),
+            batch_sharding(mesh, ndim=3),
+            batch_sharding(mesh, ndim=3),
+        ),
+        out_shardings=(logits_sharding, hidden_sharding),
+    )
     with activation_rules(mesh, DEFAULT_RULES):
         text_logits, hidden = sharded_forward(sharded_params, *inputs)
     assert text_logits.sharding.is_equivalent_to(logits_sharding, text_logits.ndim)
@@ -198,7 +215,8 @@ def test_sharded_forward_matches_the_single_device_forward(mesh, sharded_params,
     one_device = jax.devices()[0]
     local_params = jax.device_put(jax.device_get(sharded_params), one_device)
     want_logits, want_hidden = jax.jit(functools.partial(model.forward, CONFIG))(
-        local_params, *jax.device_put(inputs, one_device))
+        local_params, *jax.device_put(inputs, one_device)
+    )
     np.testing.assert_allclose(np.asarray(text_logits), np.asarray(want_logits), atol=1e-5, rtol=0)
     np.testing.assert_allclose(np.asarray(hidden), np.asarray(want_hidden), atol=1e-5, rtol=0)
 

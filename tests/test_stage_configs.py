@@ -6,8 +6,7 @@ import pytest
 
 from flmjax.data.examples import SourceRule
 
-STAGES = ("stage1_post_train_trailing", "stage2_post_train_leading", "stage3_duplex_trailing",
-          "stage4_duplex_leading")
+STAGES = ("stage1_post_train_trailing", "stage2_post_train_leading", "stage3_duplex_trailing", "stage4_duplex_leading")
 
 
 def load(stage):
@@ -19,8 +18,9 @@ def test_every_source_is_a_valid_rule_with_a_positive_weight(stage):
     config = load(stage)
     assert config.stage == stage and len(config.data.sources) > 0
     for name, source in config.data.sources.items():
-        SourceRule(source.task, source.placement, source.lead_frames, source.trail_frames, source.text_loss,
-                   source.audio_loss)
+        SourceRule(
+            source.task, source.placement, source.lead_frames, source.trail_frames, source.text_loss, source.audio_loss
+        )
         assert source.weight > 0, name
 
 

@@ -30,15 +30,25 @@ def dialog_arrays(placement, **frames):
     listen = speak[::-1] + 1
     record = make_record("r", speak, listen, [Segment(4, 9, "hi there friend")], [Segment(12, 16, "ok")], 20)
     tokenizer = WordTokenizer()
-    arrays = examples.record_arrays(record, examples.SourceRule("dialog", placement, **frames), tokenizer,
-                                    examples.StreamIds(wait_id=WAIT, aud_pad_id=2048))
+    arrays = examples.record_arrays(
+        record,
+        examples.SourceRule("dialog", placement, **frames),
+        tokenizer,
+        examples.StreamIds(wait_id=WAIT, aud_pad_id=2048),
+    )
     return record, arrays, tokenizer
 
 
 def test_stream_grid_draws_the_words_codes_and_masks_of_the_record():
     record, arrays, tokenizer = dialog_arrays("leading", lead_frames=2)
-    fig = viz.plot_stream_grid(arrays, WAIT, token_text=tokenizer.id_to_piece, title="leading",
-                               speak_segments=[(4, 9)], listen_segments=[(12, 16)])
+    fig = viz.plot_stream_grid(
+        arrays,
+        WAIT,
+        token_text=tokenizer.id_to_piece,
+        title="leading",
+        speak_segments=[(4, 9)],
+        listen_segments=[(12, 16)],
+    )
     text_ax, speak_ax, listen_ax, mask_ax = fig.axes
     assert len(fig.axes) == len(viz.GRID_AXES) == 4
     # The monologue's words, at the steps the placement put them (2 frames before the audio at 4).
@@ -46,8 +56,9 @@ def test_stream_grid_draws_the_words_codes_and_masks_of_the_record():
     assert text_ax.get_title() == "leading"
     # Heatmaps hold the delayed codes, codebooks as rows; fills outside the code range are masked.
     speak_image = speak_ax.images[0].get_array()
-    np.testing.assert_array_equal(speak_image.filled(-1), np.where(arrays["audio_targets"].T < 2048,
-                                                                   arrays["audio_targets"].T, -1))
+    np.testing.assert_array_equal(
+        speak_image.filled(-1), np.where(arrays["audio_targets"].T < 2048, arrays["audio_targets"].T, -1)
+    )
     assert speak_image.mask[1:, 0].all() and not speak_image.mask[0, 0]  # acoustic delay fill at step 0
     np.testing.assert_array_equal(listen_ax.images[0].get_array().filled(-1)[:, 1:-1], arrays["listen_ids"].T[:, 1:-1])
     mask = mask_ax.images[0].get_array()
@@ -61,8 +72,9 @@ def test_stream_grid_draws_the_words_codes_and_masks_of_the_record():
 def test_stream_grids_side_by_side_show_where_each_placement_puts_the_text():
     _, leading, tokenizer = dialog_arrays("leading", lead_frames=2)
     _, trailing, _ = dialog_arrays("trailing", trail_frames=1)
-    fig = viz.plot_stream_grids([{"arrays": leading, "title": "leading"}, {"arrays": trailing, "title": "trailing"}],
-                                WAIT)
+    fig = viz.plot_stream_grids(
+        [{"arrays": leading, "title": "leading"}, {"arrays": trailing, "title": "trailing"}], WAIT
+    )
     assert len(fig.axes) == 8
     lead_text, trail_text = fig.axes[0], fig.axes[4]
     assert [t.get_position()[0] for t in lead_text.texts] == [2, 3, 4]
@@ -73,8 +85,12 @@ def test_stream_grids_side_by_side_show_where_each_placement_puts_the_text():
 
 def test_stream_grid_of_a_synthetic_dialog_marks_every_wait_step():
     record = synthetic.make_example(0, seed=0, max_frames=60).record
-    arrays = examples.record_arrays(record, examples.SourceRule("dialog", "leading"), WordTokenizer(),
-                                    examples.StreamIds(wait_id=WAIT, aud_pad_id=2048))
+    arrays = examples.record_arrays(
+        record,
+        examples.SourceRule("dialog", "leading"),
+        WordTokenizer(),
+        examples.StreamIds(wait_id=WAIT, aud_pad_id=2048),
+    )
     text_ax = viz.plot_stream_grid(arrays, WAIT).axes[0]
     waits = text_ax.collections[0].get_offsets()[:, 0]
     np.testing.assert_array_equal(waits, np.nonzero(arrays["text_targets"] == WAIT)[0])

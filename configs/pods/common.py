@@ -12,8 +12,7 @@ import importlib
 
 import ml_collections
 
-STAGES = ("stage1_post_train_trailing", "stage2_post_train_leading", "stage3_duplex_trailing",
-          "stage4_duplex_leading")
+STAGES = ("stage1_post_train_trailing", "stage2_post_train_leading", "stage3_duplex_trailing", "stage4_duplex_leading")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +38,11 @@ def pod_config(stage: str, settings: PodSettings) -> ml_collections.ConfigDict:
     config.data.global_batch_size = settings.global_batch_size
     config.data.sequence_length = settings.sequence_length
     config.train.accumulation_steps = settings.accumulation_steps
-    config.model_overrides.update(dtype=settings.dtype, param_dtype=settings.param_dtype,
-                                  remat_policy=settings.remat_policy, attention_chunk=settings.attention_chunk)
+    config.model_overrides.update(
+        dtype=settings.dtype,
+        param_dtype=settings.param_dtype,
+        remat_policy=settings.remat_policy,
+        attention_chunk=settings.attention_chunk,
+    )
     config.loss.chunk_frames = settings.loss_chunk_frames
     return config

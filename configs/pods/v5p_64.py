@@ -9,8 +9,13 @@ Pure FSDP over the v5p:4x4x4 slice, 8192 frames per chip per step (4096-frame se
 from configs.pods.common import STAGES, PodSettings, pod_config
 
 SETTINGS = PodSettings(
-    topology="v5p:4x4x4", tensor=1, global_batch_size=128, sequence_length=4096, remat_policy="dots_no_batch",
-    attention_chunk=512)
+    topology="v5p:4x4x4",
+    tensor=1,
+    global_batch_size=128,
+    sequence_length=4096,
+    remat_policy="dots_no_batch",
+    attention_chunk=512,
+)
 
 
 def get_config(stage: str = "stage4_duplex_leading"):

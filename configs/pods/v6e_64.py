@@ -9,8 +9,13 @@ Pure FSDP over the v6e:8x8 slice, 8192 frames per chip per step (4096-frame sequ
 from configs.pods.common import STAGES, PodSettings, pod_config
 
 SETTINGS = PodSettings(
-    topology="v6e:8x8", tensor=1, global_batch_size=128, sequence_length=4096, remat_policy="attention",
-    attention_chunk=512)
+    topology="v6e:8x8",
+    tensor=1,
+    global_batch_size=128,
+    sequence_length=4096,
+    remat_policy="attention",
+    attention_chunk=512,
+)
 
 
 def get_config(stage: str = "stage4_duplex_leading"):

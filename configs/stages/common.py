@@ -23,14 +23,33 @@ import ml_collections
 from flmjax.data.synthetic import SILENCE_FRAME
 
 
-def source(dataset: str, split: str, task: str, placement: str, weight: float = 1.0, lead_frames: int = 0,
-           trail_frames: int = 0, text_loss: bool = True, audio_loss: bool = True,
-           eval_split: str | None = None) -> ml_collections.ConfigDict:
+def source(
+    dataset: str,
+    split: str,
+    task: str,
+    placement: str,
+    weight: float = 1.0,
+    lead_frames: int = 0,
+    trail_frames: int = 0,
+    text_loss: bool = True,
+    audio_loss: bool = True,
+    eval_split: str | None = None,
+) -> ml_collections.ConfigDict:
     """`eval_split` (held out, for periodic eval) defaults to `split` with "train" replaced by "validation"."""
-    return ml_collections.ConfigDict(dict(
-        dataset=dataset, split=split, task=task, placement=placement, weight=weight, lead_frames=lead_frames,
-        trail_frames=trail_frames, text_loss=text_loss, audio_loss=audio_loss,
-        eval_split=eval_split if eval_split is not None else split.replace("train", "validation", 1)))
+    return ml_collections.ConfigDict(
+        dict(
+            dataset=dataset,
+            split=split,
+            task=task,
+            placement=placement,
+            weight=weight,
+            lead_frames=lead_frames,
+            trail_frames=trail_frames,
+            text_loss=text_loss,
+            audio_loss=audio_loss,
+            eval_split=eval_split if eval_split is not None else split.replace("train", "validation", 1),
+        )
+    )
 
 
 def base_config(stage: str, previous_stage: str | None, model: str = "tiny") -> ml_collections.ConfigDict:
@@ -38,41 +57,79 @@ def base_config(stage: str, previous_stage: str | None, model: str = "tiny") -> 
     config.stage = stage
     config.previous_stage = previous_stage or ""  # whose final checkpoint this stage starts from
     config.model = model  # a flmjax.config preset name
-    config.model_overrides = ml_collections.ConfigDict(dict(dtype="float32", param_dtype="float32",
-                                                            remat_policy="none", scan_layers=True,
-                                                            attention_chunk=0))
+    config.model_overrides = ml_collections.ConfigDict(
+        dict(dtype="float32", param_dtype="float32", remat_policy="none", scan_layers=True, attention_chunk=0)
+    )
     # Where the params come from when the workdir has no checkpoint yet: "" (fresh init), a workdir of an
     # earlier stage (its newest checkpoint), or a released PyTorch checkpoint folder (config.json + safetensors).
     config.init_from = ""
     config.seed = 0
     config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # -1: the rest of the devices
-    config.train = ml_collections.ConfigDict(dict(
-        total_steps=200, accumulation_steps=1, log_every=10, eval_every=100,  # eval_every 0: no evals
-        save_every=100, max_to_keep=3, async_checkpoints=True))
+    config.train = ml_collections.ConfigDict(
+        dict(
+            total_steps=200,
+            accumulation_steps=1,
+            log_every=10,
+            eval_every=100,  # eval_every 0: no evals
+            save_every=100,
+            max_to_keep=3,
+            async_checkpoints=True,
+        )
+    )
     # Evaluators run every `train.eval_every` steps, named by type (flmjax.eval.evaluators maps the types).
-    config.evals = ml_collections.ConfigDict(dict(
-        # The loss on the first `batches` batches of the sources' held-out splits (each source's `eval_split`).
-        held_out=dict(type="held_out_loss", batches=4),
-        # Token-level duplex eval (flmjax.eval.dialogs): the streaming model on the first `dialogs` held-out
-        # dialogs of "DATASET/SPLIT" `source` (0: off), each cut to `frames` frames (0: data.sequence_length),
-        # `batch` at a time, logged as eval metrics `duplex/...`; text temperature 0: greedy. `silence_codes`: the
-        # source's silence frame (the synthetic corpus's; a codec's silence frame for recorded data).
-        duplex=dict(type="duplex", dialogs=0, frames=0, batch=8, text_temperature=0.0,
-                    source="synthetic/validation_dialog", silence_codes=tuple(int(c) for c in SILENCE_FRAME))))
-    config.optimizer = ml_collections.ConfigDict(dict(
-        learning_rate=3e-3, schedule="cosine", warmup_steps=20, end_lr_fraction=0.1, b1=0.9, b2=0.95,
-        eps=1e-8, weight_decay=0.1, clip_norm=1.0, frozen=(),
-        lr_multipliers=ml_collections.ConfigDict(dict(embeddings=1.0, temporal=1.0, text_head=1.0, depth=1.0))))
-    config.loss = ml_collections.ConfigDict(dict(
-        text_weight=1.0, audio_weight=1.0, wait_weight=0.5, codebook_weights=(1.0,) + (0.1,) * 7,
-        mask_aud_emp=True, chunk_frames=0))
-    config.data = ml_collections.ConfigDict(dict(
-        data_dir="data",  # where `python -m launch.prepare_data` put the datasets
-        tokenizer="data/tokenizer.model",
-        sequence_length=256,
-        global_batch_size=8,
-        num_workers=0,
-    ))
+    config.evals = ml_collections.ConfigDict(
+        dict(
+            # The loss on the first `batches` batches of the sources' held-out splits (each source's `eval_split`).
+            held_out=dict(type="held_out_loss", batches=4),
+            # Token-level duplex eval (flmjax.eval.dialogs): the streaming model on the first `dialogs` held-out
+            # dialogs of "DATASET/SPLIT" `source` (0: off), each cut to `frames` frames (0: data.sequence_length),
+            # `batch` at a time, logged as eval metrics `duplex/...`; text temperature 0: greedy. `silence_codes`: the
+            # source's silence frame (the synthetic corpus's; a codec's silence frame for recorded data).
+            duplex=dict(
+                type="duplex",
+                dialogs=0,
+                frames=0,
+                batch=8,
+                text_temperature=0.0,
+                source="synthetic/validation_dialog",
+                silence_codes=tuple(int(c) for c in SILENCE_FRAME),
+            ),
+        )
+    )
+    config.optimizer = ml_collections.ConfigDict(
+        dict(
+            learning_rate=3e-3,
+            schedule="cosine",
+            warmup_steps=20,
+            end_lr_fraction=0.1,
+            b1=0.9,
+            b2=0.95,
+            eps=1e-8,
+            weight_decay=0.1,
+            clip_norm=1.0,
+            frozen=(),
+            lr_multipliers=ml_collections.ConfigDict(dict(embeddings=1.0, temporal=1.0, text_head=1.0, depth=1.0)),
+        )
+    )
+    config.loss = ml_collections.ConfigDict(
+        dict(
+            text_weight=1.0,
+            audio_weight=1.0,
+            wait_weight=0.5,
+            codebook_weights=(1.0,) + (0.1,) * 7,
+            mask_aud_emp=True,
+            chunk_frames=0,
+        )
+    )
+    config.data = ml_collections.ConfigDict(
+        dict(
+            data_dir="data",  # where `python -m launch.prepare_data` put the datasets
+            tokenizer="data/tokenizer.model",
+            sequence_length=256,
+            global_batch_size=8,
+            num_workers=0,
+        )
+    )
     config.data.sources = ml_collections.ConfigDict()
     return config
 

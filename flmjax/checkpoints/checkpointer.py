@@ -83,8 +83,9 @@ def complete_steps(workdir: str | os.PathLike) -> list[int]:
     directory = checkpoint_dir(workdir)
     if not os.path.isdir(directory):
         return []
-    return sorted(step for step in ocp.path.step.checkpoint_steps(directory)
-                  if _is_complete(os.path.join(directory, str(step))))
+    return sorted(
+        step for step in ocp.path.step.checkpoint_steps(directory) if _is_complete(os.path.join(directory, str(step)))
+    )
 
 
 def latest_complete_step(workdir: str | os.PathLike) -> int | None:
@@ -103,26 +104,37 @@ def _key_name(key) -> str:
 
 def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
     """'a/b/c' -> shape for every array leaf of a tree of arrays, ShapeDtypeStructs or orbax ArrayMetadata."""
-    return {"/".join(_key_name(k) for k in path): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        "/".join(_key_name(k) for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def shape_differences(saved: Mapping[str, tuple], expected: Mapping[str, tuple], prefix: str = "") -> list[str]:
     """One line per path missing on either side or with a different shape."""
-    lines = [f"{prefix}{path}: in the checkpoint {list(saved[path])}, not expected"
-             for path in sorted(set(saved) - set(expected))]
-    lines += [f"{prefix}{path}: expected {list(expected[path])}, not in the checkpoint"
-              for path in sorted(set(expected) - set(saved))]
-    lines += [f"{prefix}{path}: saved {list(saved[path])}, expected {list(expected[path])}"
-              for path in sorted(set(saved) & set(expected)) if tuple(saved[path]) != tuple(expected[path])]
+    lines = [
+        f"{prefix}{path}: in the checkpoint {list(saved[path])}, not expected"
+        for path in sorted(set(saved) - set(expected))
+    ]
+    lines += [
+        f"{prefix}{path}: expected {list(expected[path])}, not in the checkpoint"
+        for path in sorted(set(expected) - set(saved))
+    ]
+    lines += [
+        f"{prefix}{path}: saved {list(saved[path])}, expected {list(expected[path])}"
+        for path in sorted(set(saved) & set(expected))
+        if tuple(saved[path]) != tuple(expected[path])
+    ]
     return lines
 
 
 def _as_abstract(leaf: Any) -> jax.ShapeDtypeStruct:
     sharding = getattr(leaf, "sharding", None)
     if sharding is None:
-        raise ValueError("every leaf to restore into needs a sharding (jax.ShapeDtypeStruct(shape, dtype, "
-                         "sharding=...) on the current mesh, or a jax.Array)")
+        raise ValueError(
+            "every leaf to restore into needs a sharding (jax.ShapeDtypeStruct(shape, dtype, "
+            "sharding=...) on the current mesh, or a jax.Array)"
+        )
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
 
@@ -188,9 +200,21 @@ def _unused_path(path: str) -> str:
 
 
 # Model config fields that decide param shapes: named in a mismatch report.
-_SHAPE_FIELDS = ("vocab_size", "aud_vocab_size", "aud_channel", "hidden_size", "intermediate_size",
-                 "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "depth_layers",
-                 "depth_heads", "depth_dim", "scan_layers")
+_SHAPE_FIELDS = (
+    "vocab_size",
+    "aud_vocab_size",
+    "aud_channel",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "depth_layers",
+    "depth_heads",
+    "depth_dim",
+    "scan_layers",
+)
 
 
 # ---------------------------------------------------------------------- the checkpointer
@@ -203,27 +227,38 @@ class Checkpointer:
     `read_only` (e.g. for export): nothing is created, written or deleted.
     """
 
-    def __init__(self, workdir: str | os.PathLike, max_to_keep: int | None = 3, save_interval_steps: int = 1,
-                 async_save: bool = True, read_only: bool = False):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        max_to_keep: int | None = 3,
+        save_interval_steps: int = 1,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         self.workdir = os.fspath(workdir)
         self.directory = checkpoint_dir(self.workdir)
         self.read_only = read_only  # enforced by `save` (orbax's own read_only logs warnings on every use)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=None if read_only else max_to_keep, save_interval_steps=save_interval_steps,
-            enable_async_checkpointing=async_save, create=not read_only,
-            cleanup_tmp_directories=False)  # a tmp dir may be another job's save in flight: never touch it
-        handlers = {PARAMS: ocp.StandardCheckpointHandler(), OPT_STATE: ocp.StandardCheckpointHandler(),
-                    META: ocp.JsonCheckpointHandler(), DATA_ITER: grain.checkpoint.CheckpointHandler()}
-        self._manager = ocp.CheckpointManager(os.path.abspath(self.directory), options=options,
-                                              item_handlers=handlers)
+            max_to_keep=None if read_only else max_to_keep,
+            save_interval_steps=save_interval_steps,
+            enable_async_checkpointing=async_save,
+            create=not read_only,
+            cleanup_tmp_directories=False,
+        )  # a tmp dir may be another job's save in flight: never touch it
+        handlers = {
+            PARAMS: ocp.StandardCheckpointHandler(),
+            OPT_STATE: ocp.StandardCheckpointHandler(),
+            META: ocp.JsonCheckpointHandler(),
+            DATA_ITER: grain.checkpoint.CheckpointHandler(),
+        }
+        self._manager = ocp.CheckpointManager(os.path.abspath(self.directory), options=options, item_handlers=handlers)
         self._session_steps: set[int] = set()  # steps this object saved or restored: their state is known
 
     # ------------------------------------------------------------------ steps
     def all_steps(self) -> list[int]:
         """Every complete step, ascending (finalized by orbax and holding the meta item)."""
         self._manager.reload()
-        return sorted(step for step in self._manager.all_steps()
-                      if _is_complete(self._step_dir(step)))
+        return sorted(step for step in self._manager.all_steps() if _is_complete(self._step_dir(step)))
 
     def latest_step(self) -> int | None:
         steps = self.all_steps()
@@ -253,13 +288,21 @@ class Checkpointer:
                 raise NoCheckpointError(f"no complete checkpoint under {self.directory}")
             return steps[-1]
         if step not in steps:
-            raise NoCheckpointError(f"no complete checkpoint for step {step} under {self.directory}; "
-                                    f"complete steps: {steps or 'none'}")
+            raise NoCheckpointError(
+                f"no complete checkpoint for step {step} under {self.directory}; complete steps: {steps or 'none'}"
+            )
         return int(step)
 
     # ------------------------------------------------------------------ save
-    def save(self, step: int, state: State, model_config: ModelConfig, data_iterator: Any = None,
-             stage_config: Any = None, force: bool = False) -> bool:
+    def save(
+        self,
+        step: int,
+        state: State,
+        model_config: ModelConfig,
+        data_iterator: Any = None,
+        stage_config: Any = None,
+        force: bool = False,
+    ) -> bool:
         """Starts saving `state` (`{"step", "params", "opt_state"?}`) as checkpoint `step`; True if it does.
 
         Without `force`, a step that is not a multiple of `save_interval_steps`, or not newer than the latest
@@ -277,12 +320,16 @@ class Checkpointer:
         if step in self._session_steps:
             return False
         if step in self._manager.all_steps() or os.path.isdir(self._step_dir(step)):
-            raise CheckpointExistsError(f"checkpoint step {step} already exists in {self.directory}; refusing to "
-                                        "overwrite it (delete it yourself if it is really unwanted)")
-        meta = {"format": FORMAT_VERSION, "step": step,
-                "model": {"official": model_config.to_official(),
-                          "execution": model_config.execution_settings()},
-                "stage_config": _stage_config_dict(stage_config)}
+            raise CheckpointExistsError(
+                f"checkpoint step {step} already exists in {self.directory}; refusing to "
+                "overwrite it (delete it yourself if it is really unwanted)"
+            )
+        meta = {
+            "format": FORMAT_VERSION,
+            "step": step,
+            "model": {"official": model_config.to_official(), "execution": model_config.execution_settings()},
+            "stage_config": _stage_config_dict(stage_config),
+        }
         items = {PARAMS: ocp.args.StandardSave(state["params"]), META: ocp.args.JsonSave(meta)}
         if state.get("opt_state") is not None:
             items[OPT_STATE] = ocp.args.StandardSave(state["opt_state"])
@@ -320,8 +367,11 @@ class Checkpointer:
         self.wait()
         step = self._resolve_step(step)
         meta = self._read_meta(step)
-        return (ModelConfig.from_official(meta["model"]["official"], **meta["model"]["execution"]),
-                meta.get("stage_config"), int(meta["step"]))
+        return (
+            ModelConfig.from_official(meta["model"]["official"], **meta["model"]["execution"]),
+            meta.get("stage_config"),
+            int(meta["step"]),
+        )
 
     def _read_meta(self, step: int) -> dict:
         path = os.path.join(self._step_dir(step), META, META_FILE)
@@ -333,11 +383,13 @@ class Checkpointer:
             if missing:
                 raise KeyError(f"model.{sorted(missing)[0]}")
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise CheckpointCorruptError(f"checkpoint step {step} ({self._step_dir(step)}): item '{META}' is "
-                                         f"unreadable ({_first_line(error)})") from error
+            raise CheckpointCorruptError(
+                f"checkpoint step {step} ({self._step_dir(step)}): item '{META}' is unreadable ({_first_line(error)})"
+            ) from error
         if saved_step != step:
-            raise CheckpointCorruptError(f"checkpoint step {step} ({self._step_dir(step)}): item '{META}' says "
-                                         f"step {saved_step}")
+            raise CheckpointCorruptError(
+                f"checkpoint step {step} ({self._step_dir(step)}): item '{META}' says step {saved_step}"
+            )
         return meta
 
     def _items_on_disk(self, step: int) -> set[str]:
@@ -351,8 +403,10 @@ class Checkpointer:
                 raise ValueError("no metadata")
             return _flat_shapes(metadata)
         except Exception as error:  # noqa: BLE001 (orbax/tensorstore raise many kinds)
-            raise CheckpointCorruptError(f"checkpoint step {step} ({self._step_dir(step)}): the metadata of item "
-                                         f"'{item}' is missing or unreadable ({_first_line(error)})") from error
+            raise CheckpointCorruptError(
+                f"checkpoint step {step} ({self._step_dir(step)}): the metadata of item "
+                f"'{item}' is missing or unreadable ({_first_line(error)})"
+            ) from error
 
     def _check_fits(self, step: int, targets: Mapping[str, Any]) -> None:
         """Raises `CheckpointMismatchError` unless every array item's saved tree and shapes equal the targets'."""
@@ -360,8 +414,11 @@ class Checkpointer:
         problems = []
         for item, target in targets.items():
             if item not in on_disk:
-                hint = " (an imported or params-only checkpoint: start from it with restore_params)" \
-                    if item == OPT_STATE else ""
+                hint = (
+                    " (an imported or params-only checkpoint: start from it with restore_params)"
+                    if item == OPT_STATE
+                    else ""
+                )
                 problems.append(f"item '{item}' is not in the checkpoint{hint}")
                 continue
             problems += shape_differences(self._saved_shapes(step, item), _flat_shapes(target), f"{item}/")
@@ -370,8 +427,8 @@ class Checkpointer:
             saved_with = ", ".join(f"{name}={getattr(config, name)}" for name in _SHAPE_FIELDS)
             raise CheckpointMismatchError(
                 f"checkpoint step {step} ({self._step_dir(step)}) does not fit the state it is restored into "
-                f"({len(problems)} differences; the checkpoint's model has {saved_with}):\n  "
-                + "\n  ".join(problems))
+                f"({len(problems)} differences; the checkpoint's model has {saved_with}):\n  " + "\n  ".join(problems)
+            )
 
     def _restore_item(self, step: int, item: str, args: Any) -> Any:
         """One item, with any failure to read it reported as `CheckpointCorruptError`."""
@@ -379,8 +436,10 @@ class Checkpointer:
         try:
             return self._manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
         except Exception as error:  # noqa: BLE001 (tensorstore raises plain Exception)
-            raise CheckpointCorruptError(f"checkpoint step {step} ({self._step_dir(step)}): item '{item}' could "
-                                         f"not be read; it is truncated or corrupt ({_first_line(error)})") from error
+            raise CheckpointCorruptError(
+                f"checkpoint step {step} ({self._step_dir(step)}): item '{item}' could "
+                f"not be read; it is truncated or corrupt ({_first_line(error)})"
+            ) from error
 
     def restore(self, step: int | None = None, *, abstract_state: State, data_iterator: Any = None) -> State:
         """The state of checkpoint `step` (newest complete by default), laid out as `abstract_state` says.
@@ -394,13 +453,17 @@ class Checkpointer:
         self.wait()
         step = self._resolve_step(step)
         self._read_meta(step)
-        targets = {item: jax.tree.map(_as_abstract, abstract_state[item])
-                   for item in ARRAY_ITEMS if abstract_state.get(item) is not None}
+        targets = {
+            item: jax.tree.map(_as_abstract, abstract_state[item])
+            for item in ARRAY_ITEMS
+            if abstract_state.get(item) is not None
+        }
         if data_iterator is not None:
             self._check_data_iter(step)
         self._check_fits(step, targets)
-        state = {item: self._restore_item(step, item, ocp.args.StandardRestore(target))
-                 for item, target in targets.items()}
+        state = {
+            item: self._restore_item(step, item, ocp.args.StandardRestore(target)) for item, target in targets.items()
+        }
         step_leaf = abstract_state.get("step")
         step_array = jnp.asarray(step, getattr(step_leaf, "dtype", jnp.int32))
         if getattr(step_leaf, "sharding", None) is not None:
@@ -415,15 +478,19 @@ class Checkpointer:
         """Raises `CheckpointMismatchError` unless the checkpoint holds this process's data-iterator state."""
         item_dir = os.path.join(self._step_dir(step), DATA_ITER)
         if not os.path.isdir(item_dir):
-            raise CheckpointMismatchError(f"checkpoint step {step} ({self._step_dir(step)}) holds no data iterator "
-                                          "state; restore without data_iterator to start the data afresh")
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} ({self._step_dir(step)}) holds no data iterator "
+                "state; restore without data_iterator to start the data afresh"
+            )
         process_index, process_count = jax.process_index(), jax.process_count()
         wanted = f"process_{process_index}-of-{process_count}.json"  # grain's per-process file name
         if not os.path.isfile(os.path.join(item_dir, wanted)):
             found = sorted(name for name in os.listdir(item_dir) if name.endswith(".json"))
-            raise CheckpointMismatchError(f"checkpoint step {step}: item '{DATA_ITER}' has no state for process "
-                                          f"{process_index} of {process_count} ({wanted}); it holds {found} (saved "
-                                          "with another process count?)")
+            raise CheckpointMismatchError(
+                f"checkpoint step {step}: item '{DATA_ITER}' has no state for process "
+                f"{process_index} of {process_count} ({wanted}); it holds {found} (saved "
+                "with another process count?)"
+            )
 
     def restore_params(self, step: int | None = None, *, abstract_params: Any) -> Any:
         """Only the params of checkpoint `step` (e.g. to start a stage from the previous stage's output or an
@@ -436,22 +503,23 @@ class Checkpointer:
         return self._restore_item(step, PARAMS, ocp.args.StandardRestore(target))
 
 
-def restore_params_on_host(workdir: str | os.PathLike, step: int | None = None
-                           ) -> tuple[ModelConfig, Any, int]:
+def restore_params_on_host(workdir: str | os.PathLike, step: int | None = None) -> tuple[ModelConfig, Any, int]:
     """(model config, params, step) of checkpoint `step` (newest complete one by default) of `workdir`,
     restored onto one CPU device: no training mesh, no accelerator memory (for export and inference)."""
     steps = complete_steps(workdir)
     if not steps:
         raise NoCheckpointError(f"no complete checkpoint under {checkpoint_dir(workdir)}")
     if step is not None and step not in steps:
-        raise NoCheckpointError(f"no complete checkpoint for step {step} under {checkpoint_dir(workdir)}; "
-                                f"complete steps: {steps}")
+        raise NoCheckpointError(
+            f"no complete checkpoint for step {step} under {checkpoint_dir(workdir)}; complete steps: {steps}"
+        )
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     checkpointer = Checkpointer(workdir, read_only=True)
     try:
         config, _, step = checkpointer.read_meta(step)
-        abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=cpu),
-                                model.abstract_params(config))
+        abstract = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=cpu), model.abstract_params(config)
+        )
         return config, checkpointer.restore_params(step, abstract_params=abstract), step
     finally:
         checkpointer.close()

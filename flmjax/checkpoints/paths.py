@@ -30,8 +30,10 @@ from flmjax.checkpoints.checkpointer import CHECKPOINT_DIR, NoCheckpointError
 from flmjax.config import ModelConfig
 from flmjax.convert import official
 
-KINDS = ("a released-format folder (config.json + safetensors), a training workdir (with checkpoints/), the main "
-         "job's workdir (stage workdirs) or a step folder (WORKDIR/checkpoints/STEP)")
+KINDS = (
+    "a released-format folder (config.json + safetensors), a training workdir (with checkpoints/), the main "
+    "job's workdir (stage workdirs) or a step folder (WORKDIR/checkpoints/STEP)"
+)
 
 
 class NotACheckpointError(NoCheckpointError):
@@ -44,8 +46,7 @@ def _not_a_checkpoint(path: str, why: str, what: str) -> NotACheckpointError:
 
 def is_released_checkpoint(path: str | os.PathLike) -> bool:
     """A released-format folder (config.json + safetensors), not a training workdir."""
-    return (os.path.isfile(os.path.join(path, "config.json"))
-            and not os.path.isdir(os.path.join(path, CHECKPOINT_DIR)))
+    return os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, CHECKPOINT_DIR))
 
 
 def is_training_workdir(path: str | os.PathLike) -> bool:
@@ -56,9 +57,12 @@ def is_training_workdir(path: str | os.PathLike) -> bool:
 def stage_workdirs(path: str | os.PathLike) -> list[str]:
     """The subfolders of `path` that hold a complete training checkpoint, in name order."""
     path = os.fspath(path)
-    return [os.path.join(path, name) for name in sorted(os.listdir(path))
-            if os.path.isdir(os.path.join(path, name))
-            and checkpointer_lib.latest_complete_step(os.path.join(path, name)) is not None]
+    return [
+        os.path.join(path, name)
+        for name in sorted(os.listdir(path))
+        if os.path.isdir(os.path.join(path, name))
+        and checkpointer_lib.latest_complete_step(os.path.join(path, name)) is not None
+    ]
 
 
 def _step_folder(path: str) -> tuple[str, int] | None:
@@ -143,15 +147,18 @@ def resolve(path: str | os.PathLike, step: int | None = None, what: str = "check
     elif not is_training_workdir(given):
         stages = stage_workdirs(given)
         if not stages:
-            raise _not_a_checkpoint(given, f"it holds neither config.json, nor {CHECKPOINT_DIR}/, nor stage "
-                                    "workdirs with checkpoints", what)
+            raise _not_a_checkpoint(
+                given, f"it holds neither config.json, nor {CHECKPOINT_DIR}/, nor stage workdirs with checkpoints", what
+            )
         workdir = stages[-1]
     steps = checkpointer_lib.complete_steps(workdir)
     if not steps:
         raise NoCheckpointError(f"no complete checkpoint under {checkpointer_lib.checkpoint_dir(workdir)}")
     if step is not None and step not in steps:
-        raise NoCheckpointError(f"no complete checkpoint for step {step} under "
-                                f"{checkpointer_lib.checkpoint_dir(workdir)}; complete steps: {steps}")
+        raise NoCheckpointError(
+            f"no complete checkpoint for step {step} under "
+            f"{checkpointer_lib.checkpoint_dir(workdir)}; complete steps: {steps}"
+        )
     return CheckpointPath(given, workdir, steps[-1] if step is None else int(step))
 
 

@@ -72,6 +72,7 @@ def _qkv(heads: int):
     def convert(w):
         d = w.shape[1]
         return w.reshape(3, heads, d // heads, d).transpose(3, 0, 1, 2)
+
     return convert
 
 
@@ -79,6 +80,7 @@ def _attn_out(heads: int):
     def convert(w):
         d = w.shape[0]
         return w.reshape(d, heads, d // heads).transpose(1, 2, 0)
+
     return convert
 
 
@@ -93,8 +95,10 @@ def _codebook_keys(half: str, level: int) -> tuple[str, ...]:
 
 
 # Codebooks past the ones in use: accepted and ignored (the released file holds 32, Moshi uses 8).
-_EXTRA_CODEBOOK = re.compile(r"quantizer\.rvq_rest\.vq\.layers\.(\d+)\._codebook\.(embedding_sum|cluster_usage|"
-                             r"_initialized)")
+_EXTRA_CODEBOOK = re.compile(
+    r"quantizer\.rvq_rest\.vq\.layers\.(\d+)\._codebook\.(embedding_sum|cluster_usage|"
+    r"_initialized)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +125,9 @@ def seanet_convs(config: MimiConfig, part: str) -> list[SEANetConv]:
         hidden = channels // config.compress
         for j in range(config.n_residual_layers):
             path, name = (f"blocks_{block}", f"residual_{j}"), f"model.{index}.block"
-            convs.append(SEANetConv(path + ("conv_a",), f"{name}.1.conv.conv", channels, hidden,
-                                    config.residual_kernel_size))
+            convs.append(
+                SEANetConv(path + ("conv_a",), f"{name}.1.conv.conv", channels, hidden, config.residual_kernel_size)
+            )
             convs.append(SEANetConv(path + ("conv_b",), f"{name}.3.conv.conv", hidden, channels, 1))
             index += 1
 
@@ -131,17 +136,31 @@ def seanet_convs(config: MimiConfig, part: str) -> list[SEANetConv]:
         convs.append(SEANetConv(("conv_in",), "model.0.conv.conv", 1, channels, config.kernel_size))
         for block, ratio in enumerate(reversed(config.ratios)):
             residuals(block, channels)
-            convs.append(SEANetConv((f"blocks_{block}", "down"), f"model.{index + 1}.conv.conv", channels,
-                                    2 * channels, 2 * ratio))
+            convs.append(
+                SEANetConv(
+                    (f"blocks_{block}", "down"), f"model.{index + 1}.conv.conv", channels, 2 * channels, 2 * ratio
+                )
+            )
             channels, index = 2 * channels, index + 2
-        convs.append(SEANetConv(("conv_out",), f"model.{index + 1}.conv.conv", channels, config.dimension,
-                                config.last_kernel_size))
+        convs.append(
+            SEANetConv(
+                ("conv_out",), f"model.{index + 1}.conv.conv", channels, config.dimension, config.last_kernel_size
+            )
+        )
     else:
         channels = top
         convs.append(SEANetConv(("conv_in",), "model.0.conv.conv", config.dimension, channels, config.kernel_size))
         for block, ratio in enumerate(config.ratios):
-            convs.append(SEANetConv((f"blocks_{block}", "up"), f"model.{index + 1}.convtr.convtr", channels,
-                                    channels // 2, 2 * ratio, transposed=True))
+            convs.append(
+                SEANetConv(
+                    (f"blocks_{block}", "up"),
+                    f"model.{index + 1}.convtr.convtr",
+                    channels,
+                    channels // 2,
+                    2 * ratio,
+                    transposed=True,
+                )
+            )
             channels, index = channels // 2, index + 2
             residuals(block, channels)
         convs.append(SEANetConv(("conv_out",), f"model.{index + 1}.conv.conv", channels, 1, config.last_kernel_size))
@@ -157,11 +176,23 @@ def name_map(config: MimiConfig, num_codebooks: int = 8) -> list[Entry]:
         for conv in seanet_convs(config, part):
             name, path = f"{part}.{conv.torch_name}", (part, *conv.path)
             if conv.transposed:
-                entries.append(Entry((f"{name}.weight",), ((conv.channels_in, conv.channels_out, conv.kernel_size),),
-                                     path + ("kernel",), _conv_transpose))
+                entries.append(
+                    Entry(
+                        (f"{name}.weight",),
+                        ((conv.channels_in, conv.channels_out, conv.kernel_size),),
+                        path + ("kernel",),
+                        _conv_transpose,
+                    )
+                )
             else:
-                entries.append(Entry((f"{name}.weight",), ((conv.channels_out, conv.channels_in, conv.kernel_size),),
-                                     path + ("kernel",), _conv))
+                entries.append(
+                    Entry(
+                        (f"{name}.weight",),
+                        ((conv.channels_out, conv.channels_in, conv.kernel_size),),
+                        path + ("kernel",),
+                        _conv,
+                    )
+                )
             entries.append(Entry((f"{name}.bias",), ((conv.channels_out,),), path + ("bias",), _same))
 
     for part in ("encoder_transformer", "decoder_transformer"):
@@ -179,23 +210,27 @@ def name_map(config: MimiConfig, num_codebooks: int = 8) -> list[Entry]:
                 ("linear2.weight", (d, ffn), ("mlp", "fc2"), _linear),
                 ("layer_scale_2.scale", (d,), ("layer_scale_2",), _same),
             ]
-            entries += [Entry((f"{name}.{key}",), (shape,), (part, f"layers_{i}", *path), convert)
-                        for key, shape, path, convert in table]
+            entries += [
+                Entry((f"{name}.{key}",), (shape,), (part, f"layers_{i}", *path), convert)
+                for key, shape, path, convert in table
+            ]
 
     kernel = 2 * config.downsample_stride
     entries.append(Entry(("downsample.conv.conv.conv.weight",), ((d, d, kernel),), ("downsample", "kernel"), _conv))
     # Depthwise (groups = d): moshi's `upsample_channel_wise_bug=True`.
-    entries.append(Entry(("upsample.convtr.convtr.convtr.weight",), ((d, 1, kernel),), ("upsample", "kernel"),
-                         _conv_transpose))
+    entries.append(
+        Entry(("upsample.convtr.convtr.convtr.weight",), ((d, 1, kernel),), ("upsample", "kernel"), _conv_transpose)
+    )
 
     dim, bins = config.quantizer_dimension, config.bins
     for half, levels in (("first", 1), ("rest", num_codebooks - 1)):
         name, path = f"quantizer.rvq_{half}", ("quantizer", half)
         entries.append(Entry((f"{name}.input_proj.weight",), ((dim, d, 1),), path + ("input_proj",), _projection))
         entries.append(Entry((f"{name}.output_proj.weight",), ((d, dim, 1),), path + ("output_proj",), _projection))
-        entries += [Entry(_codebook_keys(half, level), ((bins, dim), (bins,), (1,)), path + (f"codebook_{level}",),
-                          _centroids)
-                    for level in range(levels)]
+        entries += [
+            Entry(_codebook_keys(half, level), ((bins, dim), (bins,), (1,)), path + (f"codebook_{level}",), _centroids)
+            for level in range(levels)
+        ]
     return entries
 
 
@@ -208,8 +243,10 @@ def checkpoint_file(path: str | os.PathLike) -> pathlib.Path:
         return path / "model.safetensors"
     candidates = sorted(path.glob("*.safetensors"))
     if len(candidates) != 1:
-        raise MimiCheckpointError(f"{path}: expected model.safetensors or exactly one *.safetensors file, found "
-                                  f"{[c.name for c in candidates]}")
+        raise MimiCheckpointError(
+            f"{path}: expected model.safetensors or exactly one *.safetensors file, found "
+            f"{[c.name for c in candidates]}"
+        )
     return candidates[0]
 
 
@@ -232,10 +269,14 @@ def params_from_tensors(tensors: dict[str, np.ndarray], config: MimiConfig, num_
         if extra is None or int(extra.group(1)) < num_codebooks - 1:
             unexpected.append(f"{key} (shape {list(tensors[key].shape)})")
     if missing or misshaped or unexpected:
-        lines = ([f"missing: {line}" for line in missing] + [f"wrong shape: {line}" for line in misshaped]
-                 + [f"unexpected: {line}" for line in unexpected])
-        raise MimiCheckpointError(f"checkpoint does not match the Mimi config ({len(lines)} problems):\n  "
-                                  + "\n  ".join(lines))
+        lines = (
+            [f"missing: {line}" for line in missing]
+            + [f"wrong shape: {line}" for line in misshaped]
+            + [f"unexpected: {line}" for line in unexpected]
+        )
+        raise MimiCheckpointError(
+            f"checkpoint does not match the Mimi config ({len(lines)} problems):\n  " + "\n  ".join(lines)
+        )
     params: dict = {}
     for entry in entries:
         value = entry.convert(*(np.asarray(tensors[key], np.float32) for key in entry.keys))
@@ -286,8 +327,7 @@ def load_codec(path: str | os.PathLike):
     weights, config_path = _weights_and_config_paths(os.fspath(path))
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"no Mimi weights at {weights}")
-    config = MimiConfig.from_json(config_path) if os.path.isfile(config_path) else \
-        MimiConfig.released()
+    config = MimiConfig.from_json(config_path) if os.path.isfile(config_path) else MimiConfig.released()
     return config, load_mimi(weights, config)
 
 

@@ -69,8 +69,10 @@ class MimiConfig:
             problems.append(f"ratios: their product {self.hop_length} does not divide sample_rate")
         ratio = self.encoder_frame_rate / self.frame_rate
         if ratio != int(ratio) or int(ratio) < 1:
-            problems.append(f"frame_rate: {self.frame_rate} Hz is not the {self.encoder_frame_rate} Hz encoder "
-                            "rate divided by an integer")
+            problems.append(
+                f"frame_rate: {self.frame_rate} Hz is not the {self.encoder_frame_rate} Hz encoder "
+                "rate divided by an integer"
+            )
         if not 1 <= self.n_q:
             problems.append(f"n_q: must be >= 1, got {self.n_q}")
         if problems:
@@ -122,17 +124,40 @@ class MimiConfig:
 
 # ---------------------------------------------------------------------- JSON reading
 # Settings this port implements, as the moshi constructor spells them; anything else is an error.
-_SEANET_FIXED = {"channels": 1, "causal": True, "activation": "ELU", "norm": "none", "pad_mode": "constant",
-                 "true_skip": True}
-_SEANET_FIELDS = {"dimension": "dimension", "n_filters": "n_filters", "ratios": "ratios",
-                  "kernel_size": "kernel_size", "residual_kernel_size": "residual_kernel_size",
-                  "last_kernel_size": "last_kernel_size", "compress": "compress",
-                  "n_residual_layers": "n_residual_layers", "dilation_base": "dilation_base"}
+_SEANET_FIXED = {
+    "channels": 1,
+    "causal": True,
+    "activation": "ELU",
+    "norm": "none",
+    "pad_mode": "constant",
+    "true_skip": True,
+}
+_SEANET_FIELDS = {
+    "dimension": "dimension",
+    "n_filters": "n_filters",
+    "ratios": "ratios",
+    "kernel_size": "kernel_size",
+    "residual_kernel_size": "residual_kernel_size",
+    "last_kernel_size": "last_kernel_size",
+    "compress": "compress",
+    "n_residual_layers": "n_residual_layers",
+    "dilation_base": "dilation_base",
+}
 _SEANET_IGNORED = ("disable_norm_outer_blocks",)  # only matters with a norm, and norm must be "none"
-_TRANSFORMER_FIXED = {"causal": True, "conv_layout": True, "gating": "none", "norm": "layer_norm",
-                      "positional_embedding": "rope"}
-_TRANSFORMER_FIELDS = {"num_heads": "num_heads", "num_layers": "num_layers", "dim_feedforward": "dim_feedforward",
-                       "context": "context", "max_period": "max_period"}
+_TRANSFORMER_FIXED = {
+    "causal": True,
+    "conv_layout": True,
+    "gating": "none",
+    "norm": "layer_norm",
+    "positional_embedding": "rope",
+}
+_TRANSFORMER_FIELDS = {
+    "num_heads": "num_heads",
+    "num_layers": "num_layers",
+    "dim_feedforward": "dim_feedforward",
+    "context": "context",
+    "max_period": "max_period",
+}
 _QUANTIZER_FIELDS = {"dimension": "quantizer_dimension", "bins": "bins", "n_q": "n_q"}
 _MODEL_FIXED = {"channels": 1, "causal": True, "resample_method": "conv", "upsample_channel_wise_bug": True}
 
@@ -169,16 +194,24 @@ def _from_dict(data: Mapping[str, Any]) -> MimiConfig:
 
     transformer = mimi.get("transformer", {})
     check_fixed("transformer", transformer, _TRANSFORMER_FIXED)
-    take("transformer", transformer, _TRANSFORMER_FIELDS,
-         tuple(_TRANSFORMER_FIXED) + ("d_model", "input_dimension", "output_dimensions", "layer_scale"))
+    take(
+        "transformer",
+        transformer,
+        _TRANSFORMER_FIELDS,
+        tuple(_TRANSFORMER_FIXED) + ("d_model", "input_dimension", "output_dimensions", "layer_scale"),
+    )
     dimension = seanet.get("dimension", MimiConfig.dimension)
-    for key, got in (("d_model", transformer.get("d_model", dimension)),
-                     ("input_dimension", transformer.get("input_dimension", dimension))):
+    for key, got in (
+        ("d_model", transformer.get("d_model", dimension)),
+        ("input_dimension", transformer.get("input_dimension", dimension)),
+    ):
         if got != dimension:
             problems.append(f"transformer.{key}: {got} != seanet.dimension {dimension} (projections unsupported)")
     if list(transformer.get("output_dimensions", [dimension])) != [dimension]:
-        problems.append(f"transformer.output_dimensions: {transformer['output_dimensions']} is not "
-                        f"[{dimension}] (projections unsupported)")
+        problems.append(
+            f"transformer.output_dimensions: {transformer['output_dimensions']} is not "
+            f"[{dimension}] (projections unsupported)"
+        )
     if transformer.get("layer_scale", 0.01) is None:
         problems.append("transformer.layer_scale: None is not supported (the layer_scale tensors are required)")
 
@@ -195,6 +228,8 @@ def _from_dict(data: Mapping[str, Any]) -> MimiConfig:
     config = MimiConfig(**kwargs)
     rate = model_kwargs.get("encoder_frame_rate", config.encoder_frame_rate)
     if rate != config.encoder_frame_rate:
-        raise MimiConfigError(f"unsupported Mimi config:\n  mimi_model_kwargs.encoder_frame_rate: {rate} != "
-                              f"sample_rate / prod(ratios) = {config.encoder_frame_rate}")
+        raise MimiConfigError(
+            f"unsupported Mimi config:\n  mimi_model_kwargs.encoder_frame_rate: {rate} != "
+            f"sample_rate / prod(ratios) = {config.encoder_frame_rate}"
+        )
     return config

@@ -24,8 +24,11 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import struct
 
-PRECISIONS = {"default": jax.lax.Precision.DEFAULT, "high": jax.lax.Precision.HIGH,
-              "highest": jax.lax.Precision.HIGHEST}
+PRECISIONS = {
+    "default": jax.lax.Precision.DEFAULT,
+    "high": jax.lax.Precision.HIGH,
+    "highest": jax.lax.Precision.HIGHEST,
+}
 
 
 class Normal(struct.PyTreeNode, nn.meta.AxisMetadata):
@@ -50,8 +53,10 @@ class Normal(struct.PyTreeNode, nn.meta.AxisMetadata):
 
 def declare(module: nn.Module, name: str, shape: tuple[int, ...], std: float = 0.0, mean: float = 0.0) -> jax.Array:
     """A float32 param of `module` drawn from N(mean, std^2)."""
+
     def init(key: jax.Array, shape: tuple[int, ...]) -> Normal:
         return Normal(mean + std * jax.random.normal(key, shape, jnp.float32), mean, std)
+
     return module.param(name, init, tuple(shape))
 
 
@@ -75,25 +80,33 @@ class CausalConv(nn.Module):
         return jnp.zeros((batch_size, conv_state_length(self.kernel_size, self.stride, self.dilation), channels_in))
 
     @nn.compact
-    def __call__(self, x: jax.Array, previous: jax.Array,
-                 replicate_first: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self, x: jax.Array, previous: jax.Array, replicate_first: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         """x [batch, time, in] (time a multiple of `stride`); previous [batch, K_eff - stride, in], the input
         frames before x. `replicate_first [batch]` (bool) replaces `previous` by x's first frame repeated, for
         the rows starting a stream with replicate padding. Returns (y [batch, time / stride, features], the new
         `previous`)."""
         channels_in = x.shape[-1]
-        kernel = declare(self, "kernel", (self.kernel_size, channels_in, self.features),
-                         std=(self.kernel_size * channels_in) ** -0.5)
+        kernel = declare(
+            self, "kernel", (self.kernel_size, channels_in, self.features), std=(self.kernel_size * channels_in) ** -0.5
+        )
         if replicate_first is not None and previous.shape[1]:
             first = jnp.broadcast_to(x[:, :1], previous.shape)
             previous = jnp.where(replicate_first[:, None, None], first, previous)
         padded = jnp.concatenate([previous, x], axis=1)
         y = jax.lax.conv_general_dilated(
-            padded, kernel, window_strides=(self.stride,), padding="VALID", rhs_dilation=(self.dilation,),
-            dimension_numbers=("NWC", "WIO", "NWC"), precision=PRECISIONS[self.precision])
+            padded,
+            kernel,
+            window_strides=(self.stride,),
+            padding="VALID",
+            rhs_dilation=(self.dilation,),
+            dimension_numbers=("NWC", "WIO", "NWC"),
+            precision=PRECISIONS[self.precision],
+        )
         if self.use_bias:
             y = y + declare(self, "bias", (self.features,))
-        return y, padded[:, padded.shape[1] - previous.shape[1]:]
+        return y, padded[:, padded.shape[1] - previous.shape[1] :]
 
 
 class ConvTranspose(nn.Module):
@@ -120,8 +133,12 @@ class ConvTranspose(nn.Module):
         batch, time, channels_in = x.shape
         groups, stride, kernel_size = self.groups, self.stride, self.kernel_size
         out_per_group = self.features // groups
-        kernel = declare(self, "kernel", (channels_in, kernel_size, out_per_group),
-                         std=(channels_in // groups * kernel_size / stride) ** -0.5)
+        kernel = declare(
+            self,
+            "kernel",
+            (channels_in, kernel_size, out_per_group),
+            std=(channels_in // groups * kernel_size / stride) ** -0.5,
+        )
         precision = PRECISIONS[self.precision]
         overlap = kernel_size // stride  # how many input frames write into each output block
         # Every input frame writes K outputs: [batch, time, K, out], the output channels grouped like torch's.
@@ -136,14 +153,13 @@ class ConvTranspose(nn.Module):
             frames = jnp.einsum("btgi,giko->btkgo", grouped_x, grouped_kernel, precision=precision)
         frames = frames.reshape(batch, time, overlap, stride, self.features)
         # Overlap-add: input frame t's j-th block of `stride` outputs lands in output block t + j.
-        blocks = sum(jnp.pad(frames[:, :, j], ((0, 0), (j, overlap - 1 - j), (0, 0), (0, 0)))
-                     for j in range(overlap))
+        blocks = sum(jnp.pad(frames[:, :, j], ((0, 0), (j, overlap - 1 - j), (0, 0), (0, 0))) for j in range(overlap))
         y = blocks.reshape(batch, (time + overlap - 1) * stride, self.features)
         bias = declare(self, "bias", (self.features,)) if self.use_bias else None
         if bias is not None:
             y = y + bias
-        y = y.at[:, :tail.shape[1]].add(tail)
-        new_tail = y[:, time * stride:]
+        y = y.at[:, : tail.shape[1]].add(tail)
+        new_tail = y[:, time * stride :]
         if bias is not None:
             new_tail = new_tail - bias
         return y[:, : time * stride], new_tail

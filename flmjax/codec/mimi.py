@@ -55,12 +55,12 @@ class Mimi(nn.Module):
         stride = cfg.downsample_stride
         self.encoder = SEANetEncoder(cfg)
         self.encoder_transformer = Transformer(cfg)
-        self.downsample = CausalConv(cfg.dimension, 2 * stride, stride=stride, use_bias=False,
-                                     precision=cfg.precision)
+        self.downsample = CausalConv(cfg.dimension, 2 * stride, stride=stride, use_bias=False, precision=cfg.precision)
         self.quantizer = SplitResidualVQ(cfg, self.num_codebooks)
         # Depthwise (groups = dimension): moshi's `upsample_channel_wise_bug=True`.
-        self.upsample = ConvTranspose(cfg.dimension, 2 * stride, stride=stride, groups=cfg.dimension,
-                                      use_bias=False, precision=cfg.precision)
+        self.upsample = ConvTranspose(
+            cfg.dimension, 2 * stride, stride=stride, groups=cfg.dimension, use_bias=False, precision=cfg.precision
+        )
         self.decoder_transformer = Transformer(cfg)
         self.decoder = SEANetDecoder(cfg)
 
@@ -71,8 +71,10 @@ class Mimi(nn.Module):
             "seanet": self.encoder.init_state(batch_size),
             "transformer": self.encoder_transformer.init_state(batch_size),
             # `first`: the next call starts the stream, so the downsample conv replicates its first frame.
-            "downsample": {"previous": self.downsample.init_state(batch_size, cfg.dimension),
-                           "first": jnp.ones((batch_size,), bool)},
+            "downsample": {
+                "previous": self.downsample.init_state(batch_size, cfg.dimension),
+                "first": jnp.ones((batch_size,), bool),
+            },
         }
         decoder = {
             "upsample": {"tail": self.upsample.init_state(batch_size)},
@@ -81,8 +83,9 @@ class Mimi(nn.Module):
         }
         return {"encoder": encoder, "decoder": decoder}
 
-    def encode(self, audio: jax.Array, state: StreamState | None = None,
-               streaming: bool = False) -> tuple[dict[str, jax.Array], StreamState]:
+    def encode(
+        self, audio: jax.Array, state: StreamState | None = None, streaming: bool = False
+    ) -> tuple[dict[str, jax.Array], StreamState]:
         """audio [batch, samples, 1], a multiple of the frame size, from the encoder `state` (None: fresh) ->
         (intermediates, channels-last; the new encoder state). Streaming uses the transformer's ring cache."""
         if state is None:
@@ -97,12 +100,16 @@ class Mimi(nn.Module):
         out["latent"] = x
         out["codes"], projected = self.quantizer.encode(x)
         out["quantizer_first_in"], out["quantizer_rest_in"] = projected["first_in"], projected["rest_in"]
-        new_state = {"seanet": seanet_state, "transformer": cache,
-                     "downsample": {"previous": previous, "first": jnp.zeros_like(down["first"])}}
+        new_state = {
+            "seanet": seanet_state,
+            "transformer": cache,
+            "downsample": {"previous": previous, "first": jnp.zeros_like(down["first"])},
+        }
         return out, new_state
 
-    def decode(self, codes: jax.Array, state: StreamState | None = None,
-               streaming: bool = False) -> tuple[dict[str, jax.Array], StreamState]:
+    def decode(
+        self, codes: jax.Array, state: StreamState | None = None, streaming: bool = False
+    ) -> tuple[dict[str, jax.Array], StreamState]:
         """codes [batch, codebooks, frames] from the decoder `state` (None: fresh) -> (intermediates,
         channels-last, `pcm` [batch, frames * frame_size, 1]; the new decoder state)."""
         if state is None:
@@ -169,22 +176,26 @@ def _channels_first(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, 1, 2)
 
 
-def _encode(config: MimiConfig, params: Params, audio: jax.Array, state: StreamState | None,
-            streaming: bool) -> tuple[dict[str, jax.Array], StreamState]:
+def _encode(
+    config: MimiConfig, params: Params, audio: jax.Array, state: StreamState | None, streaming: bool
+) -> tuple[dict[str, jax.Array], StreamState]:
     """audio [batch, 1, samples], a multiple of the frame size -> (intermediates, channels-last; new state)."""
     if audio.ndim != 3 or audio.shape[1] != 1 or audio.shape[2] % config.frame_size:
         raise ValueError(f"Mimi encodes audio [batch, 1, k * {config.frame_size}] (mono), got {audio.shape}")
-    return _module(config, params).apply({"params": params}, _channels_first(audio.astype(jnp.float32)), state,
-                                         streaming, method=Mimi.encode)
+    return _module(config, params).apply(
+        {"params": params}, _channels_first(audio.astype(jnp.float32)), state, streaming, method=Mimi.encode
+    )
 
 
-def _decode(config: MimiConfig, params: Params, codes: jax.Array, state: StreamState | None,
-            streaming: bool) -> tuple[dict[str, jax.Array], StreamState]:
+def _decode(
+    config: MimiConfig, params: Params, codes: jax.Array, state: StreamState | None, streaming: bool
+) -> tuple[dict[str, jax.Array], StreamState]:
     """codes [batch, codebooks, frames] -> (intermediates, channels-last; new state)."""
     if codes.ndim != 3:
         raise ValueError(f"Mimi decodes codes [batch, codebooks, frames], got {codes.shape}")
-    return _module(config, params).apply({"params": params}, codes.astype(jnp.int32), state, streaming,
-                                         method=Mimi.decode)
+    return _module(config, params).apply(
+        {"params": params}, codes.astype(jnp.int32), state, streaming, method=Mimi.decode
+    )
 
 
 # ---------------------------------------------------------------------- batch
@@ -263,8 +274,9 @@ _jit_stepping = functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
 
 
 @_jit_stepping
-def encode_step(config: MimiConfig, params: Params, state: StreamState,
-                pcm: jax.Array) -> tuple[StreamState, jax.Array]:
+def encode_step(
+    config: MimiConfig, params: Params, state: StreamState, pcm: jax.Array
+) -> tuple[StreamState, jax.Array]:
     """Streaming encode of the next pcm [batch, 1, k * frame_size] -> (state, codes [batch, codebooks, k]).
 
     Reads and replaces only `state["encoder"]`; `state` is donated (use the one returned).
@@ -274,16 +286,18 @@ def encode_step(config: MimiConfig, params: Params, state: StreamState,
 
 
 @_jit
-def encode_step_latent(config: MimiConfig, params: Params, state: StreamState,
-                       pcm: jax.Array) -> tuple[StreamState, jax.Array, jax.Array]:
+def encode_step_latent(
+    config: MimiConfig, params: Params, state: StreamState, pcm: jax.Array
+) -> tuple[StreamState, jax.Array, jax.Array]:
     """`encode_step` that also returns the unquantized latent [batch, dimension, k]."""
     out, encoder_state = _encode(config, params, pcm, state["encoder"], streaming=True)
     return {**state, "encoder": encoder_state}, out["codes"], _channels_first(out["latent"])
 
 
 @_jit_stepping
-def decode_step(config: MimiConfig, params: Params, state: StreamState,
-                codes: jax.Array) -> tuple[StreamState, jax.Array]:
+def decode_step(
+    config: MimiConfig, params: Params, state: StreamState, codes: jax.Array
+) -> tuple[StreamState, jax.Array]:
     """Streaming decode of the next codes [batch, codebooks, k] -> (state, pcm [batch, 1, k * frame_size]).
 
     Reads and replaces only `state["decoder"]`; `state` is donated (use the one returned).
@@ -293,8 +307,9 @@ def decode_step(config: MimiConfig, params: Params, state: StreamState,
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
-def reset_stream(config: MimiConfig, state: StreamState, mask: jax.Array,
-                 parts: tuple[str, ...] = ("encoder", "decoder")) -> StreamState:
+def reset_stream(
+    config: MimiConfig, state: StreamState, mask: jax.Array, parts: tuple[str, ...] = ("encoder", "decoder")
+) -> StreamState:
     """Restarts the sessions where mask [batch] (bool) is True, in the given `parts` of the state (both by
     default; a live server restarts a new session's decoder one frame after its encoder); the other rows keep
     their state."""

@@ -27,8 +27,9 @@ def nearest(residual: jax.Array, centroids: jax.Array) -> jax.Array:
     argmin of ||c||^2 - 2 r.c (||r||^2 is constant per row). Full float32 precision whatever the config:
     the closest two centroids are only ~2e-3 apart in squared distance, so bf16 passes would flip codes.
     """
-    scores = jnp.sum(jnp.square(centroids), axis=-1) - 2 * jnp.einsum("...d,kd->...k", residual, centroids,
-                                                                     precision=HIGHEST)
+    scores = jnp.sum(jnp.square(centroids), axis=-1) - 2 * jnp.einsum(
+        "...d,kd->...k", residual, centroids, precision=HIGHEST
+    )
     return jnp.argmin(scores, axis=-1).astype(jnp.int32)
 
 
@@ -46,10 +47,11 @@ class ResidualVQ(nn.Module):
     def setup(self):
         cfg = self.config
         latent, dim = cfg.dimension, cfg.quantizer_dimension
-        self.input_proj = declare(self, "input_proj", (latent, dim), std=latent ** -0.5)
-        self.output_proj = declare(self, "output_proj", (dim, latent), std=dim ** -0.5)
-        self.codebooks = [declare(self, f"codebook_{level}", (cfg.bins, dim), std=dim ** -0.5)
-                          for level in range(self.levels)]
+        self.input_proj = declare(self, "input_proj", (latent, dim), std=latent**-0.5)
+        self.output_proj = declare(self, "output_proj", (dim, latent), std=dim**-0.5)
+        self.codebooks = [
+            declare(self, f"codebook_{level}", (cfg.bins, dim), std=dim**-0.5) for level in range(self.levels)
+        ]
 
     def project_in(self, latent: jax.Array) -> jax.Array:
         """latent [batch, time, latent] -> [batch, time, dim]."""

@@ -28,13 +28,16 @@ class ResidualBlock(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.conv_a = CausalConv(self.channels // cfg.compress, cfg.residual_kernel_size, dilation=self.dilation,
-                                 precision=cfg.precision)
+        self.conv_a = CausalConv(
+            self.channels // cfg.compress, cfg.residual_kernel_size, dilation=self.dilation, precision=cfg.precision
+        )
         self.conv_b = CausalConv(self.channels, 1, precision=cfg.precision)
 
     def init_state(self, batch_size: int) -> dict:
-        return {"conv_a": self.conv_a.init_state(batch_size, self.channels),
-                "conv_b": self.conv_b.init_state(batch_size, self.channels // self.config.compress)}
+        return {
+            "conv_a": self.conv_a.init_state(batch_size, self.channels),
+            "conv_b": self.conv_b.init_state(batch_size, self.channels // self.config.compress),
+        }
 
     def __call__(self, x: jax.Array, state: dict) -> tuple[jax.Array, dict]:
         h, conv_a = self.conv_a(nn.elu(x), state["conv_a"])
@@ -43,7 +46,7 @@ class ResidualBlock(nn.Module):
 
 
 def _residuals(config: MimiConfig, channels: int) -> list[ResidualBlock]:
-    return [ResidualBlock(config, channels, config.dilation_base ** j) for j in range(config.n_residual_layers)]
+    return [ResidualBlock(config, channels, config.dilation_base**j) for j in range(config.n_residual_layers)]
 
 
 class EncoderBlock(nn.Module):
@@ -104,8 +107,11 @@ class _SEANetStack(nn.Module):
     def init_state(self, batch_size: int) -> dict:
         conv_in_channels, conv_out_channels = self.state_channels()
         blocks = {f"blocks_{i}": block.init_state(batch_size) for i, block in enumerate(self.blocks)}
-        return {"conv_in": self.conv_in.init_state(batch_size, conv_in_channels), **blocks,
-                "conv_out": self.conv_out.init_state(batch_size, conv_out_channels)}
+        return {
+            "conv_in": self.conv_in.init_state(batch_size, conv_in_channels),
+            **blocks,
+            "conv_out": self.conv_out.init_state(batch_size, conv_out_channels),
+        }
 
     def __call__(self, x: jax.Array, state: dict) -> tuple[jax.Array, dict]:
         new_state = {}
@@ -122,7 +128,7 @@ class SEANetEncoder(_SEANetStack):
     def setup(self):
         cfg = self.config
         self.conv_in = CausalConv(cfg.n_filters, cfg.kernel_size, precision=cfg.precision)
-        self.blocks = [EncoderBlock(cfg, cfg.n_filters * 2 ** i, ratio) for i, ratio in enumerate(reversed(cfg.ratios))]
+        self.blocks = [EncoderBlock(cfg, cfg.n_filters * 2**i, ratio) for i, ratio in enumerate(reversed(cfg.ratios))]
         self.conv_out = CausalConv(cfg.dimension, cfg.last_kernel_size, precision=cfg.precision)
 
     def state_channels(self) -> tuple[int, int]:
@@ -136,7 +142,7 @@ class SEANetDecoder(_SEANetStack):
         cfg = self.config
         channels = cfg.n_filters * 2 ** len(cfg.ratios)
         self.conv_in = CausalConv(channels, cfg.kernel_size, precision=cfg.precision)
-        self.blocks = [DecoderBlock(cfg, channels // 2 ** i, ratio) for i, ratio in enumerate(cfg.ratios)]
+        self.blocks = [DecoderBlock(cfg, channels // 2**i, ratio) for i, ratio in enumerate(cfg.ratios)]
         self.conv_out = CausalConv(1, cfg.last_kernel_size, precision=cfg.precision)
 
     def state_channels(self) -> tuple[int, int]:

@@ -88,8 +88,9 @@ class Attention(nn.Module):
     config: MimiConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array, cache: dict | None = None,
-                 offset: jax.Array | None = None) -> tuple[jax.Array, dict | None]:
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, cache: dict | None = None, offset: jax.Array | None = None
+    ) -> tuple[jax.Array, dict | None]:
         """x [batch, time, d] at absolute steps positions [batch, time] -> (out [batch, time, d], new cache).
 
         Batch mode without `cache`; streaming with `cache` {"k", "v": [batch, heads, context, head_dim]}, the
@@ -97,8 +98,8 @@ class Attention(nn.Module):
         """
         cfg, precision = self.config, PRECISIONS[self.config.precision]
         batch, time, d = x.shape
-        qkv_kernel = declare(self, "qkv", (d, 3, cfg.num_heads, cfg.head_dim), std=d ** -0.5)
-        out_kernel = declare(self, "out", (cfg.num_heads, cfg.head_dim, d), std=d ** -0.5)
+        qkv_kernel = declare(self, "qkv", (d, 3, cfg.num_heads, cfg.head_dim), std=d**-0.5)
+        out_kernel = declare(self, "out", (cfg.num_heads, cfg.head_dim, d), std=d**-0.5)
         # Flattened kernels: one plain matmul each (a 5-d einsum output layout is 3x slower on XLA:CPU).
         qkv = jnp.dot(x, qkv_kernel.reshape(d, -1), precision=precision)
         qkv = qkv.reshape(batch, time, 3, cfg.num_heads, cfg.head_dim)
@@ -127,8 +128,8 @@ class MLP(nn.Module):
         """x [batch, time, d] -> [batch, time, d]."""
         cfg, precision = self.config, PRECISIONS[self.config.precision]
         d, ffn = x.shape[-1], cfg.dim_feedforward
-        fc1 = declare(self, "fc1", (d, ffn), std=d ** -0.5)
-        fc2 = declare(self, "fc2", (ffn, d), std=ffn ** -0.5)
+        fc1 = declare(self, "fc1", (d, ffn), std=d**-0.5)
+        fc2 = declare(self, "fc2", (ffn, d), std=ffn**-0.5)
         h = jax.nn.gelu(jnp.einsum("btd,df->btf", x, fc1, precision=precision), approximate=False)
         return jnp.einsum("btf,fd->btd", h, fc2, precision=precision)
 
@@ -139,12 +140,14 @@ class TransformerLayer(nn.Module):
     config: MimiConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array, cache: dict | None = None,
-                 offset: jax.Array | None = None) -> tuple[jax.Array, dict | None]:
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, cache: dict | None = None, offset: jax.Array | None = None
+    ) -> tuple[jax.Array, dict | None]:
         """See `Attention` for positions, cache and offset; returns (output, new cache)."""
         cfg, d = self.config, x.shape[-1]
-        attended, cache = Attention(cfg, name="attn")(LayerNorm(cfg.layer_norm_eps, name="norm1")(x), positions,
-                                                       cache, offset)
+        attended, cache = Attention(cfg, name="attn")(
+            LayerNorm(cfg.layer_norm_eps, name="norm1")(x), positions, cache, offset
+        )
         x = x + declare(self, "layer_scale_1", (d,), mean=0.01) * attended
         h = MLP(cfg, name="mlp")(LayerNorm(cfg.layer_norm_eps, name="norm2")(x))
         return x + declare(self, "layer_scale_2", (d,), mean=0.01) * h, cache

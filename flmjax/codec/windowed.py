@@ -22,8 +22,14 @@ def _encode_window(config, params, state, pcm):
     return state, codes[..., 0].transpose(1, 2, 0)  # [W, B, 8, 1] -> [B, 8, W]
 
 
-def stream_encode(config, params, audio, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
-                  on_window: Callable[[int], None] | None = None, sharding=None) -> np.ndarray:
+def stream_encode(
+    config,
+    params,
+    audio,
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+    on_window: Callable[[int], None] | None = None,
+    sharding=None,
+) -> np.ndarray:
     """Mono signals `audio [B, n]` -> int16 codes `[B, 8, ceil(n / 1920)]`, streaming in windows.
 
     The codec's streaming step, one frame at a time under `lax.scan`, over windows of `chunk_frames` frames
@@ -41,9 +47,8 @@ def stream_encode(config, params, audio, chunk_frames: int = DEFAULT_CHUNK_FRAME
     state = init_codec_stream(config, params, batch)
     out = []
     for start in range(0, padded.shape[-1], window):
-        pcm = padded[..., start:start + window]
-        state, codes = _encode_window(config, params, state, pcm if sharding is None else
-                                      jax.device_put(pcm, sharding))
+        pcm = padded[..., start : start + window]
+        state, codes = _encode_window(config, params, state, pcm if sharding is None else jax.device_put(pcm, sharding))
         out.append(np.asarray(codes))
         if on_window is not None:
             on_window(min(chunk_frames, frames - start // config.frame_size))

@@ -40,14 +40,14 @@ class Entry:
 
     def official_shape(self, flmjax_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of each released tensor cut from a flmjax array of `flmjax_shape`."""
-        return self._slice_to_official_shape(tuple(flmjax_shape[self.num_indexed:]))
+        return self._slice_to_official_shape(tuple(flmjax_shape[self.num_indexed :]))
 
     def _slice_to_official_shape(self, slice_shape: tuple[int, ...]) -> tuple[int, ...]:
         if self.layout == FLAT:
             return (math.prod(slice_shape),)
         if self.layout == LINEAR:
             fan_in = math.prod(slice_shape[: self.linear_in_dims])
-            return (math.prod(slice_shape[self.linear_in_dims:]), fan_in)
+            return (math.prod(slice_shape[self.linear_in_dims :]), fan_in)
         return tuple(slice_shape)
 
     def to_official(self, flmjax_slice: np.ndarray) -> np.ndarray:
@@ -117,8 +117,11 @@ def name_map(config: ModelConfig) -> list[Entry]:
         block_entry(("attn", "qkv_bias"), "attn.c_attn.bias", FLAT)
         block_entry(("attn", "out_bias"), "attn.c_proj.bias", FLAT)
     mlp, mlp_indexed = ("mlps.{1}.", 2) if config.depth_per_position_mlp else ("mlp.", 1)
-    projections = (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj")) if config.depth_swiglu \
+    projections = (
+        (("gate", "gate_proj"), ("up", "up_proj"), ("down", "down_proj"))
+        if config.depth_swiglu
         else (("fc", "c_fc"), ("down", "c_proj"))
+    )
     for ours, theirs in projections:
         block_entry(("mlp", f"{ours}_kernel"), f"{mlp}{theirs}.weight", LINEAR, mlp_indexed)
         if config.depth_bias:

@@ -25,7 +25,7 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 CONFIG_FILE = "config.json"
 EXPORT_FILE = re.compile(r"^(config\.json|model\.safetensors(\.index\.json)?|model-\d{5}-of-\d{5}\.safetensors)$")
-DEFAULT_MAX_SHARD_BYTES = 5 * 1024 ** 3
+DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 _EXPORT_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "float16": np.float16}
 
@@ -38,15 +38,20 @@ class CheckpointError(UserError, ValueError):
 def _canonical_shapes(config: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     """flmjax param path -> shape in the canonical (scanned) layout; cached: do not mutate."""
     abstract = flm_model.abstract_params(config.replace(scan_layers=True))
-    return {tuple(k.key for k in path): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    return {
+        tuple(k.key for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]
+    }
 
 
 def official_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every released tensor name a checkpoint of `config` holds, with its shape."""
     shapes = _canonical_shapes(config)
-    return {name: entry.official_shape(shapes[entry.path])
-            for entry in name_map(config) for _, name in entry.official_names(shapes[entry.path])}
+    return {
+        name: entry.official_shape(shapes[entry.path])
+        for entry in name_map(config)
+        for _, name in entry.official_names(shapes[entry.path])
+    }
 
 
 def _tensor_files(path: str) -> list[str]:
@@ -72,10 +77,16 @@ def _open_tensors(file: str):
 def _mismatch_report(expected: dict[str, tuple], found: dict[str, tuple], dtypes: dict[str, str]) -> list[str]:
     problems = [f"missing {name}: expected shape {list(expected[name])}" for name in sorted(set(expected) - set(found))]
     problems += [f"unexpected {name}: found shape {list(found[name])}" for name in sorted(set(found) - set(expected))]
-    problems += [f"wrong shape {name}: expected {list(expected[name])}, found {list(found[name])}"
-                 for name in sorted(set(expected) & set(found)) if tuple(expected[name]) != tuple(found[name])]
-    problems += [f"not a float tensor {name}: dtype {dtypes[name]}" for name in sorted(dtypes)
-                 if name in expected and dtypes[name] not in _FLOAT_DTYPES]
+    problems += [
+        f"wrong shape {name}: expected {list(expected[name])}, found {list(found[name])}"
+        for name in sorted(set(expected) & set(found))
+        if tuple(expected[name]) != tuple(found[name])
+    ]
+    problems += [
+        f"not a float tensor {name}: dtype {dtypes[name]}"
+        for name in sorted(dtypes)
+        if name in expected and dtypes[name] not in _FLOAT_DTYPES
+    ]
     return problems
 
 
@@ -95,13 +106,17 @@ def load_official(path: str | os.PathLike, **execution: Any) -> tuple[ModelConfi
         with _open_tensors(file) as f:
             for name in f.keys():
                 tensor_slice = f.get_slice(name)
-                found[name], dtypes[name], location[name] = tuple(tensor_slice.get_shape()), \
-                    tensor_slice.get_dtype(), file
+                found[name], dtypes[name], location[name] = (
+                    tuple(tensor_slice.get_shape()),
+                    tensor_slice.get_dtype(),
+                    file,
+                )
     expected = official_shapes(config)
     problems = _mismatch_report(expected, found, dtypes)
     if problems:
-        raise CheckpointError(f"{path} does not match its config.json ({len(problems)} problems):\n  "
-                              + "\n  ".join(problems))
+        raise CheckpointError(
+            f"{path} does not match its config.json ({len(problems)} problems):\n  " + "\n  ".join(problems)
+        )
 
     param_dtype = np.dtype(config.jnp_param_dtype)
     shapes = _canonical_shapes(config)
@@ -113,7 +128,7 @@ def load_official(path: str | os.PathLike, **execution: Any) -> tuple[ModelConfi
             array = np.empty(shape, param_dtype)
             for index, name in entry.official_names(shape):
                 tensor = handles[location[name]].get_tensor(name)
-                array[index] = entry.to_flmjax(tensor, shape[entry.num_indexed:]).astype(param_dtype)
+                array[index] = entry.to_flmjax(tensor, shape[entry.num_indexed :]).astype(param_dtype)
             _set_path(params, entry.path, array)
     if not config.scan_layers:
         params = jax.tree.map(np.asarray, flm_model.unstack_layers(params, config.num_hidden_layers))
@@ -157,12 +172,20 @@ def check_export_target(path: str | os.PathLike, dtype: str, overwrite: bool) ->
     others = [entry for entry in entries if not EXPORT_FILE.match(entry)]
     if others:
         shown = ", ".join(others[:5]) + (f", ... ({len(others)} in all)" if len(others) > 5 else "")
-        raise FileExistsError(f"{path} holds more than a previous export ({shown}); overwrite replaces only an "
-                              "export folder: choose an empty or new folder")
+        raise FileExistsError(
+            f"{path} holds more than a previous export ({shown}); overwrite replaces only an "
+            "export folder: choose an empty or new folder"
+        )
 
 
-def save_official(path: str | os.PathLike, config: ModelConfig, params: dict, dtype: str = "bfloat16",
-                  max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, overwrite: bool = False) -> list[str]:
+def save_official(
+    path: str | os.PathLike,
+    config: ModelConfig,
+    params: dict,
+    dtype: str = "bfloat16",
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    overwrite: bool = False,
+) -> list[str]:
     """Writes `config.json` and safetensors in the released format; returns the files written.
 
     `params` in either layer layout. Tensors are cast to `dtype` ("bfloat16", "float16" or "float32") and
@@ -175,13 +198,17 @@ def save_official(path: str | os.PathLike, config: ModelConfig, params: dict, dt
     if "layers" not in params.get("temporal", {}):
         params = flm_model.stack_layers(params)
     shapes = _canonical_shapes(config)
-    found = {path_: tuple(np.shape(leaf)) for path_, leaf in
-             ((tuple(k.key for k in p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0])}
-    problems = _mismatch_report({"/".join(p): s for p, s in shapes.items()},
-                                {"/".join(p): s for p, s in found.items()}, {})
+    found = {
+        path_: tuple(np.shape(leaf))
+        for path_, leaf in (
+            (tuple(k.key for k in p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+        )
+    }
+    problems = _mismatch_report(
+        {"/".join(p): s for p, s in shapes.items()}, {"/".join(p): s for p, s in found.items()}, {}
+    )
     if problems:
-        raise CheckpointError(f"params do not match the config ({len(problems)} problems):\n  "
-                              + "\n  ".join(problems))
+        raise CheckpointError(f"params do not match the config ({len(problems)} problems):\n  " + "\n  ".join(problems))
 
     np_dtype = np.dtype(_EXPORT_DTYPES[dtype])
     entries = name_map(config)
@@ -203,28 +230,32 @@ def save_official(path: str | os.PathLike, config: ModelConfig, params: dict, dt
 
     files.remove_leftovers(path)  # of a killed export (one export per folder at a time)
     written = files.replace_folder(
-        path, lambda staging: _write_folder(staging, config.replace(torch_dtype=dtype), shards, sizes, tensor))
+        path, lambda staging: _write_folder(staging, config.replace(torch_dtype=dtype), shards, sizes, tensor)
+    )
     return [os.path.join(path, name) for name in written]
 
 
-def _write_folder(folder: str, config: ModelConfig, shards: list[list[str]], sizes: list[tuple[str, int]],
-                  tensor) -> list[str]:
+def _write_folder(
+    folder: str, config: ModelConfig, shards: list[list[str]], sizes: list[tuple[str, int]], tensor
+) -> list[str]:
     with open(os.path.join(folder, CONFIG_FILE), "w") as f:
         json.dump(config.to_official(), f, indent=2, sort_keys=True)
     written = [CONFIG_FILE]
-    shard_names = [SINGLE_FILE] if len(shards) == 1 else \
-        [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    shard_names = (
+        [SINGLE_FILE]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
     for shard_name, shard in zip(shard_names, shards):
-        save_file({name: tensor(name) for name in shard}, os.path.join(folder, shard_name),
-                  metadata={"format": "pt"})
+        save_file({name: tensor(name) for name in shard}, os.path.join(folder, shard_name), metadata={"format": "pt"})
         files.follow_umask(os.path.join(folder, shard_name))
         written.append(shard_name)
     if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(size for _, size in sizes)},
-                 "weight_map": {name: shard_name for shard_name, shard in zip(shard_names, shards)
-                                for name in shard}}
+        index = {
+            "metadata": {"total_size": sum(size for _, size in sizes)},
+            "weight_map": {name: shard_name for shard_name, shard in zip(shard_names, shards) for name in shard},
+        }
         with open(os.path.join(folder, INDEX_FILE), "w") as f:
             json.dump(index, f, indent=2, sort_keys=True)
         written.append(INDEX_FILE)
     return written
-

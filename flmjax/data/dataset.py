@@ -65,6 +65,7 @@ DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 # ---------------------------------------------------------------------------------------------------------------
 # The builder.
 
+
 class EmptySplitError(DatasetError):
     """Raised (and caught by `build_dataset`) when every record of a split failed: tfds cannot write it."""
 
@@ -87,8 +88,14 @@ class DialogDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version(VERSION)
     RELEASE_NOTES = {str(VERSION): "Codes, sentence segments and per-segment words of both channels."}
 
-    def __init__(self, *, manifest_path: str | os.PathLike | None = None, progress: bool = False,
-                 plan: ManifestPlan | None = None, **kwargs):
+    def __init__(
+        self,
+        *,
+        manifest_path: str | os.PathLike | None = None,
+        progress: bool = False,
+        plan: ManifestPlan | None = None,
+        **kwargs,
+    ):
         self._manifest_path = None if manifest_path is None else os.path.abspath(os.fspath(manifest_path))
         self._progress = progress
         self._given_plan = plan
@@ -107,9 +114,14 @@ class DialogDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return plan_manifest(self._manifest_path, sha256_of(self._manifest_path))
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(builder=self, features=features(), description=(
-            "Dialog records (Mimi codes of both channels, sentence segments, optional word times); see "
-            "flmjax.data.dataset."))
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=features(),
+            description=(
+                "Dialog records (Mimi codes of both channels, sentence segments, optional word times); see "
+                "flmjax.data.dataset."
+            ),
+        )
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -146,18 +158,30 @@ class DialogDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         desc = f"building {self.name}"
         if self.plan.left_out_splits:
             desc += f" again without {', '.join(self.plan.left_out_splits)}"
-        with tqdm.tqdm(total=self.plan.num_lines, desc=desc, unit=" records",
-                       file=sys.stderr, disable=not self._progress, dynamic_ncols=True) as self._bar:
+        with tqdm.tqdm(
+            total=self.plan.num_lines,
+            desc=desc,
+            unit=" records",
+            file=sys.stderr,
+            disable=not self._progress,
+            dynamic_ncols=True,
+        ) as self._bar:
             super()._download_and_prepare(dl_manager, download_config)
         rejections: dict[str, list[str]] = {}
         for category, message in self.plan.rejections + [r for rs in self._rejections.values() for r in rs]:
             rejections.setdefault(category, []).append(message)
         splits = sorted(self._stats)
         self.summary = BuildSummary(
-            name=self.name, manifest=self.plan.manifest, manifest_sha256=self.plan.sha256,
-            records={s: self._stats[s][0] for s in splits}, frames={s: self._stats[s][1] for s in splits},
-            text_words={s: self._stats[s][2] for s in splits}, rejections=rejections,
-            left_out_splits=sorted(self.plan.left_out_splits), codes_fingerprint=self.plan.codes_fingerprint)
+            name=self.name,
+            manifest=self.plan.manifest,
+            manifest_sha256=self.plan.sha256,
+            records={s: self._stats[s][0] for s in splits},
+            frames={s: self._stats[s][1] for s in splits},
+            text_words={s: self._stats[s][2] for s in splits},
+            rejections=rejections,
+            left_out_splits=sorted(self.plan.left_out_splits),
+            codes_fingerprint=self.plan.codes_fingerprint,
+        )
         # self.data_dir is tfds's temporary folder here: the summary lands with the data in one rename.
         with open(os.path.join(self.data_dir, SUMMARY_FILE), "w", encoding="utf-8") as f:
             f.write(self.summary.to_json())
@@ -183,8 +207,9 @@ def _builder_class(name: str) -> type[DialogDataset]:
     if name == DialogDataset.name:
         return DialogDataset
     # __module__ given: `type` would take it from the caller's frame (abc's, under ABCMeta), and tfds records it
-    return type(f"DialogDataset_{name}", (DialogDataset,), {"name": name, "__module__": __name__},
-                skip_registration=True)
+    return type(
+        f"DialogDataset_{name}", (DialogDataset,), {"name": name, "__module__": __name__}, skip_registration=True
+    )
 
 
 def dialog_builder(data_dir: str | os.PathLike, name: str = "dialogs", **kwargs) -> DialogDataset:
@@ -196,6 +221,7 @@ def dialog_builder(data_dir: str | os.PathLike, name: str = "dialogs", **kwargs)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Building with reuse, clean-up and checks.
+
 
 @contextlib.contextmanager
 def _tfds_progress_bars_off():
@@ -218,8 +244,10 @@ def _check_replaceable(path: str) -> None:
         with open(info_path, encoding="utf-8") as f:
             module = json.load(f).get("moduleName")
     if module != __name__:
-        raise DatasetError(f"{path} holds files not written by {__name__} ({sorted(os.listdir(path))[:5]}); "
-                           "refusing to replace it: choose another --name or --out")
+        raise DatasetError(
+            f"{path} holds files not written by {__name__} ({sorted(os.listdir(path))[:5]}); "
+            "refusing to replace it: choose another --name or --out"
+        )
 
 
 def _remove_leftovers(data_dir: str, name: str) -> None:
@@ -245,20 +273,25 @@ def _existing_build(plan: ManifestPlan, data_dir: str, name: str, overwrite: boo
         if (existing.manifest_sha256, existing.codes_fingerprint) == (plan.sha256, plan.codes_fingerprint):
             return dataclasses.replace(existing, already_built=True)
         if existing.manifest_sha256 != plan.sha256:
-            changed = (f"a different manifest ({existing.manifest}, sha256 {existing.manifest_sha256[:12]}...; "
-                       f"{plan.manifest} now has {plan.sha256[:12]}...)")
+            changed = (
+                f"a different manifest ({existing.manifest}, sha256 {existing.manifest_sha256[:12]}...; "
+                f"{plan.manifest} now has {plan.sha256[:12]}...)"
+            )
         elif not existing.codes_fingerprint:
             changed = "codes files an older flmjax did not fingerprint (it cannot tell whether they changed)"
         else:
             changed = f"different codes files (some of the {len(plan.codes_files)} that {plan.manifest} names changed)"
-        raise DatasetError(f"{existing.path} was built from {changed}: pass overwrite=True (--overwrite) to "
-                           "rebuild it, or choose another --name")
+        raise DatasetError(
+            f"{existing.path} was built from {changed}: pass overwrite=True (--overwrite) to "
+            "rebuild it, or choose another --name"
+        )
     _check_replaceable(target)
     return None
 
 
-def existing_build(manifest_path: str | os.PathLike, data_dir: str | os.PathLike, name: str = "dialogs",
-                   overwrite: bool = False) -> BuildSummary | None:
+def existing_build(
+    manifest_path: str | os.PathLike, data_dir: str | os.PathLike, name: str = "dialogs", overwrite: bool = False
+) -> BuildSummary | None:
     """What `build_dataset` would do first, without writing anything: the finished build of these inputs
     (`already_built=True`), None when it would build, or the `DatasetError` it would refuse with."""
     return _existing_build(planned(manifest_path), os.path.abspath(os.fspath(data_dir)), name, overwrite)
@@ -276,8 +309,13 @@ def _build_once(plan: ManifestPlan, data_dir: str, name: str, progress: bool) ->
     return dataclasses.replace(builder.summary, path=target)
 
 
-def build_dataset(manifest_path: str | os.PathLike, data_dir: str | os.PathLike, name: str = "dialogs",
-                  progress: bool = True, overwrite: bool = False) -> BuildSummary:
+def build_dataset(
+    manifest_path: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    name: str = "dialogs",
+    progress: bool = True,
+    overwrite: bool = False,
+) -> BuildSummary:
     """Builds the manifest into DATA_DIR/NAME/VERSION and returns what was written.
 
     A finished build of the same manifest (same sha256) and codes files (same fingerprint) is kept and its

@@ -122,12 +122,18 @@ def plan_manifest(manifest: str, sha256: str) -> ManifestPlan:
                 continue
             plan.codes_files.extend(_codes_files(entry, os.path.dirname(manifest)))
             if entry.id in seen_ids:
-                plan.rejections.append(("duplicate id", f"line {number}: record {entry.id!r}: id already used "
-                                                        "by an earlier line"))
+                plan.rejections.append(
+                    ("duplicate id", f"line {number}: record {entry.id!r}: id already used by an earlier line")
+                )
             elif not SPLIT_NAME.match(entry.split) or entry.split.lower() == "all":
-                plan.rejections.append(("bad split name", f"line {number}: record {entry.id!r}: split "
-                                                          f"{entry.split!r} is not a name of letters, digits "
-                                                          "and _ (nor 'all')"))
+                plan.rejections.append(
+                    (
+                        "bad split name",
+                        f"line {number}: record {entry.id!r}: split "
+                        f"{entry.split!r} is not a name of letters, digits "
+                        "and _ (nor 'all')",
+                    )
+                )
             else:
                 seen_ids.add(entry.id)
                 lines = plan.lines.setdefault(entry.split, SplitLines())
@@ -142,8 +148,9 @@ def all_rejected_error(plan: ManifestPlan) -> DatasetError:
         by_category.setdefault(category, []).append(message)
     if not by_category:
         return DatasetError(f"manifest {plan.manifest} holds no records")
-    reasons = "; ".join(f"{category}: {len(messages)} (first: {messages[0]})"
-                        for category, messages in sorted(by_category.items()))
+    reasons = "; ".join(
+        f"{category}: {len(messages)} (first: {messages[0]})" for category, messages in sorted(by_category.items())
+    )
     return DatasetError(f"every record in {plan.manifest} was rejected ({len(plan.rejections)}): {reasons}")
 
 

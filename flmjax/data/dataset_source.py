@@ -94,8 +94,9 @@ class DialogSource:
         self.path = dataset_dir(self.data_dir, name)
         summary = read_summary(self.data_dir, name)
         if summary is None:
-            raise FileNotFoundError(f"no finished dataset at {self.path}; build it with "
-                                    "`python -m launch.prepare_data`")
+            raise FileNotFoundError(
+                f"no finished dataset at {self.path}; build it with `python -m launch.prepare_data`"
+            )
         if split not in summary.records:
             raise ValueError(f"dataset {self.path} has no split {split!r}; it has {sorted(summary.records)}")
         self._length = summary.records[split]

@@ -65,8 +65,14 @@ class StreamIds:
         return cls(config.text_wait_id, config.aud_pad_id)
 
 
-def training_arrays(text_row: np.ndarray, speak_codes: np.ndarray | None, listen_codes: np.ndarray | None,
-                    ids: StreamIds, audio_loss: bool = True, text_loss: bool = True) -> dict[str, np.ndarray]:
+def training_arrays(
+    text_row: np.ndarray,
+    speak_codes: np.ndarray | None,
+    listen_codes: np.ndarray | None,
+    ids: StreamIds,
+    audio_loss: bool = True,
+    text_loss: bool = True,
+) -> dict[str, np.ndarray]:
     """A recorded conversation of T frames -> inputs, targets and masks over its `T + 1` delayed steps.
 
     text_row [T] (monologue placed), speak_codes/listen_codes [T, 8] or None (absent: `aud_pad` rows,
@@ -79,60 +85,78 @@ def training_arrays(text_row: np.ndarray, speak_codes: np.ndarray | None, listen
     delayed_text = streams.delay_text(np.asarray(text_row, np.int32), ids.wait_id)
     delayed_speak = streams.delay_codes(speak, ids.aud_pad_id)
     delayed_listen = streams.delay_codes(listen, ids.aud_pad_id)
-    text_in, speak_in, listen_in = streams.model_inputs(delayed_text, delayed_speak, delayed_listen,
-                                                        ids.wait_id, ids.aud_pad_id)
+    text_in, speak_in, listen_in = streams.model_inputs(
+        delayed_text, delayed_speak, delayed_listen, ids.wait_id, ids.aud_pad_id
+    )
     steps = np.arange(frames + streams.MAX_DELAY)
     # A delayed target is real data iff it comes from a frame of the recording (not a delay fill).
     source_frame = steps[:, None] - np.asarray(streams.AUDIO_DELAYS)[None, :]
     audio_mask = (source_frame >= 0) & (source_frame < frames) & (speak_codes is not None) & audio_loss
     return {
-        "text_ids": text_in, "speak_ids": speak_in, "listen_ids": listen_in,
-        "text_targets": delayed_text, "audio_targets": delayed_speak,
-        "text_mask": (steps < frames) & text_loss, "audio_mask": audio_mask,
+        "text_ids": text_in,
+        "speak_ids": speak_in,
+        "listen_ids": listen_in,
+        "text_targets": delayed_text,
+        "audio_targets": delayed_speak,
+        "text_mask": (steps < frames) & text_loss,
+        "audio_mask": audio_mask,
     }
 
 
-def text_row_for(record: DialogRecord, rule: SourceRule, tokenizer: TextEncoder, wait_id: int) -> tuple[np.ndarray, int]:
+def text_row_for(
+    record: DialogRecord, rule: SourceRule, tokenizer: TextEncoder, wait_id: int
+) -> tuple[np.ndarray, int]:
     """The record's monologue under `rule`: (text_row int32 [T], tokens dropped past the end)."""
     channel = TASKS[rule.task]
     segments = record.segments(channel)
     if rule.placement == "word_aligned":
         if any(segment.words is None for segment in segments):
-            raise RecordError(f"record {record.id!r}: {channel}_segments lack per-word times, which the "
-                              "word_aligned placement needs")
+            raise RecordError(
+                f"record {record.id!r}: {channel}_segments lack per-word times, which the word_aligned placement needs"
+            )
         runs = [(w.start, w.end, tokenizer.encode(w.text)) for s in segments for w in s.words]
     else:
         runs = [(s.start, s.end, tokenizer.encode(s.text)) for s in segments]
     return place_monologue(runs, record.num_frames, rule.placement, wait_id, rule.lead_frames, rule.trail_frames)
 
 
-def record_arrays(record: DialogRecord, rule: SourceRule, tokenizer: TextEncoder,
-                  ids: StreamIds) -> dict[str, np.ndarray]:
+def record_arrays(
+    record: DialogRecord, rule: SourceRule, tokenizer: TextEncoder, ids: StreamIds
+) -> dict[str, np.ndarray]:
     """A whole record -> training arrays over its `T + 1` steps (see `training_arrays`)."""
     missing = [c for c in REQUIRED_CHANNELS[rule.task] if record.codes(c) is None]
     if missing:
-        raise RecordError(f"record {record.id!r}: task {rule.task!r} needs {' and '.join(missing)}_codes, "
-                          "which the record lacks")
+        raise RecordError(
+            f"record {record.id!r}: task {rule.task!r} needs {' and '.join(missing)}_codes, which the record lacks"
+        )
     text_row, dropped = text_row_for(record, rule, tokenizer, ids.wait_id)
     arrays = training_arrays(text_row, record.speak_codes, record.listen_codes, ids, rule.audio_loss, rule.text_loss)
     arrays["dropped_tokens"] = np.int32(dropped)
     return arrays
 
 
-def crop_or_pad(arrays: dict[str, np.ndarray], length: int, ids: StreamIds,
-                rng: np.random.Generator) -> dict[str, np.ndarray]:
+def crop_or_pad(
+    arrays: dict[str, np.ndarray], length: int, ids: StreamIds, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Cuts a random `length`-step window from longer arrays; pads shorter ones (padding masked out)."""
     steps = len(arrays["text_ids"])
     if steps > length:
         offset = int(rng.integers(0, steps - length + 1))
-        return {k: v[offset:offset + length] if np.ndim(v) else v for k, v in arrays.items()}
+        return {k: v[offset : offset + length] if np.ndim(v) else v for k, v in arrays.items()}
     return pad_steps(arrays, length, ids)
 
 
 def pad_steps(arrays: dict[str, np.ndarray], length: int, ids: StreamIds) -> dict[str, np.ndarray]:
     """Training arrays padded to `length` steps: `<wait>` text, `aud_pad` codes, masks off; scalars as they are."""
-    fill = {"text_ids": ids.wait_id, "text_targets": ids.wait_id, "speak_ids": ids.aud_pad_id,
-            "listen_ids": ids.aud_pad_id, "audio_targets": ids.aud_pad_id, "text_mask": False, "audio_mask": False}
+    fill = {
+        "text_ids": ids.wait_id,
+        "text_targets": ids.wait_id,
+        "speak_ids": ids.aud_pad_id,
+        "listen_ids": ids.aud_pad_id,
+        "audio_targets": ids.aud_pad_id,
+        "text_mask": False,
+        "audio_mask": False,
+    }
     out = {}
     for key, value in arrays.items():
         if not np.ndim(value):
@@ -150,8 +174,14 @@ def padded_batch(arrays: Sequence[dict[str, np.ndarray]], ids: StreamIds) -> dic
     return {key: np.stack([a[key] for a in padded]) for key in padded[0]}
 
 
-def make_example(record: DialogRecord, rule: SourceRule, tokenizer: TextEncoder, ids: StreamIds, length: int,
-                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+def make_example(
+    record: DialogRecord,
+    rule: SourceRule,
+    tokenizer: TextEncoder,
+    ids: StreamIds,
+    length: int,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
     """One training example of `length` steps from a record (see the module docstring for its fields)."""
     return crop_or_pad(record_arrays(record, rule, tokenizer, ids), length, ids, rng)
 

@@ -54,11 +54,18 @@ class ManifestEntry:
             try:
                 codes[channel] = np.load(full, allow_pickle=False)
             except (OSError, ValueError) as error:
-                raise RecordError(f"record {self.id!r}: {channel}_codes file {path!r} cannot be read: "
-                                  f"{error}") from None
+                raise RecordError(
+                    f"record {self.id!r}: {channel}_codes file {path!r} cannot be read: {error}"
+                ) from None
         try:
-            return make_record(self.id, codes["speak"], codes["listen"], self.fields.get("speak_segments", ()),
-                               self.fields.get("listen_segments", ()), self.fields.get("num_frames"))
+            return make_record(
+                self.id,
+                codes["speak"],
+                codes["listen"],
+                self.fields.get("speak_segments", ()),
+                self.fields.get("listen_segments", ()),
+                self.fields.get("num_frames"),
+            )
         except (KeyError, TypeError) as error:
             raise RecordError(f"record {self.id!r}: malformed segment field: {error!r}") from None
 
@@ -88,8 +95,9 @@ def read_manifest(path: str | os.PathLike) -> Iterator[ManifestEntry]:
                 raise RecordError(f"{path} {error}") from None
 
 
-def write_manifest(records: Iterable[tuple[DialogRecord, str]], directory: str | os.PathLike,
-                   name: str = "manifest.jsonl") -> str:
+def write_manifest(
+    records: Iterable[tuple[DialogRecord, str]], directory: str | os.PathLike, name: str = "manifest.jsonl"
+) -> str:
     """Writes `(record, split)` pairs as `directory/name` plus `directory/codes/*.npy`; returns the path."""
     directory = os.fspath(directory)
     os.makedirs(os.path.join(directory, "codes"), exist_ok=True)

@@ -16,8 +16,14 @@ import numpy as np
 PLACEMENTS = ("leading", "trailing", "word_aligned")
 
 
-def place_monologue(segments: Sequence[tuple[int, int, Sequence[int]]], num_frames: int, placement: str,
-                    wait_id: int, lead_frames: int = 0, trail_frames: int = 0) -> tuple[np.ndarray, int]:
+def place_monologue(
+    segments: Sequence[tuple[int, int, Sequence[int]]],
+    num_frames: int,
+    placement: str,
+    wait_id: int,
+    lead_frames: int = 0,
+    trail_frames: int = 0,
+) -> tuple[np.ndarray, int]:
     """Lays token runs on a text row of `num_frames` frames.
 
     segments: `(start_frame, end_frame, token_ids)` sorted by start (for `word_aligned`, one per word).
@@ -39,7 +45,7 @@ def place_monologue(segments: Sequence[tuple[int, int, Sequence[int]]], num_fram
         anchor = end + trail_frames if placement == "trailing" else start - lead_frames
         position = max(anchor, 0, next_free)
         kept = max(0, min(len(tokens), num_frames - position))
-        text_row[position:position + kept] = np.asarray(tokens[:kept], np.int32)
+        text_row[position : position + kept] = np.asarray(tokens[:kept], np.int32)
         dropped += len(tokens) - kept
         next_free = position + len(tokens)
     return text_row, dropped

@@ -56,8 +56,15 @@ class ExampleMaker(grain.transforms.RandomMap):
         return make_example(record, self.rule, self.tokenizer, self.ids, self.length, rng)
 
 
-def source_dataset(source: WeightedSource, tokenizer: TextEncoder, ids: StreamIds, length: int, seed: int,
-                   num_epochs: int | None = None, shuffle: bool = True) -> grain.MapDataset:
+def source_dataset(
+    source: WeightedSource,
+    tokenizer: TextEncoder,
+    ids: StreamIds,
+    length: int,
+    seed: int,
+    num_epochs: int | None = None,
+    shuffle: bool = True,
+) -> grain.MapDataset:
     """Examples of one source, lazily computed on access (infinite when `num_epochs` is None)."""
     if len(source.records) == 0:
         raise ValueError(f"source {source.name!r} holds no records")
@@ -68,9 +75,18 @@ def source_dataset(source: WeightedSource, tokenizer: TextEncoder, ids: StreamId
     return dataset.random_map(ExampleMaker(source.rule, tokenizer, ids, length), seed=seed + 1)
 
 
-def stage_dataset(sources: Sequence[WeightedSource], tokenizer: TextEncoder, ids: StreamIds, length: int,
-                  batch_size: int, seed: int, process_index: int = 0, process_count: int = 1,
-                  num_epochs: int | None = None, shuffle: bool = True) -> grain.MapDataset:
+def stage_dataset(
+    sources: Sequence[WeightedSource],
+    tokenizer: TextEncoder,
+    ids: StreamIds,
+    length: int,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_epochs: int | None = None,
+    shuffle: bool = True,
+) -> grain.MapDataset:
     """This process's batches of a weighted mixture of sources (`batch_size` is per process: rows
     `process_index * batch_size ...` of each global batch)."""
     if not 0 <= process_index < process_count:
@@ -79,25 +95,31 @@ def stage_dataset(sources: Sequence[WeightedSource], tokenizer: TextEncoder, ids
         raise ValueError("a stage needs at least one data source")
     tokenizer_wait_id = getattr(tokenizer, "wait_id", ids.wait_id)
     if tokenizer_wait_id != ids.wait_id:
-        raise ValueError(f"the tokenizer's <wait> id is {tokenizer_wait_id} but the model's text_wait_token_id is "
-                         f"{ids.wait_id}: the text row would mix two meanings of <wait>")
+        raise ValueError(
+            f"the tokenizer's <wait> id is {tokenizer_wait_id} but the model's text_wait_token_id is "
+            f"{ids.wait_id}: the text row would mix two meanings of <wait>"
+        )
     weights = [s.weight for s in sources]
     if any(w <= 0 for w in weights):
         raise ValueError(f"source weights must be positive, got {dict((s.name, s.weight) for s in sources)}")
-    datasets = [source_dataset(source, tokenizer, ids, length, seed + 1000 * i, num_epochs, shuffle)
-                for i, source in enumerate(sources)]
+    datasets = [
+        source_dataset(source, tokenizer, ids, length, seed + 1000 * i, num_epochs, shuffle)
+        for i, source in enumerate(sources)
+    ]
     mixture = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights)
     batches = mixture.batch(batch_size, drop_remainder=True, batch_fn=stack_examples)
     return batches[process_index::process_count]
 
 
-def batch_iterator(dataset: grain.MapDataset, num_workers: int = 0,
-                   worker_buffer_size: int = 2) -> grain.DatasetIterator:
+def batch_iterator(
+    dataset: grain.MapDataset, num_workers: int = 0, worker_buffer_size: int = 2
+) -> grain.DatasetIterator:
     """An iterator over `dataset` with `get_state()`/`set_state()`; `num_workers > 0` uses worker processes."""
     iter_dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
     if num_workers > 0:
         iter_dataset = iter_dataset.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=worker_buffer_size))
+            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=worker_buffer_size)
+        )
     return iter(iter_dataset)
 
 
@@ -106,28 +128,42 @@ def weighted_source(data_dir: str, name: str, source, split: str | None = None) 
     """One source of a stage config (`data.sources.NAME`) over its built dataset (`split` overrides its own)."""
     from flmjax.data.dataset_source import DialogSource  # tfds is only needed when reading built datasets
 
-    return WeightedSource(name, DialogSource(data_dir, source.dataset, split or source.split),
-                          SourceRule(source.task, source.placement, source.lead_frames, source.trail_frames,
-                                     source.text_loss, source.audio_loss), source.weight)
+    return WeightedSource(
+        name,
+        DialogSource(data_dir, source.dataset, split or source.split),
+        SourceRule(
+            source.task, source.placement, source.lead_frames, source.trail_frames, source.text_loss, source.audio_loss
+        ),
+        source.weight,
+    )
 
 
 def stage_sources(data_config) -> list[WeightedSource]:
     """The `data.sources` of a stage config (configs/stages) as weighted sources over built datasets."""
-    return [weighted_source(data_config.data_dir, name, source)
-            for name, source in sorted(data_config.sources.items())]
+    return [weighted_source(data_config.data_dir, name, source) for name, source in sorted(data_config.sources.items())]
 
 
 def per_process_batch_size(global_batch_size: int, process_count: int) -> int:
     if global_batch_size % process_count:
-        raise ValueError(f"global batch size {global_batch_size} is not divisible by the {process_count} "
-                         "processes that each load a share of it")
+        raise ValueError(
+            f"global batch size {global_batch_size} is not divisible by the {process_count} "
+            "processes that each load a share of it"
+        )
     return global_batch_size // process_count
 
 
-def stage_pipeline(config, tokenizer: TextEncoder, ids: StreamIds, process_index: int = 0,
-                   process_count: int = 1) -> grain.MapDataset:
+def stage_pipeline(
+    config, tokenizer: TextEncoder, ids: StreamIds, process_index: int = 0, process_count: int = 1
+) -> grain.MapDataset:
     """This process's batches for a stage config (`config.data`, `config.seed`)."""
     data = config.data
-    return stage_dataset(stage_sources(data), tokenizer, ids, data.sequence_length,
-                         per_process_batch_size(data.global_batch_size, process_count), config.seed,
-                         process_index, process_count)
+    return stage_dataset(
+        stage_sources(data),
+        tokenizer,
+        ids,
+        data.sequence_length,
+        per_process_batch_size(data.global_batch_size, process_count),
+        config.seed,
+        process_index,
+        process_count,
+    )

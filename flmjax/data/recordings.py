@@ -26,9 +26,9 @@ follow the synthetic corpus (`train_dialog`, `train_asr`, `train_tts`), so the s
 Files with more than two channels, unreadable audio, or no or malformed alignments are rejected with a reason.
 
 Encoding (`make_encoder`): both channels of `batch_files` files at a time, zero-padded to the longest, the rows
-sharded over the local devices, through Mimi's streaming step in jitted windows (`flmjax.codec.stream_encode`): memory stays
-bounded for recordings of any length (batch `encode` attends over the whole file), and the codes are those a
-live session computes, equal to batch `encode`'s for the first 10 s.
+sharded over the local devices, through Mimi's streaming step in jitted windows (`flmjax.codec.stream_encode`):
+memory stays bounded for recordings of any length (batch `encode` attends over the whole file), and the codes are
+those a live session computes, equal to batch `encode`'s for the first 10 s.
 
 The work folder holds `codes/KEY.{speak,listen}.npy` ([frames, 8] int16) and `codes/KEY.json`, written last,
 which records the audio file's size and mtime and the codec's identity: codes whose marker matches are reused,
@@ -95,6 +95,7 @@ class AlignedWord:
 # ---------------------------------------------------------------------------------------------------------------
 # Alignments and segments.
 
+
 def read_alignments(path: str | os.PathLike) -> list[AlignedWord]:
     """The words of an alignment file; `RecordingError` ("no alignments", "malformed alignments") naming it."""
     path = os.fspath(path)
@@ -114,11 +115,16 @@ def read_alignments(path: str | os.PathLike) -> list[AlignedWord]:
             text, (start, end), speaker = item
             word = AlignedWord(str(text).strip(), float(start), float(end), str(speaker))
         except (TypeError, ValueError):
-            raise RecordingError("malformed alignments", f"{path}: alignments[{i}] is {item!r}; expected "
-                                 "[word, [start_s, end_s], speaker]") from None
+            raise RecordingError(
+                "malformed alignments",
+                f"{path}: alignments[{i}] is {item!r}; expected [word, [start_s, end_s], speaker]",
+            ) from None
         if not (math.isfinite(word.start_s) and math.isfinite(word.end_s)) or not 0 <= word.start_s <= word.end_s:
-            raise RecordingError("malformed alignments", f"{path}: alignments[{i}] ({word.text!r}) has times "
-                                 f"[{word.start_s}, {word.end_s}]; expected 0 <= start <= end")
+            raise RecordingError(
+                "malformed alignments",
+                f"{path}: alignments[{i}] ({word.text!r}) has times "
+                f"[{word.start_s}, {word.end_s}]; expected 0 <= start <= end",
+            )
         if word.text:
             words.append(word)
     if not words:
@@ -131,8 +137,9 @@ def ends_sentence(text: str, sentence_end: str = SENTENCE_END) -> bool:
     return bool(stripped) and stripped[-1] in sentence_end
 
 
-def group_segments(words: Iterable[AlignedWord], num_frames: int, gap_s: float = GAP_S,
-                   sentence_end: str = SENTENCE_END) -> tuple[Segment, ...]:
+def group_segments(
+    words: Iterable[AlignedWord], num_frames: int, gap_s: float = GAP_S, sentence_end: str = SENTENCE_END
+) -> tuple[Segment, ...]:
     """Sentence segments (frames, with words) of one channel's words; see the module docstring for the rule."""
     groups: list[list[AlignedWord]] = []
     current: list[AlignedWord] = []
@@ -160,14 +167,16 @@ def group_segments(words: Iterable[AlignedWord], num_frames: int, gap_s: float =
                 frame_words.append(Word(start, end, word.text))
         if frame_words:
             end = max(w.end for w in frame_words)
-            segments.append(Segment(frame_words[0].start, end, " ".join(w.text for w in frame_words),
-                                    tuple(frame_words)))
+            segments.append(
+                Segment(frame_words[0].start, end, " ".join(w.text for w in frame_words), tuple(frame_words))
+            )
             previous_end = end
     return tuple(segments)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The audio manifest.
+
 
 @dataclasses.dataclass(frozen=True)
 class AudioEntry:
@@ -214,8 +223,15 @@ def read_audio_manifest(path: str | os.PathLike) -> tuple[list[AudioEntry], list
                 continue
             seen.add(id)
             duration = fields.get("duration")
-            entries.append(AudioEntry(number, id, audio, float(duration) if isinstance(duration, (int, float))
-                                      else None, str(fields.get("split", DEFAULT_SPLIT))))
+            entries.append(
+                AudioEntry(
+                    number,
+                    id,
+                    audio,
+                    float(duration) if isinstance(duration, (int, float)) else None,
+                    str(fields.get("split", DEFAULT_SPLIT)),
+                )
+            )
     return entries, rejections
 
 
@@ -254,8 +270,9 @@ def _write_lines(path: str, lines: Sequence[dict]) -> None:
 def _save_codes(work_dir: str, entry: AudioEntry, channel_codes: Sequence[np.ndarray], marker: dict) -> None:
     base = os.path.join(work_dir, "codes", entry.key)
     for channel, codes in zip(_channels_of(marker), channel_codes):
-        write_atomically(f"{base}.{channel}.npy",
-                         lambda tmp, codes=codes: np.save(tmp, np.asarray(codes.T, np.int16)))  # [frames, 8]
+        write_atomically(
+            f"{base}.{channel}.npy", lambda tmp, codes=codes: np.save(tmp, np.asarray(codes.T, np.int16))
+        )  # [frames, 8]
     write_atomically(base + ".json", lambda tmp: _write_json(tmp, marker))
 
 
@@ -280,8 +297,11 @@ def _cached(work_dir: str, entry: AudioEntry, codec_id: str) -> dict | None:
 def _utterance_channel(words: Sequence[AlignedWord], rule: GroupingRule, entry: AudioEntry) -> str:
     channels = {rule.channel(word.speaker) for word in words}
     if len(channels) > 1:
-        raise RecordingError("mixed speakers", f"{entry.path}: a mono file with words of {rule.main_speaker} "
-                             "and of other speakers; a mono utterance has one speaker")
+        raise RecordingError(
+            "mixed speakers",
+            f"{entry.path}: a mono file with words of {rule.main_speaker} "
+            "and of other speakers; a mono utterance has one speaker",
+        )
     return channels.pop()
 
 
@@ -293,16 +313,25 @@ def _manifest_line(entry: AudioEntry, marker: dict, words: Sequence[AlignedWord]
     line["split"] = f"{entry.split}_{kind}"
     for channel in CHANNELS:
         line[f"{channel}_codes"] = f"codes/{entry.key}.{channel}.npy" if channel in present else None
-        segments = group_segments([w for w in words if rule.channel(w.speaker) == channel], frames, rule.gap_s,
-                                  rule.sentence_end)
+        segments = group_segments(
+            [w for w in words if rule.channel(w.speaker) == channel], frames, rule.gap_s, rule.sentence_end
+        )
         line[f"{channel}_segments"] = [segment.to_dict() for segment in segments]
     return line
 
 
-def prepare_recordings(audio_manifest: str | os.PathLike, work_dir: str | os.PathLike,
-                       encoder: Callable[[], Encoder], codec_id: str, rule: GroupingRule = GroupingRule(),
-                       mono_as: str = "reject", batch_files: int = 4, sample_rate: int = 24000,
-                       frame_size: int = 1920, progress: bool = True) -> PreparedRecordings:
+def prepare_recordings(
+    audio_manifest: str | os.PathLike,
+    work_dir: str | os.PathLike,
+    encoder: Callable[[], Encoder],
+    codec_id: str,
+    rule: GroupingRule = GroupingRule(),
+    mono_as: str = "reject",
+    batch_files: int = 4,
+    sample_rate: int = 24000,
+    frame_size: int = 1920,
+    progress: bool = True,
+) -> PreparedRecordings:
     """Encodes the manifest's recordings (those not already in `work_dir`) and writes WORK_DIR/manifest.jsonl.
 
     `encoder()` gives the function that encodes a list of mono signals; it is called only when some file needs
@@ -348,10 +377,16 @@ def prepare_recordings(audio_manifest: str | os.PathLike, work_dir: str | os.Pat
                 audio = _load(entry, sample_rate)
                 channels = audio.shape[0]
                 if channels > 2:
-                    raise RecordingError("too many channels", f"{entry.path}: {channels} channels; expected a "
-                                         "stereo file (left = assistant, right = user)")
-                marker = {"source": _source_stamp(entry.path), "codec": codec_id, "channels": channels,
-                          "frames": -(-audio.shape[1] // frame_size)}
+                    raise RecordingError(
+                        "too many channels",
+                        f"{entry.path}: {channels} channels; expected a stereo file (left = assistant, right = user)",
+                    )
+                marker = {
+                    "source": _source_stamp(entry.path),
+                    "codec": codec_id,
+                    "channels": channels,
+                    "frames": -(-audio.shape[1] // frame_size),
+                }
                 if channels == 1:
                     if mono_as == "reject":
                         raise RecordingError("mono audio", _mono_message(entry))
@@ -366,21 +401,24 @@ def prepare_recordings(audio_manifest: str | os.PathLike, work_dir: str | os.Pat
             encode = encode or encoder()
             codes = encode(signals)
             for entry, marker, first, channels in owners:
-                _save_codes(work_dir, entry, codes[first:first + channels], marker)
+                _save_codes(work_dir, entry, codes[first : first + channels], marker)
                 markers[entry.id] = marker
                 bar.update(1)
     bar.close()
 
     manifest = os.path.join(work_dir, "manifest.jsonl")
-    lines = [_manifest_line(entry, markers[entry.id], words_of[entry.id], rule)
-             for entry in entries if entry.id in markers]
+    lines = [
+        _manifest_line(entry, markers[entry.id], words_of[entry.id], rule) for entry in entries if entry.id in markers
+    ]
     write_atomically(manifest, lambda tmp: _write_lines(tmp, lines))
     return PreparedRecordings(manifest, len(lines), len(markers) - reused, reused, rejections)
 
 
 def _mono_message(entry: AudioEntry) -> str:
-    return (f"{entry.path}: a mono file; expected stereo (left = assistant, right = user), or pass "
-            "--mono_as utterance to keep it as a single-speaker utterance")
+    return (
+        f"{entry.path}: a mono file; expected stereo (left = assistant, right = user), or pass "
+        "--mono_as utterance to keep it as a single-speaker utterance"
+    )
 
 
 def _load(entry: AudioEntry, sample_rate: int) -> np.ndarray:
@@ -392,16 +430,18 @@ def _load(entry: AudioEntry, sample_rate: int) -> np.ndarray:
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), max(1, size)):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def _progress_bar(total: int, enabled: bool):
     import tqdm
+
     return tqdm.tqdm(total=total, desc="encoding", unit="file", disable=not enabled, dynamic_ncols=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The encoder: the codec's windowed streaming encode (`flmjax.codec.stream_encode`) over the local devices.
+
 
 def make_encoder(config, params, batch_size: int = 8, chunk_frames: int = codec.DEFAULT_CHUNK_FRAMES) -> Encoder:
     """Encodes mono 24 kHz signals with `stream_encode`, `batch_size` at a time.
@@ -421,13 +461,14 @@ def make_encoder(config, params, batch_size: int = 8, chunk_frames: int = codec.
     def encode_signals(signals: list[np.ndarray]) -> list[np.ndarray]:
         out = []
         for start in range(0, len(signals), rows):
-            chunk = signals[start:start + rows]
+            chunk = signals[start : start + rows]
             audio = np.zeros((rows, max(len(signal) for signal in chunk)), np.float32)
             for row, signal in enumerate(chunk):
-                audio[row, :len(signal)] = signal
+                audio[row, : len(signal)] = signal
             codes = codec.stream_encode(config, params, audio, chunk_frames, sharding=batch_sharding)
-            out.extend(codes[row, :NUM_CODEBOOKS, :-(-len(signal) // config.frame_size)]
-                       for row, signal in enumerate(chunk))
+            out.extend(
+                codes[row, :NUM_CODEBOOKS, : -(-len(signal) // config.frame_size)] for row, signal in enumerate(chunk)
+            )
         return out
 
     return encode_signals

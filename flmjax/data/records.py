@@ -58,9 +58,12 @@ class Segment:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Segment:
         words = d.get("words")
-        return cls(int(d["start"]), int(d["end"]), str(d["text"]),
-                   None if words is None else tuple(Word(int(w["start"]), int(w["end"]), str(w["text"]))
-                                                    for w in words))
+        return cls(
+            int(d["start"]),
+            int(d["end"]),
+            str(d["text"]),
+            None if words is None else tuple(Word(int(w["start"]), int(w["end"]), str(w["text"])) for w in words),
+        )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -86,8 +89,12 @@ class DialogRecord:
         if not isinstance(other, DialogRecord):
             return NotImplemented
         same_codes = all(_same_codes(self.codes(c), other.codes(c)) for c in CHANNELS)
-        return (self.id, self.num_frames, self.speak_segments, self.listen_segments) == \
-            (other.id, other.num_frames, other.speak_segments, other.listen_segments) and same_codes
+        return (self.id, self.num_frames, self.speak_segments, self.listen_segments) == (
+            other.id,
+            other.num_frames,
+            other.speak_segments,
+            other.listen_segments,
+        ) and same_codes
 
 
 def _same_codes(a: np.ndarray | None, b: np.ndarray | None) -> bool:
@@ -96,8 +103,14 @@ def _same_codes(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
-def make_record(id: str, speak_codes=None, listen_codes=None, speak_segments: Sequence = (),
-                listen_segments: Sequence = (), num_frames: int | None = None) -> DialogRecord:
+def make_record(
+    id: str,
+    speak_codes=None,
+    listen_codes=None,
+    speak_segments: Sequence = (),
+    listen_segments: Sequence = (),
+    num_frames: int | None = None,
+) -> DialogRecord:
     """Builds and validates a record; segments may be `Segment`s or dicts; codes any integer array."""
     codes = {}
     for channel, value in (("speak", speak_codes), ("listen", listen_codes)):
@@ -106,30 +119,39 @@ def make_record(id: str, speak_codes=None, listen_codes=None, speak_segments: Se
             continue
         array = np.asarray(value)
         if array.ndim != 2 or array.shape[1] != NUM_CODEBOOKS:
-            raise RecordError(f"record {id!r}: {channel}_codes has shape {array.shape}; expected "
-                              f"[frames, {NUM_CODEBOOKS}]")
+            raise RecordError(
+                f"record {id!r}: {channel}_codes has shape {array.shape}; expected [frames, {NUM_CODEBOOKS}]"
+            )
         if not np.issubdtype(array.dtype, np.integer):
             raise RecordError(f"record {id!r}: {channel}_codes has dtype {array.dtype}; expected integers")
         if array.size and (array.min() < 0 or array.max() >= NUM_CODES):
             bad = np.argwhere((array < 0) | (array >= NUM_CODES))[0]
-            raise RecordError(f"record {id!r}: {channel}_codes holds {int(array[tuple(bad)])} at frame {bad[0]}, "
-                              f"codebook {bad[1]}; codes must be in 0..{NUM_CODES - 1}")
+            raise RecordError(
+                f"record {id!r}: {channel}_codes holds {int(array[tuple(bad)])} at frame {bad[0]}, "
+                f"codebook {bad[1]}; codes must be in 0..{NUM_CODES - 1}"
+            )
         codes[channel] = array.astype(np.int16)
     lengths = {len(c) for c in codes.values() if c is not None}
     if len(lengths) > 1:
-        raise RecordError(f"record {id!r}: speak_codes has {len(codes['speak'])} frames but listen_codes has "
-                          f"{len(codes['listen'])}")
+        raise RecordError(
+            f"record {id!r}: speak_codes has {len(codes['speak'])} frames but listen_codes has {len(codes['listen'])}"
+        )
     if num_frames is None:
         if not lengths:
-            raise RecordError(f"record {id!r}: num_frames is required when both speak_codes and listen_codes "
-                              "are absent")
+            raise RecordError(
+                f"record {id!r}: num_frames is required when both speak_codes and listen_codes are absent"
+            )
         num_frames = lengths.pop()
     elif lengths and lengths != {num_frames}:
         raise RecordError(f"record {id!r}: num_frames is {num_frames} but the codes have {lengths.pop()} frames")
     record = DialogRecord(
-        id=str(id), num_frames=int(num_frames), speak_codes=codes["speak"], listen_codes=codes["listen"],
+        id=str(id),
+        num_frames=int(num_frames),
+        speak_codes=codes["speak"],
+        listen_codes=codes["listen"],
         speak_segments=tuple(s if isinstance(s, Segment) else Segment.from_dict(s) for s in speak_segments),
-        listen_segments=tuple(s if isinstance(s, Segment) else Segment.from_dict(s) for s in listen_segments))
+        listen_segments=tuple(s if isinstance(s, Segment) else Segment.from_dict(s) for s in listen_segments),
+    )
     validate(record)
     return record
 
@@ -140,8 +162,10 @@ def validate(record: DialogRecord) -> None:
     if record.num_frames <= 0:
         raise RecordError(f"{name}: num_frames is {record.num_frames}; expected at least 1")
     if record.num_frames > MAX_FRAMES:
-        raise RecordError(f"{name}: num_frames is {record.num_frames} ({record.hours:,.0f} hours); more than "
-                          f"{MAX_FRAMES} ({MAX_HOURS} hours) is not a recording")
+        raise RecordError(
+            f"{name}: num_frames is {record.num_frames} ({record.hours:,.0f} hours); more than "
+            f"{MAX_FRAMES} ({MAX_HOURS} hours) is not a recording"
+        )
     if all(record.codes(c) is None and not record.segments(c) for c in CHANNELS):
         raise RecordError(f"{name}: holds nothing to learn from (no codes and no segments on either channel)")
     for channel in CHANNELS:
@@ -151,15 +175,21 @@ def validate(record: DialogRecord) -> None:
             if segment.start >= segment.end:
                 raise RecordError(f"{name}: {field} has start {segment.start} >= end {segment.end}")
             if segment.start < 0 or segment.end > record.num_frames:
-                raise RecordError(f"{name}: {field} [{segment.start}, {segment.end}) lies outside the record's "
-                                  f"{record.num_frames} frames")
+                raise RecordError(
+                    f"{name}: {field} [{segment.start}, {segment.end}) lies outside the record's "
+                    f"{record.num_frames} frames"
+                )
             if not segment.text.strip():
                 raise RecordError(f"{name}: {field} has empty text")
             if previous_end is not None and segment.start < previous_end:
-                raise RecordError(f"{name}: {field} starts at {segment.start}, before the previous segment on "
-                                  f"the {channel} channel ends ({previous_end}): segments overlap or are unsorted")
+                raise RecordError(
+                    f"{name}: {field} starts at {segment.start}, before the previous segment on "
+                    f"the {channel} channel ends ({previous_end}): segments overlap or are unsorted"
+                )
             previous_end = segment.end
             for j, word in enumerate(segment.words or ()):
                 if not (segment.start <= word.start < word.end <= segment.end) or not word.text.strip():
-                    raise RecordError(f"{name}: {field}.words[{j}] ({word.text!r}, [{word.start}, {word.end})) "
-                                      f"is empty or outside its segment [{segment.start}, {segment.end})")
+                    raise RecordError(
+                        f"{name}: {field}.words[{j}] ({word.text!r}, [{word.start}, {word.end})) "
+                        f"is empty or outside its segment [{segment.start}, {segment.end})"
+                    )

@@ -65,10 +65,11 @@ SILENCE_FRAME.flags.writeable = False
 # Dialog dynamics (documented above).
 USER_OPENS, P_OVERLAP, P_INTERRUPT, P_BACKCHANNEL, MIN_BACKCHANNEL_TURN = 0.7, 0.2, 0.25, 0.4, 20
 
+
 # --------------------------------------------------------------------------------------------------- voice
 def normalize_word(word: str) -> str:
     """The key a word is spoken by: lower case, outer punctuation stripped ("Mm-hmm." -> "mm-hmm")."""
-    key = word.strip(".,!?;:\"").lower()
+    key = word.strip('.,!?;:"').lower()
     if not key:
         raise ValueError(f"{word!r} has no letters to speak")
     return key
@@ -91,8 +92,9 @@ def _check_speaker(speaker: str) -> None:
 @functools.lru_cache(maxsize=None)
 def _acoustic_table(speaker: str) -> np.ndarray:
     """`[NUM_CODES, 7]`: codebooks 1..7 of a frame as a function of its semantic code, in `speaker`'s voice."""
-    return np.array([[_hash(speaker, c, sem) % NUM_CODES for c in range(1, NUM_CODEBOOKS)]
-                     for sem in range(NUM_CODES)], np.int16)
+    return np.array(
+        [[_hash(speaker, c, sem) % NUM_CODES for c in range(1, NUM_CODEBOOKS)] for sem in range(NUM_CODES)], np.int16
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -217,7 +219,7 @@ class _Timeline:
     def codes(self, channel: str, num_frames: int) -> np.ndarray:
         codes = np.tile(SILENCE_FRAME, (num_frames, 1))
         for segment in self.segments[channel]:
-            codes[segment.start:segment.end] = utterance_codes(segment.text, CHANNEL_SPEAKER[channel])
+            codes[segment.start : segment.end] = utterance_codes(segment.text, CHANNEL_SPEAKER[channel])
         return codes
 
 
@@ -312,8 +314,13 @@ def _split(index: int, validation_fraction: float) -> str:
     return "validation" if held_out else "train"
 
 
-def make_example(index: int, seed: int, validation_fraction: float = 0.05, max_frames: int = DEFAULT_MAX_FRAMES,
-                 kind_weights: Mapping[str, float] | None = None) -> SyntheticExample:
+def make_example(
+    index: int,
+    seed: int,
+    validation_fraction: float = 0.05,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    kind_weights: Mapping[str, float] | None = None,
+) -> SyntheticExample:
     """Record `index` of the corpus `seed`, independent of every other record; validated by `make_record`."""
     if max_frames < MIN_MAX_FRAMES:
         raise ValueError(f"max_frames is {max_frames}; synthetic records need at least {MIN_MAX_FRAMES}")
@@ -323,9 +330,10 @@ def make_example(index: int, seed: int, validation_fraction: float = 0.05, max_f
     if set(weights) - set(KIND_WEIGHTS) or sum(weights.values()) <= 0 or min(weights.values()) < 0:
         raise ValueError(f"kind_weights {weights} must weigh kinds among {tuple(KIND_WEIGHTS)}, not all zero")
     rng = _Rng(seed, index)
-    draw, kind = rng.uniform() * sum(weights.values()), None
-    for kind, weight in weights.items():
+    draw, kind = rng.uniform() * sum(weights.values()), list(weights)[-1]  # the last kind if rounding runs past
+    for candidate, weight in weights.items():
         if draw < weight:
+            kind = candidate
             break
         draw -= weight
     if kind == "dialog":
@@ -335,22 +343,36 @@ def make_example(index: int, seed: int, validation_fraction: float = 0.05, max_f
         timeline, channels = _monologue(rng, channel, max_frames), (channel,)
     num_frames = min(max_frames, max(timeline.end(c) for c in channels) + rng.randint(1, 6))
     codes = {c: timeline.codes(c, num_frames) if c in channels else None for c in ("speak", "listen")}
-    record = make_record(f"synthetic-{index:06d}-{kind}", codes["speak"], codes["listen"],
-                         timeline.segments["speak"], timeline.segments["listen"], num_frames)
+    record = make_record(
+        f"synthetic-{index:06d}-{kind}",
+        codes["speak"],
+        codes["listen"],
+        timeline.segments["speak"],
+        timeline.segments["listen"],
+        num_frames,
+    )
     return SyntheticExample(record, _split(index, validation_fraction), kind, tuple(timeline.events))
 
 
-def generate_examples(num_records: int, seed: int, validation_fraction: float = 0.05,
-                      max_frames: int = DEFAULT_MAX_FRAMES,
-                      kind_weights: Mapping[str, float] | None = None) -> Iterator[SyntheticExample]:
+def generate_examples(
+    num_records: int,
+    seed: int,
+    validation_fraction: float = 0.05,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    kind_weights: Mapping[str, float] | None = None,
+) -> Iterator[SyntheticExample]:
     """Records 0..num_records-1 with their split, kind and notable events."""
     for index in range(num_records):
         yield make_example(index, seed, validation_fraction, max_frames, kind_weights)
 
 
-def generate_records(num_records: int, seed: int, validation_fraction: float = 0.05,
-                     max_frames: int = DEFAULT_MAX_FRAMES,
-                     kind_weights: Mapping[str, float] | None = None) -> Iterator[tuple[DialogRecord, str]]:
+def generate_records(
+    num_records: int,
+    seed: int,
+    validation_fraction: float = 0.05,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    kind_weights: Mapping[str, float] | None = None,
+) -> Iterator[tuple[DialogRecord, str]]:
     """`(record, split)` pairs, ready for `write_manifest`; the same in every run and process."""
     for example in generate_examples(num_records, seed, validation_fraction, max_frames, kind_weights):
         yield example.record, example.split

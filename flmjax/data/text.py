@@ -43,8 +43,18 @@ WAIT_PIECE = "<wait>"
 # The fixed SentencePiece layout: piece -> id. No pad token (pad_id = -1).
 SPECIAL_TOKENS: Mapping[str, int] = {"<unk>": 0, "<s>": 1, "</s>": 2, WAIT_PIECE: 3}
 # Trainer options that define the layout above; `train_sentencepiece` does not let callers override them.
-_LAYOUT_OPTIONS = ("unk_id", "bos_id", "eos_id", "pad_id", "unk_piece", "bos_piece", "eos_piece", "pad_piece",
-                   "control_symbols", "user_defined_symbols")
+_LAYOUT_OPTIONS = (
+    "unk_id",
+    "bos_id",
+    "eos_id",
+    "pad_id",
+    "unk_piece",
+    "bos_piece",
+    "eos_piece",
+    "pad_piece",
+    "control_symbols",
+    "user_defined_symbols",
+)
 MODEL_TYPES = ("unigram", "bpe")
 HF_INSTALL_HINT = "pip install 'flmjax[hf]'"
 
@@ -126,15 +136,22 @@ class SentencePieceTokenizer(_SpecialIds):
         self._model_bytes = model_bytes
         wait_id = self._sp.piece_to_id(WAIT_PIECE)
         if self._sp.id_to_piece(wait_id) != WAIT_PIECE:
-            raise ValueError(f"{source} has no {WAIT_PIECE} piece; train the tokenizer with "
-                             "`python -m launch.train_tokenizer`, which reserves it")
+            raise ValueError(
+                f"{source} has no {WAIT_PIECE} piece; train the tokenizer with "
+                "`python -m launch.train_tokenizer`, which reserves it"
+            )
         if not self._sp.is_control(wait_id):
-            raise ValueError(f"{source}: {WAIT_PIECE} (id {wait_id}) is not a control symbol, so text containing "
-                             f"the literal string {WAIT_PIECE!r} would encode to it; retrain with "
-                             "`python -m launch.train_tokenizer`, which makes it a control symbol")
+            raise ValueError(
+                f"{source}: {WAIT_PIECE} (id {wait_id}) is not a control symbol, so text containing "
+                f"the literal string {WAIT_PIECE!r} would encode to it; retrain with "
+                "`python -m launch.train_tokenizer`, which makes it a control symbol"
+            )
         self._wait_id = wait_id
-        self._special_ids = {self._sp.id_to_piece(i): i for i in range(self._sp.get_piece_size())
-                             if self._sp.is_control(i) or self._sp.is_unknown(i)}
+        self._special_ids = {
+            self._sp.id_to_piece(i): i
+            for i in range(self._sp.get_piece_size())
+            if self._sp.is_control(i) or self._sp.is_unknown(i)
+        }
 
     def __getstate__(self):
         return {"model_bytes": self._model_bytes}
@@ -161,10 +178,18 @@ class SentencePieceTokenizer(_SpecialIds):
         return self._sp.id_to_piece(_ids_in_range([id], self.vocab_size)[0])
 
 
-def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str = "unigram", *,
-                        extra_specials: Iterable[str] = (), character_coverage: float = 0.9995,
-                        byte_fallback: bool = False, hard_vocab_limit: bool = True, num_threads: int = 1,
-                        **trainer_options) -> bytes:
+def train_sentencepiece(
+    texts: Iterable[str],
+    vocab_size: int,
+    model_type: str = "unigram",
+    *,
+    extra_specials: Iterable[str] = (),
+    character_coverage: float = 0.9995,
+    byte_fallback: bool = False,
+    hard_vocab_limit: bool = True,
+    num_threads: int = 1,
+    **trainer_options,
+) -> bytes:
     """Trains a SentencePiece model in memory on `texts` (one sentence each) and returns its serialized bytes.
 
     The specials sit at `SPECIAL_TOKENS`' ids, then `extra_specials` (control symbols) at 4, 5, ... With one
@@ -180,16 +205,17 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str =
     extra_specials = list(extra_specials)
     reserved = [key for key in trainer_options if key in _LAYOUT_OPTIONS]
     if reserved:
-        raise ValueError(f"train_sentencepiece fixes the special-token layout; do not pass {reserved} "
-                         "(use extra_specials for more control symbols)")
+        raise ValueError(
+            f"train_sentencepiece fixes the special-token layout; do not pass {reserved} "
+            "(use extra_specials for more control symbols)"
+        )
     clashes = [s for s in extra_specials if s in SPECIAL_TOKENS]
     if clashes or len(set(extra_specials)) != len(extra_specials):
         raise ValueError(f"extra_specials {extra_specials} repeat a special or each other")
     control_symbols = [WAIT_PIECE] + extra_specials
     num_specials = len(SPECIAL_TOKENS) + len(extra_specials)
     if vocab_size <= num_specials:
-        raise ValueError(f"vocab_size {vocab_size} leaves no room for learned pieces after the "
-                         f"{num_specials} specials")
+        raise ValueError(f"vocab_size {vocab_size} leaves no room for learned pieces after the {num_specials} specials")
     num_sentences = 0
 
     def sentences():
@@ -202,10 +228,22 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str =
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=sentences(), model_writer=model, vocab_size=vocab_size, model_type=model_type,
-            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, control_symbols=control_symbols,
-            character_coverage=character_coverage, byte_fallback=byte_fallback,
-            hard_vocab_limit=hard_vocab_limit, num_threads=num_threads, minloglevel=2, **trainer_options)
+            sentence_iterator=sentences(),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+            control_symbols=control_symbols,
+            character_coverage=character_coverage,
+            byte_fallback=byte_fallback,
+            hard_vocab_limit=hard_vocab_limit,
+            num_threads=num_threads,
+            minloglevel=2,
+            **trainer_options,
+        )
     except RuntimeError as e:
         if num_sentences == 0:
             raise ValueError("no text to train a SentencePiece model on (every sentence was empty)") from e
@@ -215,7 +253,8 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str =
                 f"vocab_size {vocab_size} is too large for this corpus ({num_sentences} sentences): "
                 f"SentencePiece can build at most {too_high.group(1)} pieces from it, specials included. Use a "
                 "smaller vocab_size, more text, or hard_vocab_limit=False (--soft_vocab_limit) to accept a "
-                "smaller vocabulary") from e
+                "smaller vocabulary"
+            ) from e
         raise
     model_bytes = model.getvalue()
     tokenizer = SentencePieceTokenizer(model_bytes)
@@ -231,8 +270,10 @@ def _import_tokenizers():
     try:
         import tokenizers
     except ImportError as e:
-        raise ImportError("the Hugging Face tokenizer backend (tokenizer.json, e.g. the released Qwen "
-                          f"vocabulary) needs the `tokenizers` package: {HF_INSTALL_HINT}") from e
+        raise ImportError(
+            "the Hugging Face tokenizer backend (tokenizer.json, e.g. the released Qwen "
+            f"vocabulary) needs the `tokenizers` package: {HF_INSTALL_HINT}"
+        ) from e
     return tokenizers
 
 
@@ -273,8 +314,10 @@ class HFTokenizer(_SpecialIds):
             raise ValueError(f"wait id {wait_id} is negative")
         if wait_id < size:
             if wait_id not in added:
-                raise ValueError(f"{source}: wait id {wait_id} is the ordinary token {tok.id_to_token(wait_id)!r}, "
-                                 "not an added token; is text_wait_token_id from this checkpoint?")
+                raise ValueError(
+                    f"{source}: wait id {wait_id} is the ordinary token {tok.id_to_token(wait_id)!r}, "
+                    "not an added token; is text_wait_token_id from this checkpoint?"
+                )
             self._wait_piece = added[wait_id].content
             if not added[wait_id].special:
                 tok.add_special_tokens([tokenizers.AddedToken(self._wait_piece, special=True)])
@@ -320,8 +363,9 @@ def read_wait_id(config_json_path: str | os.PathLike) -> int:
     """`mm_token_info.text_wait_token_id` of a released `config.json`."""
     path = os.fspath(config_json_path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: it gives the <wait> id (mm_token_info.text_wait_token_id); "
-                                "pass wait_id= instead")
+        raise FileNotFoundError(
+            f"{path} not found: it gives the <wait> id (mm_token_info.text_wait_token_id); pass wait_id= instead"
+        )
     with open(path) as f:
         official = json.load(f)
     try:
@@ -356,8 +400,9 @@ def load_tokenizer(path: str | os.PathLike, wait_id: int | None = None) -> Token
         if wait_id is None:
             wait_id = read_wait_id(os.path.join(os.path.dirname(path), "config.json"))
         return HFTokenizer(path, wait_id)
-    raise ValueError(f"{path}: unknown tokenizer kind; expected a SentencePiece .model, a tokenizer.json, "
-                     "or a folder holding one")
+    raise ValueError(
+        f"{path}: unknown tokenizer kind; expected a SentencePiece .model, a tokenizer.json, or a folder holding one"
+    )
 
 
 def check_compatible(tokenizer: Tokenizer, model_config: ModelConfig) -> None:
@@ -366,10 +411,14 @@ def check_compatible(tokenizer: Tokenizer, model_config: ModelConfig) -> None:
     """
     problems = []
     if tokenizer.vocab_size > model_config.vocab_size:
-        problems.append(f"the tokenizer has {tokenizer.vocab_size} ids but the model's text vocabulary "
-                        f"(vocab_size) has only {model_config.vocab_size}")
+        problems.append(
+            f"the tokenizer has {tokenizer.vocab_size} ids but the model's text vocabulary "
+            f"(vocab_size) has only {model_config.vocab_size}"
+        )
     if tokenizer.wait_id != model_config.text_wait_id:
-        problems.append(f"the tokenizer's <wait> id is {tokenizer.wait_id} but the model config's "
-                        f"text_wait_token_id is {model_config.text_wait_id}")
+        problems.append(
+            f"the tokenizer's <wait> id is {tokenizer.wait_id} but the model config's "
+            f"text_wait_token_id is {model_config.text_wait_id}"
+        )
     if problems:
         raise TokenizerMismatchError("tokenizer does not fit the model config:\n  " + "\n  ".join(problems))

@@ -53,13 +53,24 @@ from flmjax.infer import sessions as sessions_lib
 
 VIEWS = ("speaking", "thinking")
 # token_duplex_metrics keys pooled over dialogs, with the count each one is a rate or mean over.
-_RATES = {"turn_over_rate": "n_user_turns", "interruption_stop_rate": "n_interruptions",
-          "interruption_turn_over_rate": "n_interruptions"}
+_RATES = {
+    "turn_over_rate": "n_user_turns",
+    "interruption_stop_rate": "n_interruptions",
+    "interruption_turn_over_rate": "n_interruptions",
+}
 _LATENCY_LISTS = {"turn_latency_s": "turn_latencies_s", "stop_latency_s": "stop_latencies_s"}
 _COUNTS = ("n_user_turns", "n_interruptions", "n_model_onsets", "n_barge_ins")
-SUMMARY_KEYS = ("turn_over_rate", "turn_latency_s", "interruption_stop_rate", "stop_latency_s",
-                "interruption_turn_over_rate", "interruption_response_latency_s", "barge_in_rate",
-                "active_fraction", *_COUNTS)
+SUMMARY_KEYS = (
+    "turn_over_rate",
+    "turn_latency_s",
+    "interruption_stop_rate",
+    "stop_latency_s",
+    "interruption_turn_over_rate",
+    "interruption_response_latency_s",
+    "barge_in_rate",
+    "active_fraction",
+    *_COUNTS,
+)
 
 
 @dataclasses.dataclass
@@ -81,7 +92,7 @@ def segment_activity(segments: Sequence[Segment], num_frames: int) -> np.ndarray
     """bool [num_frames]: True on the frames of `segments` (clipped to the window)."""
     active = np.zeros(num_frames, bool)
     for segment in segments:
-        active[max(0, segment.start):min(num_frames, segment.end)] = True
+        active[max(0, segment.start) : min(num_frames, segment.end)] = True
     return active
 
 
@@ -90,30 +101,48 @@ def user_activity(record: DialogRecord, num_frames: int | None = None) -> np.nda
     return segment_activity(record.listen_segments, record.num_frames if num_frames is None else num_frames)
 
 
-def model_activity(text_ids: np.ndarray, speak_codes: np.ndarray, view: str, *, wait_id: int,
-                   silence_codes: np.ndarray, audio_pad_ids=()) -> np.ndarray:
+def model_activity(
+    text_ids: np.ndarray,
+    speak_codes: np.ndarray,
+    view: str,
+    *,
+    wait_id: int,
+    silence_codes: np.ndarray,
+    audio_pad_ids=(),
+) -> np.ndarray:
     """The model's activity [T] in one view from its tokens (text [T], undelayed speak codes [T, 8])."""
-    return tokens_lib.model_activity_from_tokens(text_ids, speak_codes, text_wait_id=wait_id,
-                                                 silence_codes=silence_codes, audio_pad_ids=audio_pad_ids, view=view)
+    return tokens_lib.model_activity_from_tokens(
+        text_ids, speak_codes, text_wait_id=wait_id, silence_codes=silence_codes, audio_pad_ids=audio_pad_ids, view=view
+    )
 
 
-def dialog_metrics(user: np.ndarray, text_ids: np.ndarray, speak_codes: np.ndarray, *, wait_id: int,
-                   silence_codes: np.ndarray, audio_pad_ids=(), views: Sequence[str] = VIEWS,
-                   **metric_options) -> dict[str, dict]:
+def dialog_metrics(
+    user: np.ndarray,
+    text_ids: np.ndarray,
+    speak_codes: np.ndarray,
+    *,
+    wait_id: int,
+    silence_codes: np.ndarray,
+    audio_pad_ids=(),
+    views: Sequence[str] = VIEWS,
+    **metric_options,
+) -> dict[str, dict]:
     """One dialog: view -> `token_duplex_metrics` (+ `active_fraction`) of the model tokens against the user's
     activity bool [T]."""
     out = {}
     for view in views:
-        active = model_activity(text_ids, speak_codes, view, wait_id=wait_id, silence_codes=silence_codes,
-                                audio_pad_ids=audio_pad_ids)
+        active = model_activity(
+            text_ids, speak_codes, view, wait_id=wait_id, silence_codes=silence_codes, audio_pad_ids=audio_pad_ids
+        )
         metrics = tokens_lib.token_duplex_metrics(user, active, **metric_options)
         metrics["active_fraction"] = float(active.mean()) if active.size else 0.0
         out[view] = metrics
     return out
 
 
-def reference_tokens(record: DialogRecord, num_frames: int, wait_id: int, rule: SourceRule | None = None,
-                     tokenizer=None) -> tuple[np.ndarray, np.ndarray]:
+def reference_tokens(
+    record: DialogRecord, num_frames: int, wait_id: int, rule: SourceRule | None = None, tokenizer=None
+) -> tuple[np.ndarray, np.ndarray]:
     """The record's own model channel as tokens: (text row [T] (all `<wait>` without a tokenizer), speak codes
     [T, 8]) over its first `num_frames` frames."""
     if tokenizer is not None:
@@ -131,24 +160,28 @@ def pool_metrics(per_dialog: Sequence[dict[str, dict]], views: Sequence[str] = V
         rows = [d[view] for d in per_dialog]
         for name, count in _RATES.items():
             total = sum(r[count] for r in rows if r[name] is not None)
-            out[f"{view}/{name}"] = (sum(r[name] * r[count] for r in rows if r[name] is not None) / total
-                                     if total else None)
+            out[f"{view}/{name}"] = (
+                sum(r[name] * r[count] for r in rows if r[name] is not None) / total if total else None
+            )
         for name, values in _LATENCY_LISTS.items():
             pooled = [v for r in rows for v in r[values]]
             out[f"{view}/{name}"] = float(np.mean(pooled)) if pooled else None
         # response latencies after interruptions: weighted by the interruptions that got a response
-        weights = [(r["interruption_response_latency_s"], r["interruption_turn_over_rate"] * r["n_interruptions"])
-                   for r in rows if r["interruption_response_latency_s"] is not None]
+        weights = [
+            (r["interruption_response_latency_s"], r["interruption_turn_over_rate"] * r["n_interruptions"])
+            for r in rows
+            if r["interruption_response_latency_s"] is not None
+        ]
         total = sum(w for _, w in weights)
-        out[f"{view}/interruption_response_latency_s"] = (sum(v * w for v, w in weights) / total
-                                                          if total else None)
+        out[f"{view}/interruption_response_latency_s"] = sum(v * w for v, w in weights) / total if total else None
         for name in _COUNTS:
             out[f"{view}/{name}"] = float(sum(r[name] for r in rows))
         onsets = out[f"{view}/n_model_onsets"]
         out[f"{view}/barge_in_rate"] = out[f"{view}/n_barge_ins"] / onsets if onsets else None
         frames = sum(r["n_frames"] for r in rows)
-        out[f"{view}/active_fraction"] = (sum(r["active_fraction"] * r["n_frames"] for r in rows) / frames
-                                          if frames else None)
+        out[f"{view}/active_fraction"] = (
+            sum(r["active_fraction"] * r["n_frames"] for r in rows) / frames if frames else None
+        )
     return out
 
 
@@ -164,13 +197,23 @@ def decoding(text_temperature: float = 0.0):
 
     if text_temperature <= 0:
         return infer.SamplingConfig.greedy()
-    return infer.SamplingConfig(text=StreamSampling(temperature=text_temperature, top_p=0.0),
-                                audio=StreamSampling(temperature=0.0), do_sample=True)
+    return infer.SamplingConfig(
+        text=StreamSampling(temperature=text_temperature, top_p=0.0),
+        audio=StreamSampling(temperature=0.0),
+        do_sample=True,
+    )
 
 
-def stream_sessions(config: ModelConfig, params, listen_codes: Sequence[np.ndarray], *, batch_size: int = 8,
-                    sampling=None, seed: int = 0, idle_codes: np.ndarray | None = None,
-                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+def stream_sessions(
+    config: ModelConfig,
+    params,
+    listen_codes: Sequence[np.ndarray],
+    *,
+    batch_size: int = 8,
+    sampling=None,
+    seed: int = 0,
+    idle_codes: np.ndarray | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The model's frames 0..T_i-1 on each user channel listen_codes[i] [T_i, 8]: per session (text ids [T_i],
     undelayed speak codes [T_i, 8]). Each session runs `batch_size` at a time through the session scheduler
     (`flmjax.infer.sessions.run_sessions`), fed one more frame, `idle_codes` [8] (default the first frame of
@@ -182,9 +225,15 @@ def stream_sessions(config: ModelConfig, params, listen_codes: Sequence[np.ndarr
         return []
     idle = np.asarray(listen_codes[0][0] if idle_codes is None else idle_codes, np.int32).reshape(1, -1)
     fed = [np.concatenate([np.asarray(codes, np.int32), idle]) for codes in listen_codes]
-    result = sessions_lib.run_sessions(config, params, fed, slots=batch_size,
-                                       sampling=infer.SamplingConfig.greedy() if sampling is None else sampling,
-                                       seed=seed, session_seeds=range(len(fed)))
+    result = sessions_lib.run_sessions(
+        config,
+        params,
+        fed,
+        slots=batch_size,
+        sampling=infer.SamplingConfig.greedy() if sampling is None else sampling,
+        seed=seed,
+        session_seeds=range(len(fed)),
+    )
     return [(frames[:, 0], frames[:, 1:]) for frames in result.frames]
 
 
@@ -207,10 +256,13 @@ def crop_record(record: DialogRecord, num_frames: int) -> DialogRecord:
         return tuple(kept)
 
     return dataclasses.replace(
-        record, num_frames=num_frames,
+        record,
+        num_frames=num_frames,
         speak_codes=None if record.speak_codes is None else record.speak_codes[:num_frames],
         listen_codes=None if record.listen_codes is None else record.listen_codes[:num_frames],
-        speak_segments=crop(record.speak_segments), listen_segments=crop(record.listen_segments))
+        speak_segments=crop(record.speak_segments),
+        listen_segments=crop(record.listen_segments),
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -222,8 +274,9 @@ def _free_text(config: ModelConfig, params, speak_ids: jax.Array, listen_ids: ja
     def step(carry, inputs):
         cache, previous = carry
         speak, listen = inputs
-        logits, _, cache = model.forward_cached(config, params, cache, previous[:, None], speak[:, None],
-                                                listen[:, None])
+        logits, _, cache = model.forward_cached(
+            config, params, cache, previous[:, None], speak[:, None], listen[:, None]
+        )
         token = jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
         return (cache, token), token
 
@@ -244,17 +297,27 @@ def monologue_rule(sources: dict[str, dict] | None) -> SourceRule | None:
     """The monologue placement a stage trains its assistant text with, from its `data.sources` (name -> dict
     with task, placement, lead_frames, trail_frames): its dialog source, else its TTS source, else any source
     with a leading or trailing placement. None when there is none."""
-    candidates = sorted((sources or {}).items(), key=lambda item: ({"dialog": 0, "tts": 1}.get(item[1].get("task"), 2),
-                                                                   item[0]))
+    candidates = sorted(
+        (sources or {}).items(), key=lambda item: ({"dialog": 0, "tts": 1}.get(item[1].get("task"), 2), item[0])
+    )
     for _, source in candidates:
         if source.get("placement") in ("leading", "trailing"):
-            return SourceRule("dialog", source["placement"], int(source.get("lead_frames", 0)),
-                              int(source.get("trail_frames", 0)))
+            return SourceRule(
+                "dialog", source["placement"], int(source.get("lead_frames", 0)), int(source.get("trail_frames", 0))
+            )
     return None
 
 
-def monologue_quality(config: ModelConfig, params, records: Sequence[DialogRecord], tokenizer, rule: SourceRule,
-                      *, batch_size: int = 8, max_frames: int | None = None) -> tuple[dict, list[dict]]:
+def monologue_quality(
+    config: ModelConfig,
+    params,
+    records: Sequence[DialogRecord],
+    tokenizer,
+    rule: SourceRule,
+    *,
+    batch_size: int = 8,
+    max_frames: int | None = None,
+) -> tuple[dict, list[dict]]:
     """Text quality (trailing: `wer`) or speech quality (leading: `code_accuracy`, per codebook
     `code_accuracy_c{i}`) of the monologue on dialog records, as the module docstring says. `rule` gives the
     placement and its lead/trail frames (its task is taken as "dialog": the assistant's own sentences).
@@ -267,22 +330,27 @@ def monologue_quality(config: ModelConfig, params, records: Sequence[DialogRecor
     cropped = [r for r in cropped if r.speak_codes is not None and r.listen_codes is not None]
     details, refs, hyps, predicted_all, reference_all, valid_all = [], [], [], [], [], []
     for start in range(0, len(cropped), batch_size):
-        chunk = cropped[start:start + batch_size]
+        chunk = cropped[start : start + batch_size]
         arrays = []
         for record in chunk:
             text_row, _ = text_row_for(record, rule, tokenizer, ids.wait_id)
             arrays.append(training_arrays(text_row, record.speak_codes, record.listen_codes, ids))
         batch = padded_batch(arrays, ids)
         if rule.placement == "trailing":
-            text = np.asarray(_free_text(config, params, jnp.asarray(batch["speak_ids"]),
-                                         jnp.asarray(batch["listen_ids"])))
+            text = np.asarray(
+                _free_text(config, params, jnp.asarray(batch["speak_ids"]), jnp.asarray(batch["listen_ids"]))
+            )
         else:
-            codes = np.asarray(_forced_codes(config, params, *(jnp.asarray(batch[k]) for k in (
-                "text_ids", "speak_ids", "listen_ids", "audio_targets"))))
+            codes = np.asarray(
+                _forced_codes(
+                    config,
+                    params,
+                    *(jnp.asarray(batch[k]) for k in ("text_ids", "speak_ids", "listen_ids", "audio_targets")),
+                )
+            )
         for row, record in enumerate(chunk):
             frames = record.num_frames
-            reference_text = tokenizer.decode([int(t) for t in batch["text_targets"][row, :frames]
-                                               if t != ids.wait_id])
+            reference_text = tokenizer.decode([int(t) for t in batch["text_targets"][row, :frames] if t != ids.wait_id])
             entry = {"id": record.id, "num_frames": frames, "reference_text": reference_text}
             if rule.placement == "trailing":
                 generated = [int(t) for t in text[row, :frames] if t != ids.wait_id]
@@ -303,13 +371,16 @@ def monologue_quality(config: ModelConfig, params, records: Sequence[DialogRecor
                 valid_all.append(speaking)
             details.append(entry)
     if rule.placement == "trailing":
-        metrics = {"wer": quality_lib.word_error_rate(refs, hyps) if refs else None,
-                   "quality_records": float(len(refs))}
+        metrics = {
+            "wer": quality_lib.word_error_rate(refs, hyps) if refs else None,
+            "quality_records": float(len(refs)),
+        }
     else:
         metrics = {"quality_records": float(len(predicted_all))}
         if predicted_all:
-            accuracy = quality_lib.code_accuracy(np.concatenate(predicted_all), np.concatenate(reference_all),
-                                                 np.concatenate(valid_all))
+            accuracy = quality_lib.code_accuracy(
+                np.concatenate(predicted_all), np.concatenate(reference_all), np.concatenate(valid_all)
+            )
             metrics["code_accuracy"] = accuracy["overall"]
             for c, value in enumerate(accuracy["per_codebook"]):
                 metrics[f"code_accuracy_c{c}"] = value
@@ -318,10 +389,21 @@ def monologue_quality(config: ModelConfig, params, records: Sequence[DialogRecor
 
 
 # ---------------------------------------------------------------------------------------------- the whole eval
-def evaluate_dialogs(config: ModelConfig, params, records: Sequence[DialogRecord], tokenizer=None, *,
-                     batch_size: int = 8, max_frames: int | None = None, sampling=None, seed: int = 0,
-                     silence_codes: np.ndarray, quality_rule: SourceRule | None = None,
-                     views: Sequence[str] = VIEWS, **metric_options) -> DialogEvalResult:
+def evaluate_dialogs(
+    config: ModelConfig,
+    params,
+    records: Sequence[DialogRecord],
+    tokenizer=None,
+    *,
+    batch_size: int = 8,
+    max_frames: int | None = None,
+    sampling=None,
+    seed: int = 0,
+    silence_codes: np.ndarray,
+    quality_rule: SourceRule | None = None,
+    views: Sequence[str] = VIEWS,
+    **metric_options,
+) -> DialogEvalResult:
     """The duplex metrics of the streaming model on dialog `records` (both channels present), and the
     monologue quality when `quality_rule` (placement) and a `tokenizer` are given; see the module docstring.
 
@@ -336,10 +418,22 @@ def evaluate_dialogs(config: ModelConfig, params, records: Sequence[DialogRecord
         raise ValueError("no dialog records (with both speak and listen codes) to evaluate")
     frames = [min(r.num_frames, max_frames) if max_frames else r.num_frames for r in records]
     listen = [np.asarray(r.listen_codes[:n], np.int32) for r, n in zip(records, frames)]
-    generated = stream_sessions(config, params, listen, batch_size=batch_size, sampling=sampling, seed=seed,
-                                idle_codes=silence.reshape(-1, config.aud_channel)[0])
-    scoring = dict(wait_id=config.text_wait_id, silence_codes=silence, audio_pad_ids=(config.aud_pad_id,),
-                   views=views, **metric_options)
+    generated = stream_sessions(
+        config,
+        params,
+        listen,
+        batch_size=batch_size,
+        sampling=sampling,
+        seed=seed,
+        idle_codes=silence.reshape(-1, config.aud_channel)[0],
+    )
+    scoring = dict(
+        wait_id=config.text_wait_id,
+        silence_codes=silence,
+        audio_pad_ids=(config.aud_pad_id,),
+        views=views,
+        **metric_options,
+    )
     per_dialog, per_reference, dialogs = [], [], []
     for record, n, (text, speak) in zip(records, frames, generated):
         user = user_activity(record, n)
@@ -348,18 +442,25 @@ def evaluate_dialogs(config: ModelConfig, params, records: Sequence[DialogRecord
         ref_scores = dialog_metrics(user, ref_text, ref_speak, **scoring)
         per_dialog.append(scores)
         per_reference.append(ref_scores)
-        entry = {"id": record.id, "num_frames": n, "user_segments": len(record.listen_segments), "model": scores,
-                 "reference": ref_scores}
+        entry = {
+            "id": record.id,
+            "num_frames": n,
+            "user_segments": len(record.listen_segments),
+            "model": scores,
+            "reference": ref_scores,
+        }
         if tokenizer is not None:
-            entry["streamed_text"] = tokenizer.decode([int(t) for t in text
-                                                       if t != config.text_wait_id and t < tokenizer.vocab_size])
+            entry["streamed_text"] = tokenizer.decode(
+                [int(t) for t in text if t != config.text_wait_id and t < tokenizer.vocab_size]
+            )
         dialogs.append(entry)
     metrics = pool_metrics(per_dialog, views)
     metrics["dialogs"] = float(len(records))
     metrics["frames"] = float(sum(frames))
     if quality_rule is not None and tokenizer is not None:
-        quality, details = monologue_quality(config, params, records, tokenizer, quality_rule,
-                                             batch_size=batch_size, max_frames=max_frames)
+        quality, details = monologue_quality(
+            config, params, records, tokenizer, quality_rule, batch_size=batch_size, max_frames=max_frames
+        )
         metrics.update(quality)
         by_id = {d["id"]: d for d in details}
         for entry in dialogs:

@@ -44,6 +44,7 @@ def takes_turn(model_segments, n_words: int | None = None) -> bool:
 
 # ---------------------------------------------------------------- smooth turn-taking
 
+
 @dataclasses.dataclass(frozen=True)
 class TurnTakingResult:
     took_turn: bool  # TOR sample value (higher is better)
@@ -64,6 +65,7 @@ def smooth_turn_taking(model_segments, turn_end_s: float, n_words: int | None = 
 
 # ---------------------------------------------------------------- pause handling
 
+
 @dataclasses.dataclass(frozen=True)
 class PauseHandlingResult:
     took_turn: bool  # TOR at pauses (lower is better)
@@ -83,6 +85,7 @@ def pause_handling(model_segments, pauses_s=None, n_words: int | None = None) ->
 
 
 # ---------------------------------------------------------------- v1.5 timing: stop and response latency
+
 
 def overlap_intervals(user_segments, model_segments) -> list[Segment]:
     """FDB v1.5 stop-latency intervals (get_timing.py `overlaps`): every non-empty intersection of a user and a
@@ -127,6 +130,7 @@ def barge_ins(user_segments, model_segments) -> list[float]:
 
 # ---------------------------------------------------------------- user interruption
 
+
 @dataclasses.dataclass(frozen=True)
 class InterruptionResult:
     took_turn: bool  # TOR after the interruption (higher is better)
@@ -136,8 +140,9 @@ class InterruptionResult:
     stop_latency_s: float | None  # interruption start -> model stops (overlap duration, capped at its end)
 
 
-def user_interruption(model_segments, interrupt_start_s: float, interrupt_end_s: float,
-                      n_words: int | None = None) -> InterruptionResult:
+def user_interruption(
+    model_segments, interrupt_start_s: float, interrupt_end_s: float, n_words: int | None = None
+) -> InterruptionResult:
     """User interruption: FDB v1 (v1 paper, task "User Interruption"; eval_user_interruption.py) and v1.5
     (get_timing.py).
 
@@ -163,6 +168,7 @@ def user_interruption(model_segments, interrupt_start_s: float, interrupt_end_s:
 
 # ---------------------------------------------------------------- backchannel
 
+
 @dataclasses.dataclass(frozen=True)
 class BackchannelResult:
     took_turn: bool  # TOR (lower is better: the model should not take the turn)
@@ -179,7 +185,7 @@ def backchannel_distribution(backchannels, duration_s: float, bin_s: float = JSD
     every bin each backchannel touches, + 1e-10, normalised."""
     counts = np.zeros(int(duration_s / bin_s) + 1)
     for start, end in backchannels:
-        counts[int(start / bin_s):int(end / bin_s) + 1] += 1
+        counts[int(start / bin_s) : int(end / bin_s) + 1] += 1
     counts += JSD_EPS
     return counts / counts.sum()
 
@@ -194,8 +200,9 @@ def jensen_shannon(predicted: np.ndarray, reference: np.ndarray) -> float:
     return float(jensenshannon(predicted, resized))
 
 
-def backchannel(model_segments, duration_s: float, words_per_segment=None, gt_distribution=None,
-                gt_onsets_s=None) -> BackchannelResult:
+def backchannel(
+    model_segments, duration_s: float, words_per_segment=None, gt_distribution=None, gt_onsets_s=None
+) -> BackchannelResult:
     """FDB v1 backchannel (v1 paper, task "Backchanneling"; eval_backchannel.py), on Silero segments of the
     model channel (FDB does not merge them here):
 

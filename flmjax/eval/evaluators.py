@@ -36,10 +36,16 @@ class DuplexEval:
     collective); the tiny models it is meant for fit on one host."""
 
     name = "duplex eval"
-    SUMMARY = {"speaking/turn_over_rate": "TOR", "speaking/turn_latency_s": "latency s",
-               "speaking/interruption_stop_rate": "stop rate", "speaking/stop_latency_s": "stop latency s",
-               "speaking/barge_in_rate": "barge-in rate", "speaking/active_fraction": "speaking",
-               "wer": "WER", "code_accuracy": "code acc"}
+    SUMMARY = {
+        "speaking/turn_over_rate": "TOR",
+        "speaking/turn_latency_s": "latency s",
+        "speaking/interruption_stop_rate": "stop rate",
+        "speaking/stop_latency_s": "stop latency s",
+        "speaking/barge_in_rate": "barge-in rate",
+        "speaking/active_fraction": "speaking",
+        "wer": "WER",
+        "code_accuracy": "code acc",
+    }
 
     def __init__(self, context: StageContext, spec: Any, flag: str):
         config = context.config
@@ -50,16 +56,19 @@ class DuplexEval:
         try:
             source = DialogSource(config.data.data_dir, name, split)
         except (ValueError, FileNotFoundError) as error:
-            raise ValueError(f"duplex eval ({flag}.dialogs={spec.dialogs}): {error}; set --config.{flag}.dialogs=0 "
-                             "to turn it off") from None
+            raise ValueError(
+                f"duplex eval ({flag}.dialogs={spec.dialogs}): {error}; set --config.{flag}.dialogs=0 to turn it off"
+            ) from None
         self.records = [source[i] for i in range(min(spec.dialogs, len(source)))]
         self.frames = spec.frames or config.data.sequence_length
         self.rule = dialogs.monologue_rule(config.data.sources.to_dict())
         self.sampling = dialogs.decoding(spec.text_temperature)
         temperature = spec.text_temperature
-        context.say(f"duplex eval: {len(self.records)} dialogs of {name}/{split}, first {self.frames} frames, "
-                    f"{'greedy' if temperature <= 0 else f'text temperature {temperature}'}, monologue quality "
-                    f"{self.rule.placement if self.rule else 'off'}")
+        context.say(
+            f"duplex eval: {len(self.records)} dialogs of {name}/{split}, first {self.frames} frames, "
+            f"{'greedy' if temperature <= 0 else f'text temperature {temperature}'}, monologue quality "
+            f"{self.rule.placement if self.rule else 'off'}"
+        )
 
     def run(self, state) -> dict[str, float]:
         params = state["params"]
@@ -71,15 +80,26 @@ class DuplexEval:
         params = jax.device_put(jax.device_get(params), device)
         # One device of its own, not the training mesh (the loop runs under it).
         with sharding.activation_rules(sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, [device])):
-            result = dialogs.evaluate_dialogs(self.model_config, params, self.records, self.tokenizer,
-                                              max_frames=self.frames, batch_size=self.batch, quality_rule=self.rule,
-                                              sampling=self.sampling, seed=self.seed,
-                                              silence_codes=self.silence_codes)
+            result = dialogs.evaluate_dialogs(
+                self.model_config,
+                params,
+                self.records,
+                self.tokenizer,
+                max_frames=self.frames,
+                batch_size=self.batch,
+                quality_rule=self.rule,
+                sampling=self.sampling,
+                seed=self.seed,
+                silence_codes=self.silence_codes,
+            )
         return {f"duplex/{key}": value for key, value in result.metrics.items() if value is not None}
 
     def summary(self, metrics: dict[str, float]) -> str:
-        return " ".join(f"{label} {metrics[f'duplex/{key}']:.3f}" for key, label in self.SUMMARY.items()
-                        if f"duplex/{key}" in metrics)
+        return " ".join(
+            f"{label} {metrics[f'duplex/{key}']:.3f}"
+            for key, label in self.SUMMARY.items()
+            if f"duplex/{key}" in metrics
+        )
 
 
 def duplex(spec, flag: str) -> EvaluatorFactory:

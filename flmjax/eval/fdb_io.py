@@ -58,14 +58,24 @@ OUTPUT_WAV, FRAMES_NPZ, INPUT_WAV, OUTPUT_JSON = "output.wav", "frames.npz", "in
 CLEAN = "clean_"  # v1.5: clean_input.wav -> clean_output.wav, clean_output.json, clean_frames.npz
 FDB_RATE = 16_000  # FDB's data and its VAD (eval_backchannel.py runs Silero on output.wav as 16 kHz)
 # Task file -> metric family (v1.5's metadata.json: the family is its category, from the folder names).
-TASK_FILES = {"turn_taking.json": "turn_taking", "pause.json": "pause_handling",
-              "interrupt.json": "user_interruption", "metadata.json": None}
+TASK_FILES = {
+    "turn_taking.json": "turn_taking",
+    "pause.json": "pause_handling",
+    "interrupt.json": "user_interruption",
+    "metadata.json": None,
+}
 V15_CATEGORIES = ("user_interruption", "user_backchannel", "background_speech", "talking_to_other")
 # The word a dataset folder of each family names itself with (candor_pause_handling, icc_backchannel, ...).
-FAMILY_KEYWORDS = {"turn_taking": "turn_taking", "pause_handling": "pause", "user_interruption": "interrupt",
-                   "backchannel": "backchannel", "user_backchannel": "user_backchannel",
-                   "background_speech": "background_speech", "talking_to_other": "talking_to_other",
-                   "overlap": "overlap"}
+FAMILY_KEYWORDS = {
+    "turn_taking": "turn_taking",
+    "pause_handling": "pause",
+    "user_interruption": "interrupt",
+    "backchannel": "backchannel",
+    "user_backchannel": "user_backchannel",
+    "background_speech": "background_speech",
+    "talking_to_other": "talking_to_other",
+    "overlap": "overlap",
+}
 MIN_CLIP_S = 2 * FRAME_S  # the model's first frame comes back one step late: a shorter clip gets no answer
 TIME_TOLERANCE_S = 0.01  # a task time this far past the clip's end is rounding, not a missing turn
 
@@ -129,25 +139,37 @@ def parse_task_file(path: pathlib.Path, family: str) -> dict:
         try:
             return {"turn_end_s": float(data[0]["timestamp"][0])}
         except (TypeError, ValueError, IndexError, KeyError):
-            raise FdbError(f"{path}: expected [{{\"timestamp\": [turn_end_s, ...]}}]") from None
+            raise FdbError(f'{path}: expected [{{"timestamp": [turn_end_s, ...]}}]') from None
     if family == "pause_handling":
         if not isinstance(data, list):
-            raise FdbError(f"{path}: expected a list of {{\"timestamp\": [start_s, end_s]}}")
-        return {"pauses_s": [_interval(entry.get("timestamp") if isinstance(entry, dict) else None, path,
-                                       "a pause timestamp") for entry in data]}
+            raise FdbError(f'{path}: expected a list of {{"timestamp": [start_s, end_s]}}')
+        return {
+            "pauses_s": [
+                _interval(entry.get("timestamp") if isinstance(entry, dict) else None, path, "a pause timestamp")
+                for entry in data
+            ]
+        }
     if family == "user_interruption" and path.name == "interrupt.json":
         entry = data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else None
         if entry is None:
-            raise FdbError(f"{path}: expected [{{\"context\", \"interrupt\", \"timestamp\": [start_s, end_s]}}]")
+            raise FdbError(f'{path}: expected [{{"context", "interrupt", "timestamp": [start_s, end_s]}}]')
         start, end = _interval(entry.get("timestamp"), path, "timestamp")
-        return {"event_start_s": start, "event_end_s": end, "context_text": entry.get("context", ""),
-                "event_text": entry.get("interrupt", "")}
+        return {
+            "event_start_s": start,
+            "event_end_s": end,
+            "context_text": entry.get("context", ""),
+            "event_text": entry.get("interrupt", ""),
+        }
     if not isinstance(data, dict):  # v1.5 metadata.json
-        raise FdbError(f"{path}: expected an object with \"timestamps\": [start_s, end_s]")
+        raise FdbError(f'{path}: expected an object with "timestamps": [start_s, end_s]')
     start, end = _interval(data.get("timestamps"), path, "timestamps")
     text = next((data[k] for k in ("current_turn_text", "backchannel_text", "background_text") if data.get(k)), "")
-    return {"event_start_s": start, "event_end_s": end, "context_text": data.get("context_text", ""),
-            "event_text": text}
+    return {
+        "event_start_s": start,
+        "event_end_s": end,
+        "context_text": data.get("context_text", ""),
+        "event_text": text,
+    }
 
 
 def _v15_family(names: Sequence[str], metadata: pathlib.Path) -> str:
@@ -172,8 +194,11 @@ def _expected_task_file(names: Sequence[str]) -> str | None:
     for name in names:
         if any(category in name for category in V15_CATEGORIES):
             return "metadata.json"
-        for keyword, task_file in (("turn_taking", "turn_taking.json"), ("pause", "pause.json"),
-                                   ("interrupt", "interrupt.json")):
+        for keyword, task_file in (
+            ("turn_taking", "turn_taking.json"),
+            ("pause", "pause.json"),
+            ("interrupt", "interrupt.json"),
+        ):
             if keyword in name:
                 return task_file
     return None
@@ -196,8 +221,11 @@ def _with_out_paths(samples: list[Sample], data: pathlib.Path) -> list[Sample]:
     dirs_by_name: dict[str, set[str]] = {}
     for sample in placed:
         dirs_by_name.setdefault(sample.task_dir.rpartition("/")[2], set()).add(sample.task_dir)
-    return [dataclasses.replace(s, task=(name if len(dirs_by_name[name]) == 1 else s.task_dir))
-            for s in placed for name in [s.task_dir.rpartition("/")[2]]]
+    return [
+        dataclasses.replace(s, task=(name if len(dirs_by_name[name]) == 1 else s.task_dir))
+        for s in placed
+        for name in [s.task_dir.rpartition("/")[2]]
+    ]
 
 
 def discover_samples(data_dir, skipped: dict[str, str] | None = None) -> list[Sample]:
@@ -237,15 +265,30 @@ def discover_samples(data_dir, skipped: dict[str, str] | None = None) -> list[Sa
         else:
             expected = _expected_task_file(ancestors)
             if expected is not None:
-                skip(rel, FdbError(f"{folder}: has {INPUT_WAV} but no {expected}, the task file of its task "
-                                   f"folder {ancestors[0]!r}"))
+                skip(
+                    rel,
+                    FdbError(
+                        f"{folder}: has {INPUT_WAV} but no {expected}, the task file of its task "
+                        f"folder {ancestors[0]!r}"
+                    ),
+                )
             continue
         keyword = FAMILY_KEYWORDS[family]
         task = next((name for name in ancestors if keyword in name), family)
         clean = folder / f"{CLEAN}{INPUT_WAV}"
-        samples.append(Sample(folder, rel, task, family, task_file, info,
-                              clean_input=clean if task_file is not None and task_file.name == "metadata.json"
-                              and clean.is_file() else None))
+        samples.append(
+            Sample(
+                folder,
+                rel,
+                task,
+                family,
+                task_file,
+                info,
+                clean_input=clean
+                if task_file is not None and task_file.name == "metadata.json" and clean.is_file()
+                else None,
+            )
+        )
     return _with_out_paths(sorted(samples, key=lambda s: s.rel), data)
 
 
@@ -320,21 +363,29 @@ def _input_problem(sample: Sample, path: pathlib.Path) -> str | None:
     except audio_lib.AudioError as error:
         return one_line(error)
     if channels != 1:
-        return (f"{path}: {channels} channels; FDB's inputs are mono (get_timing.py reads one channel): "
-                "mix it down first")
+        return (
+            f"{path}: {channels} channels; FDB's inputs are mono (get_timing.py reads one channel): mix it down first"
+        )
     if rate < FDB_RATE or (sample.family == "backchannel" and rate != FDB_RATE):
-        need = "16 kHz (eval_backchannel.py runs Silero on output.wav as 16 kHz)" if sample.family == "backchannel" \
+        need = (
+            "16 kHz (eval_backchannel.py runs Silero on output.wav as 16 kHz)"
+            if sample.family == "backchannel"
             else "at least 16 kHz (FDB's VAD and recogniser work at 16 kHz)"
+        )
         return f"{path}: {rate} Hz; FDB's inputs are {need}"
     duration = n / rate
     if duration < MIN_CLIP_S:
-        return (f"{path}: {duration:.3f} s is too short: the model answers one {FRAME_S * 1e3:.0f} ms frame late, "
-                f"so a clip needs at least {MIN_CLIP_S:.2f} s")
+        return (
+            f"{path}: {duration:.3f} s is too short: the model answers one {FRAME_S * 1e3:.0f} ms frame late, "
+            f"so a clip needs at least {MIN_CLIP_S:.2f} s"
+        )
     late = [(name, t) for name, t in _task_times(sample.info) if t > duration + TIME_TOLERANCE_S]
     if late and path.name == INPUT_WAV:
         name, t = late[0]
-        return (f"not scoreable: {sample.task_file.name} puts the {name.removesuffix('_s')} at {t:g} s, after the end "
-                f"of {path} at {duration:.3f} s (the clip is too short for its task)")
+        return (
+            f"not scoreable: {sample.task_file.name} puts the {name.removesuffix('_s')} at {t:g} s, after the end "
+            f"of {path} at {duration:.3f} s (the clip is too short for its task)"
+        )
     return None
 
 

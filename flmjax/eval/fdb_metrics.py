@@ -77,14 +77,21 @@ def words_in_segment(chunks: Sequence[dict], start: float, end: float) -> list[s
             continue
         if t_end is None:
             t_end = t_start
-        if ((t_start >= start and t_end <= end) or (t_start <= end and t_end > end)
-                or (t_start <= start and t_end > start)):
+        if (
+            (t_start >= start and t_end <= end)
+            or (t_start <= end and t_end > end)
+            or (t_start <= start and t_end > start)
+        ):
             words.append(chunk["text"])
     return words
 
 
-def backchannel(segments: Sequence[Segment], chunks: Sequence[dict], duration_s: float,
-                gt_distribution: Sequence[float] | None = None) -> dict:
+def backchannel(
+    segments: Sequence[Segment],
+    chunks: Sequence[dict],
+    duration_s: float,
+    gt_distribution: Sequence[float] | None = None,
+) -> dict:
     """`eval_backchannel.py` (`eval_backchannel`) for one sample. `segments`: Silero segments of `output.wav` in
     seconds rounded to 0.1 s, unmerged; `duration_s`: output.wav's length; `gt_distribution`: this sample's
     entry of `icc_gt_distribution.json` (None: no JSD).
@@ -110,8 +117,13 @@ def backchannel(segments: Sequence[Segment], chunks: Sequence[dict], duration_s:
         else:
             tor = 1
         recorded.append((start, end))
-    result = {"TOR": tor, "frequency_per_s": len(recorded) / duration_s, "n_backchannels": len(recorded),
-              "backchannels_s": recorded, "jsd": None}
+    result = {
+        "TOR": tor,
+        "frequency_per_s": len(recorded) / duration_s,
+        "n_backchannels": len(recorded),
+        "backchannels_s": recorded,
+        "jsd": None,
+    }
     if not recorded:
         result["jsd"] = 1.0
     elif gt_distribution is not None:
@@ -126,7 +138,7 @@ def backchannel_jsd(recorded: Sequence[Segment], duration_s: float, gt_distribut
     bins = np.zeros(int(duration_s / BACKCHANNEL_WINDOW_S) + 1)
     for start, end in recorded:
         first, last = int(start / BACKCHANNEL_WINDOW_S), int(end / BACKCHANNEL_WINDOW_S)
-        bins[first:min(last + 1, bins.size)] += 1
+        bins[first : min(last + 1, bins.size)] += 1
     bins = bins + BACKCHANNEL_EPSILON
     bins = bins / bins.sum()
     gt = np.asarray(gt_distribution, float)
@@ -164,8 +176,9 @@ def overlaps(user: Sequence[Segment], model: Sequence[Segment]) -> list[list[flo
         key = int(round(e * 1000))
         if key not in best or (e - s) < (best[key][1] - best[key][0]):
             best[key] = (s, e)
-    return [[round(s, TIMING_DECIMALS), round(e, TIMING_DECIMALS)]
-            for s, e in sorted(best.values(), key=lambda x: x[1])]
+    return [
+        [round(s, TIMING_DECIMALS), round(e, TIMING_DECIMALS)] for s, e in sorted(best.values(), key=lambda x: x[1])
+    ]
 
 
 def response_gaps(user: Sequence[Segment], model: Sequence[Segment]) -> list[list[float]]:
@@ -194,8 +207,12 @@ def timing(user_segments: Sequence[Segment], model_segments: Sequence[Segment]) 
     user, model = merge(user_segments, USER_MERGE_GAP_S), merge(model_segments, MODEL_MERGE_GAP_S)
     stops, gaps = overlaps(user, model), response_gaps(user, model)
     mean = lambda intervals: float(np.mean([e - s for s, e in intervals])) if intervals else None  # noqa: E731
-    return {"latency_stop_list": stops, "latency_resp_list": gaps, "stop_latency_s": mean(stops),
-            "response_latency_s": mean(gaps)}
+    return {
+        "latency_stop_list": stops,
+        "latency_resp_list": gaps,
+        "stop_latency_s": mean(stops),
+        "response_latency_s": mean(gaps),
+    }
 
 
 def check_transcript(data, duration_s: float | None = None, tolerance_s: float = 0.05) -> list[dict]:
@@ -207,14 +224,18 @@ def check_transcript(data, duration_s: float | None = None, tolerance_s: float =
     previous = -math.inf
     for k, chunk in enumerate(data["chunks"]):
         stamp = chunk.get("timestamp") if isinstance(chunk, dict) else None
-        if (not isinstance(stamp, (list, tuple)) or len(stamp) != 2
-                or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
-                           for t in stamp)):
+        if (
+            not isinstance(stamp, (list, tuple))
+            or len(stamp) != 2
+            or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in stamp)
+        ):
             raise ValueError(f"chunk {k}: timestamp {stamp!r}, expected [start_s, end_s] (numbers)")
         if stamp[0] < previous:
             raise ValueError(f"chunk {k}: starts at {stamp[0]} s, before the word ahead of it ({previous} s)")
         previous = stamp[0]
         if duration_s is not None and stamp[1] > duration_s + tolerance_s:
-            raise ValueError(f"chunk {k} ({chunk.get('text')!r}) ends at {stamp[1]:.3f} s, after the end of its "
-                             f"audio at {duration_s:.3f} s: a transcript of another run")
+            raise ValueError(
+                f"chunk {k} ({chunk.get('text')!r}) ends at {stamp[1]:.3f} s, after the end of its "
+                f"audio at {duration_s:.3f} s: a transcript of another run"
+            )
     return data["chunks"]

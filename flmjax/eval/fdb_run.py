@@ -75,21 +75,37 @@ def sample_seed(sample, prefix: str = "") -> int:
 Session = tuple[Sample, str]  # a sample and its prefix: "" (input.wav) or "clean_" (clean_input.wav)
 
 
-def _read_group(group: Sequence[Session], allow_nonfinite: bool, skipped: dict[str, str],
-                log: Callable[[str], None]) -> tuple[list[Session], list[tuple[np.ndarray, int, int]]]:
+def _read_group(
+    group: Sequence[Session], allow_nonfinite: bool, skipped: dict[str, str], log: Callable[[str], None]
+) -> tuple[list[Session], list[tuple[np.ndarray, int, int]]]:
     """The sessions of `group` whose input reads, and their `read_input`s; the others' samples go to `skipped`."""
-    kept, inputs, bad = read_each(group, lambda job: read_input(job[0].folder / f"{job[1]}{INPUT_WAV}",
-                                                                allow_nonfinite))
+    kept, inputs, bad = read_each(
+        group, lambda job: read_input(job[0].folder / f"{job[1]}{INPUT_WAV}", allow_nonfinite)
+    )
     for (sample, _), reason in bad:
         skipped[sample.rel] = reason
         log(f"fdb: warning: skipping {sample.rel}: {reason}")
     return kept, inputs
 
 
-def run_samples(samples: Sequence[Sample], out_dir, config, params, mimi_config, mimi_params, *,
-                batch: int = 4, sampling=None, seed: int = 0, max_frames: int | None = None,
-                sliding_window: bool = False, log: Callable[[str], None] | None = None,
-                done_before: int = 0, total: int | None = None, allow_nonfinite: bool = False) -> RunStats:
+def run_samples(
+    samples: Sequence[Sample],
+    out_dir,
+    config,
+    params,
+    mimi_config,
+    mimi_params,
+    *,
+    batch: int = 4,
+    sampling=None,
+    seed: int = 0,
+    max_frames: int | None = None,
+    sliding_window: bool = False,
+    log: Callable[[str], None] | None = None,
+    done_before: int = 0,
+    total: int | None = None,
+    allow_nonfinite: bool = False,
+) -> RunStats:
     """Streams the unfinished sessions of `samples` (input.wav, and v1.5's clean_input.wav as a session of its
     own) through the model, `batch` at a time as parallel sessions, and writes each one's frames.npz and
     output.wav (clean_frames.npz, clean_output.wav) atomically under `out_dir`, removing the transcript of an
@@ -101,7 +117,7 @@ def run_samples(samples: Sequence[Sample], out_dir, config, params, mimi_config,
     jobs = [(s, p) for s in samples for p in s.prefixes if not is_complete(s, out_dir, p)]
     lengths = {(s.rel, p): session_frames(s, p) for s, p in jobs}
     order = sorted(jobs, key=lambda job: (-lengths[job[0].rel, job[1]], job[0].rel, job[1]))
-    groups = [order[i:i + batch] for i in range(0, len(order), batch)]
+    groups = [order[i : i + batch] for i in range(0, len(order), batch)]
     max_frames = max(lengths.values(), default=1) if max_frames is None else max_frames
     stats, start, finished = RunStats(), time.perf_counter(), set()
     for index, group in enumerate(groups):
@@ -116,10 +132,18 @@ def run_samples(samples: Sequence[Sample], out_dir, config, params, mimi_config,
             if step == steps or step % 25 == 0:
                 log(f"  {batch_label}: step {step}/{steps}")
 
-        result = sessions.run_sessions(config, params, [audio for audio, _, _ in inputs], sampling=sampling,
-                                       max_frames=max_frames, sliding_window=sliding_window, seed=seed,
-                                       session_seeds=[sample_seed(s, p) for s, p in group], progress=progress,
-                                       codec=audio_sessions.streaming_codec(config, mimi_config, mimi_params))
+        result = sessions.run_sessions(
+            config,
+            params,
+            [audio for audio, _, _ in inputs],
+            sampling=sampling,
+            max_frames=max_frames,
+            sliding_window=sliding_window,
+            seed=seed,
+            session_seeds=[sample_seed(s, p) for s, p in group],
+            progress=progress,
+            codec=audio_sessions.streaming_codec(config, mimi_config, mimi_params),
+        )
         for i, (sample, prefix) in enumerate(group):
             _, n_samples, rate = inputs[i]
             folder = sample.out_folder(out_dir)
@@ -128,24 +152,37 @@ def run_samples(samples: Sequence[Sample], out_dir, config, params, mimi_config,
             bad = ~np.isfinite(voice)
             if bad.any():  # e.g. a speak code outside the codebook (the audio pad id) decodes to NaN
                 outside = np.argwhere(frames[:, 1:] >= mimi_config.bins)
-                where = (f"; first speak code outside the codec's {mimi_config.bins} at model frame "
-                         f"{outside[0][0]}, codebook {outside[0][1]}: {frames[outside[0][0], 1 + outside[0][1]]}"
-                         if outside.size else "")
-                log(f"fdb: warning: {sample.rel}: {int(bad.sum())} non-finite samples in the model's voice from "
-                    f"{np.argmax(bad) / MODEL_RATE:.2f} s, written as silence{where}")
+                where = (
+                    f"; first speak code outside the codec's {mimi_config.bins} at model frame "
+                    f"{outside[0][0]}, codebook {outside[0][1]}: {frames[outside[0][0], 1 + outside[0][1]]}"
+                    if outside.size
+                    else ""
+                )
+                log(
+                    f"fdb: warning: {sample.rel}: {int(bad.sum())} non-finite samples in the model's voice from "
+                    f"{np.argmax(bad) / MODEL_RATE:.2f} s, written as silence{where}"
+                )
                 voice = np.where(bad, np.float32(0), voice)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{prefix}{OUTPUT_JSON}").unlink(missing_ok=True)  # the transcript of an earlier output
-            write_npz_atomic(folder / f"{prefix}{FRAMES_NPZ}", frames=frames, text_ids=frames[:, 0],
-                             speak_codes=frames[:, 1:].T, listen_codes=np.asarray(result.heard[i]).T,
-                             text_wait_id=np.int32(config.text_wait_id), frame_s=np.float32(FRAME_S),
-                             nonfinite_audio_s=np.float32(bad.sum() / MODEL_RATE))
+            write_npz_atomic(
+                folder / f"{prefix}{FRAMES_NPZ}",
+                frames=frames,
+                text_ids=frames[:, 0],
+                speak_codes=frames[:, 1:].T,
+                listen_codes=np.asarray(result.heard[i]).T,
+                text_wait_id=np.int32(config.text_wait_id),
+                frame_s=np.float32(FRAME_S),
+                nonfinite_audio_s=np.float32(bad.sum() / MODEL_RATE),
+            )
             write_wav_atomic(folder / f"{prefix}{OUTPUT_WAV}", to_input_timeline(voice, n_samples, rate), rate)
             if is_complete(sample, out_dir):
                 finished.add(sample.rel)
         stats.samples = len(finished)
         stats.audio_s += seconds
         stats.wall_s = time.perf_counter() - start
-        log(f"fdb: {done_before + stats.samples}/{total} samples done (batch {index + 1}/{len(groups)}: "
-            f"{len(group)} sessions, {seconds:.1f} s of audio; {stats.wall_s:.1f} s so far)")
+        log(
+            f"fdb: {done_before + stats.samples}/{total} samples done (batch {index + 1}/{len(groups)}: "
+            f"{len(group)} sessions, {seconds:.1f} s of audio; {stats.wall_s:.1f} s so far)"
+        )
     return stats

@@ -7,13 +7,15 @@ made on a GPU machine: then the FDB columns are the benchmark's numbers).
 Columns of a per-sample record (`summary.json` `samples`); `fdb_*` are FDB's metrics, computed as its scripts
 compute them; `flmjax_*` are flmjax's own views and never enter an `fdb_*` column:
 
-| column | family | FDB file, function |
-| --- | --- | --- |
-| `fdb_TOR`, `fdb_latency_s` | turn_taking | `eval_smooth_turn_taking.py` `eval_smooth_turn_taking` |
-| `fdb_TOR` | pause_handling | `eval_pause_handling.py` `eval_pause_handling` |
-| `fdb_TOR`, `fdb_latency_s` | user_interruption (v1) | `eval_user_interruption.py` `eval_user_interruption`, on the transcript cropped at the interruption's end (`get_transcript/asr.py --task user_interruption`) |
-| `fdb_TOR`, `fdb_frequency_per_s`, `fdb_jsd` | backchannel | `eval_backchannel.py` `eval_backchannel` (JSD with `--icc_gt`) |
-| `fdb_stop_latency_s`, `fdb_response_latency_s`, `fdb_timing` | v1.5 | `get_timing.py` `process_folder` (`overlaps`, `response_gaps`); the per-sample mean interval is flmjax's reduction of its lists |
+FDB's columns, by family, each with the FDB file and function it follows:
+- turn_taking: `fdb_TOR`, `fdb_latency_s` (`eval_smooth_turn_taking.py` `eval_smooth_turn_taking`).
+- pause_handling: `fdb_TOR` (`eval_pause_handling.py` `eval_pause_handling`).
+- user_interruption (v1): `fdb_TOR`, `fdb_latency_s` (`eval_user_interruption.py` `eval_user_interruption`, on the
+  transcript cropped at the interruption's end: `get_transcript/asr.py --task user_interruption`).
+- backchannel: `fdb_TOR`, `fdb_frequency_per_s`, `fdb_jsd` (`eval_backchannel.py` `eval_backchannel`; JSD with
+  `--icc_gt`).
+- v1.5: `fdb_stop_latency_s`, `fdb_response_latency_s`, `fdb_timing` (`get_timing.py` `process_folder`: `overlaps`,
+  `response_gaps`; the per-sample mean interval is flmjax's reduction of its lists).
 
 flmjax's columns: `flmjax_n_words` (words in output.json), `flmjax_model_speech_s` (Silero speech, merged over
 0.5 s), `flmjax_n_backchannels`; for interruptions and v1.5 the VAD view of the model's reaction
@@ -103,10 +105,15 @@ def ensure_transcripts(sample: Sample, out_dir, mode: str, log: Callable[[str], 
             sources[prefix] = data.get("recogniser", "kept") if isinstance(data, dict) else "kept"
             crop = crop_s(sample, prefix)
             chunks = data.get("chunks") if isinstance(data, dict) else None
-            if crop and isinstance(chunks, list) and any(
-                    isinstance(c, dict) and (c.get("timestamp") or [math.inf])[0] < crop for c in chunks):
-                log(f"fdb: warning: {sample.rel}: kept {path.name} has words before the interruption's end at "
-                    f"{crop:g} s: not cropped as `asr.py --task user_interruption` does; scored as it is")
+            if (
+                crop
+                and isinstance(chunks, list)
+                and any(isinstance(c, dict) and (c.get("timestamp") or [math.inf])[0] < crop for c in chunks)
+            ):
+                log(
+                    f"fdb: warning: {sample.rel}: kept {path.name} has words before the interruption's end at "
+                    f"{crop:g} s: not cropped as `asr.py --task user_interruption` does; scored as it is"
+                )
             continue
         audio, rate = audio_lib.read_wav(folder / f"{prefix}{OUTPUT_WAV}")
         data = transcript(audio.mean(axis=0), rate, crop_s(sample, prefix))
@@ -144,8 +151,11 @@ def _mono(path: pathlib.Path, allow_nonfinite: bool = False) -> tuple[np.ndarray
 
 def _interruption_view(model_segments, start: float, end: float) -> dict:
     view = duplex.user_interruption(model_segments, start, end)
-    return {"flmjax_vad_was_speaking": view.was_speaking, "flmjax_vad_stopped": view.stopped,
-            "flmjax_vad_stop_latency_s": view.stop_latency_s}
+    return {
+        "flmjax_vad_was_speaking": view.was_speaking,
+        "flmjax_vad_stopped": view.stopped,
+        "flmjax_vad_stop_latency_s": view.stop_latency_s,
+    }
 
 
 def score_sample(sample: Sample, out_dir, icc_gt: dict | None = None, allow_nonfinite: bool = False) -> dict:
@@ -154,8 +164,12 @@ def score_sample(sample: Sample, out_dir, icc_gt: dict | None = None, allow_nonf
     chunks = read_chunks(sample, out_dir)
     output, rate = _mono(folder / OUTPUT_WAV)
     duration = output.size / rate
-    record: dict[str, Any] = {"sample": sample.out_rel, "task": sample.task, "family": sample.family,
-                              "task_info": {"duration_s": duration, **sample.info}}
+    record: dict[str, Any] = {
+        "sample": sample.out_rel,
+        "task": sample.task,
+        "family": sample.family,
+        "task_info": {"duration_s": duration, **sample.info},
+    }
     segments = silero_segments(output, rate)
     info, family = sample.info, sample.family
     if family == "turn_taking":
@@ -166,8 +180,12 @@ def score_sample(sample: Sample, out_dir, icc_gt: dict | None = None, allow_nonf
         rounded = [(round(s, 1), round(e, 1)) for s, e in segments]  # get_speech_timestamps(return_seconds=True)
         gt = None if icc_gt is None else icc_gt.get(sample.folder.name)
         result = fdb_metrics.backchannel(rounded, chunks, duration, gt)
-        record.update(fdb_TOR=result["TOR"], fdb_frequency_per_s=result["frequency_per_s"], fdb_jsd=result["jsd"],
-                      flmjax_n_backchannels=result["n_backchannels"])
+        record.update(
+            fdb_TOR=result["TOR"],
+            fdb_frequency_per_s=result["frequency_per_s"],
+            fdb_jsd=result["jsd"],
+            flmjax_n_backchannels=result["n_backchannels"],
+        )
         if icc_gt is not None and gt is None and result["n_backchannels"]:
             record["fdb_jsd_missing"] = f"no entry {sample.folder.name!r} in --icc_gt"
     elif sample.task_file is not None and sample.task_file.name == "interrupt.json":
@@ -178,8 +196,11 @@ def score_sample(sample: Sample, out_dir, icc_gt: dict | None = None, allow_nonf
     if sample.task_file is not None and sample.task_file.name == "metadata.json":
         user, user_rate = _mono(sample.folder / INPUT_WAV, allow_nonfinite)
         timing = fdb_metrics.timing(silero_segments(user, user_rate), segments)
-        record.update(fdb_stop_latency_s=timing["stop_latency_s"], fdb_response_latency_s=timing["response_latency_s"],
-                      fdb_timing={k: timing[k] for k in ("latency_stop_list", "latency_resp_list")})
+        record.update(
+            fdb_stop_latency_s=timing["stop_latency_s"],
+            fdb_response_latency_s=timing["response_latency_s"],
+            fdb_timing={k: timing[k] for k in ("latency_stop_list", "latency_resp_list")},
+        )
         after = [c for c in chunks if c["timestamp"][0] >= info["event_end_s"]]
         record["flmjax_TOR_after_event"] = fdb_metrics.turn_decision(after)[0]
         if CLEAN in sample.prefixes:
@@ -188,9 +209,11 @@ def score_sample(sample: Sample, out_dir, icc_gt: dict | None = None, allow_nonf
             clean_user, clean_rate = _mono(sample.folder / f"{CLEAN}{INPUT_WAV}", allow_nonfinite)
             clean_out, out_rate = _mono(folder / f"{CLEAN}{OUTPUT_WAV}")
             clean = fdb_metrics.timing(silero_segments(clean_user, clean_rate), silero_segments(clean_out, out_rate))
-            record.update(flmjax_clean_TOR_after_event=fdb_metrics.turn_decision(clean_after)[0],
-                          flmjax_clean_stop_latency_s=clean["stop_latency_s"],
-                          flmjax_clean_response_latency_s=clean["response_latency_s"])
+            record.update(
+                flmjax_clean_TOR_after_event=fdb_metrics.turn_decision(clean_after)[0],
+                flmjax_clean_stop_latency_s=clean["stop_latency_s"],
+                flmjax_clean_response_latency_s=clean["response_latency_s"],
+            )
     record["flmjax_model_speech_s"] = float(sum(e - s for s, e in merged))
     record["flmjax_n_words"] = len(chunks)
     with np.load(folder / FRAMES_NPZ) as stored:
@@ -211,10 +234,12 @@ def load_icc_gt(path) -> dict:
 
 def fdb_commands(tasks: dict[str, str], families: dict[str, str], out_dir) -> list[str]:
     """The commands that score OUT with FDB's own scripts (run in FDB's `v1_v1.5/evaluation/` folder)."""
-    scripts = {"turn_taking": "python evaluate.py --task smooth_turn_taking --root_dir {}",
-               "pause_handling": "python evaluate.py --task pause_handling --root_dir {}",
-               "user_interruption": "python evaluate.py --task user_interruption --root_dir {}",
-               "backchannel": "python evaluate.py --task backchannel --root_dir {}"}
+    scripts = {
+        "turn_taking": "python evaluate.py --task smooth_turn_taking --root_dir {}",
+        "pause_handling": "python evaluate.py --task pause_handling --root_dir {}",
+        "user_interruption": "python evaluate.py --task user_interruption --root_dir {}",
+        "backchannel": "python evaluate.py --task backchannel --root_dir {}",
+    }
     out, lines = pathlib.Path(out_dir), []
     for task, task_dir in sorted(tasks.items()):
         root = out / task_dir
@@ -226,10 +251,18 @@ def fdb_commands(tasks: dict[str, str], families: dict[str, str], out_dir) -> li
     return lines
 
 
-def score_samples(samples: Sequence[Sample], out_dir, *, transcripts: str = "flmjax", icc_gt: dict | None = None,
-                  tokenizer=None, timeline_sample: str | None = None, skipped: dict[str, str] | None = None,
-                  allow_nonfinite: bool = False, log: Callable[[str], None] | None = None
-                  ) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path | None]:
+def score_samples(
+    samples: Sequence[Sample],
+    out_dir,
+    *,
+    transcripts: str = "flmjax",
+    icc_gt: dict | None = None,
+    tokenizer=None,
+    timeline_sample: str | None = None,
+    skipped: dict[str, str] | None = None,
+    allow_nonfinite: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path | None]:
     """Fills OUT with what FDB's scripts read (inputs, task files, transcripts), scores every finished sample
     (`skipped`: {rel: reason} of samples left out before; a sample whose transcript is unusable joins them) and
     writes OUT/summary.md, OUT/summary.json (per task folder, keyed by its name) and OUT/timeline.png (of
@@ -243,8 +276,10 @@ def score_samples(samples: Sequence[Sample], out_dir, *, transcripts: str = "flm
         place_inputs(sample, out_dir)
         sources = ensure_transcripts(sample, out_dir, transcripts, log)
         if sample.family == "backchannel" and not sample.folder.name.isdigit():
-            log(f"fdb: warning: {sample.rel}: eval_backchannel.py scores only folders named by digits; "
-                "FDB's script will leave this one out")
+            log(
+                f"fdb: warning: {sample.rel}: eval_backchannel.py scores only folders named by digits; "
+                "FDB's script will leave this one out"
+            )
         try:
             record = score_sample(sample, out_dir, icc_gt, allow_nonfinite)
         except FdbError as error:
@@ -258,15 +293,20 @@ def score_samples(samples: Sequence[Sample], out_dir, *, transcripts: str = "flm
             log(f"fdb: scored {k + 1}/{len(done)} samples")
     md_path, json_path = report.write_summary(out_dir, per_task, title=SUMMARY_TITLE)
     tasks = {s.task: s.task_dir for s in scored}
-    families = {s.task: ("v1.5" if s.task_file is not None and s.task_file.name == "metadata.json" else s.family)
-                for s in scored}
+    families = {
+        s.task: ("v1.5" if s.task_file is not None and s.task_file.name == "metadata.json" else s.family)
+        for s in scored
+    }
     commands = fdb_commands(tasks, families, out_dir)
     unscored = [s.rel for s in samples if s not in done and s.rel not in skipped]
-    extra = (f"\n{len(unscored)} of {len(samples)} samples have no output yet and are not scored.\n"
-             if unscored else "")
-    md_path.write_text(md_path.read_text() + SUMMARY_NOTES + "\nFDB's own scripts on this folder (in FDB's "
-                       "`v1_v1.5/evaluation/`, after `get_transcript/asr.py` or with these transcripts):\n\n"
-                       + "".join(f"    {c}\n" for c in commands) + extra + _skipped_markdown(skipped))
+    extra = f"\n{len(unscored)} of {len(samples)} samples have no output yet and are not scored.\n" if unscored else ""
+    md_path.write_text(
+        md_path.read_text() + SUMMARY_NOTES + "\nFDB's own scripts on this folder (in FDB's "
+        "`v1_v1.5/evaluation/`, after `get_transcript/asr.py` or with these transcripts):\n\n"
+        + "".join(f"    {c}\n" for c in commands)
+        + extra
+        + _skipped_markdown(skipped)
+    )
     summary = json.loads(json_path.read_text())
     for task, entry in summary["tasks"].items():
         entry["root_dir"] = tasks[task]
@@ -280,16 +320,18 @@ def score_samples(samples: Sequence[Sample], out_dir, *, transcripts: str = "flm
         chosen = next((s for s in scored if s.rel == timeline_sample), None) if timeline_sample else scored[0]
         if chosen is None:
             raise FdbError(f"--timeline {timeline_sample}: no scored sample has that path (e.g. {scored[0].rel})")
-        timeline_path = plot_sample_timeline(chosen, out_dir, pathlib.Path(out_dir) / "timeline.png", tokenizer,
-                                             allow_nonfinite)
+        timeline_path = plot_sample_timeline(
+            chosen, out_dir, pathlib.Path(out_dir) / "timeline.png", tokenizer, allow_nonfinite
+        )
     return md_path, json_path, timeline_path
 
 
 def _skipped_markdown(skipped: dict[str, str]) -> str:
     if not skipped:
         return ""
-    return (f"\n{len(skipped)} samples skipped (not run, not scored):\n\n"
-            + "".join(f"- `{rel}`: {reason}\n" for rel, reason in sorted(skipped.items())))
+    return f"\n{len(skipped)} samples skipped (not run, not scored):\n\n" + "".join(
+        f"- `{rel}`: {reason}\n" for rel, reason in sorted(skipped.items())
+    )
 
 
 def _monologue(npz_path: pathlib.Path, tokenizer=None) -> list[tuple[float, str]]:
@@ -298,18 +340,26 @@ def _monologue(npz_path: pathlib.Path, tokenizer=None) -> list[tuple[float, str]
         wait_id = int(stored["text_wait_id"])
         frame_s = float(stored["frame_s"]) if "frame_s" in stored else FRAME_S
         text_ids = np.asarray(stored["text_ids"]).tolist()
-    return [((k + 1) * frame_s, tokenizer.decode([t]) if tokenizer is not None else str(t))
-            for k, t in enumerate(text_ids) if t != wait_id]
+    return [
+        ((k + 1) * frame_s, tokenizer.decode([t]) if tokenizer is not None else str(t))
+        for k, t in enumerate(text_ids)
+        if t != wait_id
+    ]
 
 
-def plot_sample_timeline(sample: Sample, out_dir, path_png, tokenizer=None,
-                         allow_nonfinite: bool = False) -> pathlib.Path:
+def plot_sample_timeline(
+    sample: Sample, out_dir, path_png, tokenizer=None, allow_nonfinite: bool = False
+) -> pathlib.Path:
     """timeline.png of one sample: the user's speech (input.wav), the model's (output.wav) and its monologue."""
     user, user_rate = audio_lib.read_wav(sample.folder / INPUT_WAV, allow_nonfinite)
     model, model_rate = audio_lib.read_wav(sample.out_folder(out_dir) / OUTPUT_WAV)
     path = pathlib.Path(path_png)
-    timeline.plot_timeline(path, vad.speech_segments(user.mean(axis=0), user_rate, merge_gap_s=vad.USER_MERGE_GAP_S),
-                           vad.speech_segments(model.mean(axis=0), model_rate),
-                           _monologue(sample.out_folder(out_dir) / FRAMES_NPZ, tokenizer),
-                           title=f"{sample.task}: {sample.out_rel}", duration_s=user.shape[1] / user_rate)
+    timeline.plot_timeline(
+        path,
+        vad.speech_segments(user.mean(axis=0), user_rate, merge_gap_s=vad.USER_MERGE_GAP_S),
+        vad.speech_segments(model.mean(axis=0), model_rate),
+        _monologue(sample.out_folder(out_dir) / FRAMES_NPZ, tokenizer),
+        title=f"{sample.task}: {sample.out_rel}",
+        duration_s=user.shape[1] / user_rate,
+    )
     return path

@@ -9,8 +9,16 @@ import pathlib
 
 # TOR is "higher is better" for turn-taking and "lower is better" for pauses and backchannels: never pooled
 # (`fdb_score`'s names included).
-NOT_POOLED = frozenset({"took_turn", "fdb_TOR", "flmjax_TOR_after_event", "flmjax_clean_TOR_after_event",
-                        "flmjax_vad_stopped", "flmjax_vad_was_speaking"})
+NOT_POOLED = frozenset(
+    {
+        "took_turn",
+        "fdb_TOR",
+        "flmjax_TOR_after_event",
+        "flmjax_clean_TOR_after_event",
+        "flmjax_vad_stopped",
+        "flmjax_vad_was_speaking",
+    }
+)
 
 
 def _as_dict(result) -> dict:
@@ -59,8 +67,9 @@ def summary_table(per_sample_results) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", summary
 
 
-def write_summary(out_dir, per_sample_results, title: str = "Full-duplex evaluation") -> tuple[pathlib.Path,
-                                                                                                  pathlib.Path]:
+def write_summary(
+    out_dir, per_sample_results, title: str = "Full-duplex evaluation"
+) -> tuple[pathlib.Path, pathlib.Path]:
     """Writes `summary.md` (title + table) and `summary.json` (the summary and every per-sample result) into
     `out_dir` (created); returns their paths."""
     out = pathlib.Path(out_dir)

@@ -8,10 +8,18 @@ from flmjax import viz
 HIDDEN_TOKENS = viz.HIDDEN_TOKENS
 
 
-def plot_timeline(path_png, user_segments, model_segments, monologue=(), title: str = "",
-                  duration_s: float | None = None, hidden_tokens=HIDDEN_TOKENS):
+def plot_timeline(
+    path_png,
+    user_segments,
+    model_segments,
+    monologue=(),
+    title: str = "",
+    duration_s: float | None = None,
+    hidden_tokens=HIDDEN_TOKENS,
+):
     """`viz.plot_timeline` saved at `path_png` (parent folders made); returns the Figure."""
-    fig = viz.plot_timeline(user_segments, model_segments, monologue, title=title, duration_s=duration_s,
-                            hidden_tokens=hidden_tokens)
+    fig = viz.plot_timeline(
+        user_segments, model_segments, monologue, title=title, duration_s=duration_s, hidden_tokens=hidden_tokens
+    )
     viz.save_png(fig, path_png)
     return fig

@@ -35,9 +35,16 @@ def thinking_activity(text_ids: np.ndarray, text_wait_id: int, text_pad_ids=()) 
     return ~np.isin(text, np.asarray([text_wait_id, *text_pad_ids], dtype=text.dtype))
 
 
-def model_activity_from_tokens(text_ids: np.ndarray, speak_codes: np.ndarray, *, text_wait_id: int,
-                               text_pad_ids=(), silence_codes=None, audio_pad_ids=(),
-                               view: str | None = None) -> np.ndarray:
+def model_activity_from_tokens(
+    text_ids: np.ndarray,
+    speak_codes: np.ndarray,
+    *,
+    text_wait_id: int,
+    text_pad_ids=(),
+    silence_codes=None,
+    audio_pad_ids=(),
+    view: str | None = None,
+) -> np.ndarray:
     """The model's per-frame activity bool [T] from its streamed tokens (text [T], speak codes [T, 8]).
 
     `view="speaking"` (the default when `silence_codes` is given): `speaking_activity`;
@@ -57,9 +64,15 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def token_duplex_metrics(user_activity: np.ndarray, model_activity: np.ndarray, frame_s: float = FRAME_S, *,
-                         response_window_s: float = 2.0, user_merge_gap_s: float = USER_MERGE_GAP_S,
-                         model_merge_gap_s: float = MODEL_MERGE_GAP_S) -> dict:
+def token_duplex_metrics(
+    user_activity: np.ndarray,
+    model_activity: np.ndarray,
+    frame_s: float = FRAME_S,
+    *,
+    response_window_s: float = 2.0,
+    user_merge_gap_s: float = USER_MERGE_GAP_S,
+    model_merge_gap_s: float = MODEL_MERGE_GAP_S,
+) -> dict:
     """Duplex behaviour from frame timelines user bool [T] and model bool [T].
 
     Segments: runs of active frames, merged across gaps up to FDB v1.5's 0.6 s (user) / 0.5 s (model).

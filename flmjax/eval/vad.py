@@ -42,17 +42,24 @@ def speech_probabilities(samples_16k: np.ndarray) -> np.ndarray:
     samples_16k = np.asarray(samples_16k, dtype=np.float32).reshape(-1)
     n_windows = -(-samples_16k.size // VAD_WINDOW_SAMPLES)
     padded = np.zeros(n_windows * VAD_WINDOW_SAMPLES, np.float32)
-    padded[:samples_16k.size] = np.clip(samples_16k, -1.0, 1.0)
+    padded[: samples_16k.size] = np.clip(samples_16k, -1.0, 1.0)
     vad = _silero()
     vad.reset()
     windows = padded.reshape(n_windows, VAD_WINDOW_SAMPLES)
     return np.array([vad.process_samples(w.tolist()) for w in windows], dtype=np.float32)
 
 
-def segments_from_probabilities(probs: np.ndarray, n_samples: int, *, sample_rate: int = VAD_SAMPLE_RATE,
-                                window_samples: int = VAD_WINDOW_SAMPLES, threshold: float = 0.5,
-                                min_speech_s: float = 0.25, min_silence_s: float = 0.1,
-                                speech_pad_s: float = 0.03) -> list[Segment]:
+def segments_from_probabilities(
+    probs: np.ndarray,
+    n_samples: int,
+    *,
+    sample_rate: int = VAD_SAMPLE_RATE,
+    window_samples: int = VAD_WINDOW_SAMPLES,
+    threshold: float = 0.5,
+    min_speech_s: float = 0.25,
+    min_silence_s: float = 0.1,
+    speech_pad_s: float = 0.03,
+) -> list[Segment]:
     """Per-window speech probabilities -> [(start_s, end_s)], following Silero's `get_speech_timestamps`
     (no maximum speech duration): speech starts at a window >= `threshold`, ends once the probability has
     stayed below `threshold - 0.15` for `min_silence_s`; segments not longer than `min_speech_s` are dropped;
@@ -91,9 +98,16 @@ def segments_from_probabilities(probs: np.ndarray, n_samples: int, *, sample_rat
     return [(s / sample_rate, e / sample_rate) for s, e in found]
 
 
-def speech_segments(samples: np.ndarray, sample_rate: int, *, merge_gap_s: float = MODEL_MERGE_GAP_S,
-                    threshold: float = 0.5, min_speech_s: float = 0.25, min_silence_s: float = 0.1,
-                    speech_pad_s: float = 0.03) -> list[Segment]:
+def speech_segments(
+    samples: np.ndarray,
+    sample_rate: int,
+    *,
+    merge_gap_s: float = MODEL_MERGE_GAP_S,
+    threshold: float = 0.5,
+    min_speech_s: float = 0.25,
+    min_silence_s: float = 0.1,
+    speech_pad_s: float = 0.03,
+) -> list[Segment]:
     """Mono float audio [n] (any rate; [-1, 1]) -> speech segments [(start_s, end_s)] from Silero VAD.
 
     Defaults are FDB's: Silero's default segmentation, then merging gaps up to 0.5 s (FDB v1.5's model
@@ -103,8 +117,14 @@ def speech_segments(samples: np.ndarray, sample_rate: int, *, merge_gap_s: float
     if samples_16k.size == 0:
         return []
     probs = speech_probabilities(samples_16k)
-    segments = segments_from_probabilities(probs, samples_16k.size, threshold=threshold, min_speech_s=min_speech_s,
-                                           min_silence_s=min_silence_s, speech_pad_s=speech_pad_s)
+    segments = segments_from_probabilities(
+        probs,
+        samples_16k.size,
+        threshold=threshold,
+        min_speech_s=min_speech_s,
+        min_silence_s=min_silence_s,
+        speech_pad_s=speech_pad_s,
+    )
     return merge_segments(segments, merge_gap_s)
 
 

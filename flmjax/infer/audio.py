@@ -21,8 +21,9 @@ from flmjax.config import ModelConfig
 from flmjax.infer import stream as stream_lib
 
 
-def voice_step(config: ModelConfig, mimi_config: codec.MimiConfig, mimi_params: Any, state: Any,
-               speak: np.ndarray) -> tuple[Any, np.ndarray]:
+def voice_step(
+    config: ModelConfig, mimi_config: codec.MimiConfig, mimi_params: Any, state: Any, speak: np.ndarray
+) -> tuple[Any, np.ndarray]:
     """One frame of the model's voice: speak codes [B, C] -> (codec state, pcm [B, 1920]); a frame holding a
     special id plays as silence (see the module docstring)."""
     size = stream_lib.codebook_size(config)
@@ -31,14 +32,13 @@ def voice_step(config: ModelConfig, mimi_config: codec.MimiConfig, mimi_params: 
     return state, np.where(silent[:, None], 0.0, np.asarray(pcm)[:, 0])
 
 
-def decode_voice(config: ModelConfig, mimi_config: codec.MimiConfig, mimi_params: Any,
-                 codes: np.ndarray) -> np.ndarray:
+def decode_voice(config: ModelConfig, mimi_config: codec.MimiConfig, mimi_params: Any, codes: np.ndarray) -> np.ndarray:
     """Codes [T, C] (the model's speak codes, or a user's) -> pcm [1920 T], frame by frame with `voice_step`."""
     state = codec.init_codec_stream(mimi_config, mimi_params, 1)
     pcm = np.zeros(len(codes) * mimi_config.frame_size, np.float32)
     for step, frame in enumerate(np.asarray(codes, np.int32)):
         state, chunk = voice_step(config, mimi_config, mimi_params, state, frame[None])
-        pcm[step * mimi_config.frame_size:(step + 1) * mimi_config.frame_size] = chunk[0]
+        pcm[step * mimi_config.frame_size : (step + 1) * mimi_config.frame_size] = chunk[0]
     return pcm
 
 
@@ -58,8 +58,9 @@ class StreamingCodec:
     def encode(self, pcm: np.ndarray, restart: np.ndarray) -> np.ndarray:
         """pcm [B, 1920] -> codes [B, C]; the encoder of each slot in `restart` [B] starts afresh first."""
         self._restart(restart, "encoder")
-        self.state, codes = codec.encode_step(self.mimi_config, self.mimi_params, self.state,
-                                              np.asarray(pcm, np.float32)[:, None, :])
+        self.state, codes = codec.encode_step(
+            self.mimi_config, self.mimi_params, self.state, np.asarray(pcm, np.float32)[:, None, :]
+        )
         return np.asarray(codes)[:, :, 0]
 
     def decode(self, speak: np.ndarray, restart: np.ndarray) -> np.ndarray:

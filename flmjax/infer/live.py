@@ -51,7 +51,7 @@ class TextPieces:
         text = self.tokenizer.decode(self._run)
         if not text.startswith(self._sent):  # a piece that changes how earlier ones read: send the new text whole
             self._sent = ""
-        piece, self._sent = text[len(self._sent):], text
+        piece, self._sent = text[len(self._sent) :], text
         return [piece] if piece else []
 
 
@@ -86,7 +86,7 @@ class LiveSession:
         pcm = np.asarray(pcm, np.float32).reshape(-1)
         if len(pcm) > room:
             self.dropped_samples += len(pcm) - max(room, 0)
-            pcm = pcm[:max(room, 0)]
+            pcm = pcm[: max(room, 0)]
         if len(pcm):
             self._chunks.append(pcm)
             self._buffered += len(pcm)
@@ -100,7 +100,7 @@ class LiveSession:
         while filled < self.frame_size:
             chunk = self._chunks.popleft()
             used = min(len(chunk), self.frame_size - filled)
-            out[filled:filled + used] = chunk[:used]
+            out[filled : filled + used] = chunk[:used]
             if used < len(chunk):
                 self._chunks.appendleft(chunk[used:])
             filled += used
@@ -150,9 +150,14 @@ class LiveSessions:
         number = self.started
         self.started += 1
         key = jax.random.fold_in(jax.random.key(self.seed), number if seed is None else seed)
-        session = LiveSession(number=number, key=key, sampling=sampling,
-                              text=TextPieces(self.tokenizer, self.scheduler.config.text_wait_id),
-                              frame_size=self.frame_size, max_frames=self.scheduler.max_frames)
+        session = LiveSession(
+            number=number,
+            key=key,
+            sampling=sampling,
+            text=TextPieces(self.tokenizer, self.scheduler.config.text_wait_id),
+            frame_size=self.frame_size,
+            max_frames=self.scheduler.max_frames,
+        )
         self.sessions.append(session)
         return session
 
@@ -194,8 +199,14 @@ class LiveSessions:
                 continue
             session.frames_served += 1
             self.frames_served += 1
-            served.append(Served(session, tick.frames[slot].copy(), tick.voice[slot].copy(),
-                                 session.text.push(int(tick.frames[slot, 0]))))
+            served.append(
+                Served(
+                    session,
+                    tick.frames[slot].copy(),
+                    tick.voice[slot].copy(),
+                    session.text.push(int(tick.frames[slot, 0])),
+                )
+            )
         return served
 
     def _drop(self, session: LiveSession) -> None:
@@ -207,7 +218,13 @@ class LiveSessions:
     def health(self) -> dict[str, Any]:
         """Slots in use / total, frames served, tick latency p50/p99 (ms) so far, late ticks, underruns."""
         times = np.asarray(self.tick_s) * 1e3
-        return {"slots_in_use": len(self.sessions), "slots_total": self.slots, "frames_served": self.frames_served,
-                "tick_ms_p50": float(np.percentile(times, 50)) if len(times) else None,
-                "tick_ms_p99": float(np.percentile(times, 99)) if len(times) else None,
-                "ticks": self.ticks, "late_ticks": self.late_ticks, "underruns": self.underruns}
+        return {
+            "slots_in_use": len(self.sessions),
+            "slots_total": self.slots,
+            "frames_served": self.frames_served,
+            "tick_ms_p50": float(np.percentile(times, 50)) if len(times) else None,
+            "tick_ms_p99": float(np.percentile(times, 99)) if len(times) else None,
+            "ticks": self.ticks,
+            "late_ticks": self.late_ticks,
+            "underruns": self.underruns,
+        }

@@ -65,8 +65,11 @@ class SamplingConfig:
         config = cls(do_sample=False)
         if repetition_penalty:
             return config
-        return dataclasses.replace(config, text=dataclasses.replace(config.text, repetition_penalty=1.0),
-                                   audio=dataclasses.replace(config.audio, repetition_penalty=1.0))
+        return dataclasses.replace(
+            config,
+            text=dataclasses.replace(config.text, repetition_penalty=1.0),
+            audio=dataclasses.replace(config.audio, repetition_penalty=1.0),
+        )
 
 
 @struct.dataclass
@@ -84,13 +87,17 @@ class SamplingRows:
     @classmethod
     def of(cls, settings: StreamSampling, do_sample: bool, batch_size: int) -> "SamplingRows":
         """`settings` for every one of `batch_size` rows (`do_sample=False`: temperature 0, argmax)."""
+
         def full(value, dtype):
             return jnp.full((batch_size,), value, dtype)
 
-        return cls(temperature=full(settings.temperature if do_sample else 0.0, jnp.float32),
-                   top_p=full(settings.top_p, jnp.float32), top_k=full(settings.top_k, jnp.int32),
-                   repetition_penalty=full(settings.repetition_penalty, jnp.float32),
-                   window=full(settings.window, jnp.int32))
+        return cls(
+            temperature=full(settings.temperature if do_sample else 0.0, jnp.float32),
+            top_p=full(settings.top_p, jnp.float32),
+            top_k=full(settings.top_k, jnp.int32),
+            repetition_penalty=full(settings.repetition_penalty, jnp.float32),
+            window=full(settings.window, jnp.int32),
+        )
 
 
 @struct.dataclass
@@ -102,12 +109,15 @@ class SlotSampling:
 
     @classmethod
     def of(cls, config: "SamplingConfig", batch_size: int) -> "SlotSampling":
-        return cls(text=SamplingRows.of(config.text, config.do_sample, batch_size),
-                   audio=SamplingRows.of(config.audio, config.do_sample, batch_size))
+        return cls(
+            text=SamplingRows.of(config.text, config.do_sample, batch_size),
+            audio=SamplingRows.of(config.audio, config.do_sample, batch_size),
+        )
 
 
-def window_mask(history: jax.Array, vocab_size: int, window: jax.Array | None = None,
-                count: jax.Array | None = None) -> jax.Array:
+def window_mask(
+    history: jax.Array, vocab_size: int, window: jax.Array | None = None, count: jax.Array | None = None
+) -> jax.Array:
     """history [B, W] ids (EMPTY = none) -> bool [B, vocab_size]: the distinct ids present.
 
     With `window` [B] and `count` [B] (tokens pushed so far, see `push`): only the last `window` pushed."""
@@ -121,8 +131,9 @@ def window_mask(history: jax.Array, vocab_size: int, window: jax.Array | None = 
     return jnp.zeros((history.shape[0], vocab_size), bool).at[rows, ids].max(valid)
 
 
-def apply_repetition_penalty(logits: jax.Array, history: jax.Array, penalty, window: jax.Array | None = None,
-                             count: jax.Array | None = None) -> jax.Array:
+def apply_repetition_penalty(
+    logits: jax.Array, history: jax.Array, penalty, window: jax.Array | None = None, count: jax.Array | None = None
+) -> jax.Array:
     """logits [B, V], history [B, W] -> logits with every id in the window penalised (`l*p` if l<0 else `l/p`).
 
     `penalty`: one number, or [B] (one per row, with `window`/`count` as in `window_mask`)."""
@@ -162,8 +173,9 @@ def _keep_while(probs: jax.Array, weights: jax.Array, limit: jax.Array, unroll: 
     return bits >= hi
 
 
-def sample(logits: jax.Array, settings: "StreamSampling | SamplingRows", do_sample: bool, keys: jax.Array,
-           unroll: bool = False) -> jax.Array:
+def sample(
+    logits: jax.Array, settings: "StreamSampling | SamplingRows", do_sample: bool, keys: jax.Array, unroll: bool = False
+) -> jax.Array:
     """logits [B, V] (penalties already applied), keys [B] (one per row) -> ids [B] int32.
 
     `settings`: one `StreamSampling` for every row, or `SamplingRows` (a row with temperature 0 takes the

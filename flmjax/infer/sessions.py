@@ -74,9 +74,18 @@ class Scheduler:
     """The slots of one stream: `open` a session (a slot and its key), `step` every slot by one frame,
     `close` it. Slots without a session run on the idle input and their outputs are ignored."""
 
-    def __init__(self, config: ModelConfig, params: Any, *, slots: int, max_frames: int,
-                 sampling: SamplingConfig | None = None, sliding_window: bool = False, mesh=None,
-                 codec: StreamingCodec | None = None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        params: Any,
+        *,
+        slots: int,
+        max_frames: int,
+        sampling: SamplingConfig | None = None,
+        sliding_window: bool = False,
+        mesh=None,
+        codec: StreamingCodec | None = None,
+    ):
         self.config, self.params, self.codec = config, params, codec
         self.state = stream_lib.init_stream(config, params, slots, max_frames, sampling, sliding_window, mesh)
         if mesh is not None:
@@ -128,7 +137,8 @@ class Scheduler:
             settings = None
             if any(self._settings[b] is not None for b in np.flatnonzero(self._starting)):
                 settings = stream_lib.slot_sampling(
-                    self.state, [self._settings[b] if self._starting[b] else None for b in range(self.slots)])
+                    self.state, [self._settings[b] if self._starting[b] else None for b in range(self.slots)]
+                )
             self.state = stream_lib.reset_slots(self.state, mask, settings)
             self.cache_length[mask] = 0
         return ended
@@ -161,8 +171,16 @@ class Scheduler:
         self._decoder_restart = starting
         self.session_step[session_steps >= 0] += 1
         self.cache_length += 1
-        return Tick(frames=frames, emitted=emitted, session_steps=session_steps, heard=heard, voice=voice,
-                    ended=ended, model_s=model_s, codec_s=codec_s)
+        return Tick(
+            frames=frames,
+            emitted=emitted,
+            session_steps=session_steps,
+            heard=heard,
+            voice=voice,
+            ended=ended,
+            model_s=model_s,
+            codec_s=codec_s,
+        )
 
 
 # ---------------------------------------------------------------------------------------------- recorded sessions
@@ -190,11 +208,21 @@ class SessionsResult:
         return summary
 
 
-def run_sessions(config: ModelConfig, params: Any, inputs: Sequence[np.ndarray], *, slots: int | None = None,
-                 sampling: SamplingConfig | None = None, max_frames: int | None = None,
-                 sliding_window: bool = False, seed: int = 0, session_seeds: Sequence[int] | None = None,
-                 codec: Callable[[int], StreamingCodec] | None = None, mesh=None,
-                 progress: Callable[[int, int], None] | None = None) -> SessionsResult:
+def run_sessions(
+    config: ModelConfig,
+    params: Any,
+    inputs: Sequence[np.ndarray],
+    *,
+    slots: int | None = None,
+    sampling: SamplingConfig | None = None,
+    max_frames: int | None = None,
+    sliding_window: bool = False,
+    seed: int = 0,
+    session_seeds: Sequence[int] | None = None,
+    codec: Callable[[int], StreamingCodec] | None = None,
+    mesh=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SessionsResult:
     """Streams every session of `inputs` through a `Scheduler` of `slots` slots (default: all at once), in
     order, each slot starting the next session when its session ends.
 
@@ -214,7 +242,7 @@ def run_sessions(config: ModelConfig, params: Any, inputs: Sequence[np.ndarray],
         lengths = [-(-len(audio) // frame) for audio in inputs]
         feeds = [np.zeros(n * frame, np.float32) for n in lengths]
         for feed, audio in zip(feeds, inputs):
-            feed[:len(audio)] = audio
+            feed[: len(audio)] = audio
     if min(lengths) < 1:
         raise ValueError(f"every session needs at least one frame; lengths {lengths}")
     max_frames = max(lengths) if max_frames is None else max_frames
@@ -222,9 +250,18 @@ def run_sessions(config: ModelConfig, params: Any, inputs: Sequence[np.ndarray],
         longest = int(np.argmax(lengths))
         raise stream_lib.ContextLimitError(
             f"session {longest} has {lengths[longest]} frames, past the context limit of {max_frames} frames "
-            f"({max_frames * FRAME_S:.1f} s); use a larger max_frames or sliding_window=True")
-    scheduler = Scheduler(config, params, slots=slots, max_frames=max_frames, sampling=sampling,
-                          sliding_window=sliding_window, mesh=mesh, codec=streaming_codec)
+            f"({max_frames * FRAME_S:.1f} s); use a larger max_frames or sliding_window=True"
+        )
+    scheduler = Scheduler(
+        config,
+        params,
+        slots=slots,
+        max_frames=max_frames,
+        sampling=sampling,
+        sliding_window=sliding_window,
+        mesh=mesh,
+        codec=streaming_codec,
+    )
     keys = session_keys(seed, len(inputs), session_seeds)
     frames = [np.zeros((n - 1, 1 + config.aud_channel), np.int32) for n in lengths]
     heard = [np.zeros((n, config.aud_channel), np.int32) for n in lengths]
@@ -244,7 +281,7 @@ def run_sessions(config: ModelConfig, params: Any, inputs: Sequence[np.ndarray],
         feed = idle.copy()
         for slot in np.flatnonzero(running >= 0):
             step, source = scheduler.session_step[slot], feeds[running[slot]]
-            feed[slot] = source[step] if frame is None else source[step * frame:(step + 1) * frame]
+            feed[slot] = source[step] if frame is None else source[step * frame : (step + 1) * frame]
         tick = scheduler.step(feed)
         step_s.append(tick.model_s)
         codec_s.append(tick.codec_s)
@@ -254,16 +291,17 @@ def run_sessions(config: ModelConfig, params: Any, inputs: Sequence[np.ndarray],
             if tick.emitted[slot]:
                 frames[session][step - 1] = tick.frames[slot]
                 if voice is not None:
-                    chunk = voice[session][step * frame:(step + 1) * frame]
-                    chunk[:] = tick.voice[slot][:len(chunk)]
+                    chunk = voice[session][step * frame : (step + 1) * frame]
+                    chunk[:] = tick.voice[slot][: len(chunk)]
             if step + 1 == lengths[session]:
                 scheduler.close(slot)
                 running[slot] = -1
         done += int((tick.session_steps >= 0).sum())
         if progress is not None:
             progress(done, total)
-    return SessionsResult(frames=frames, heard=heard, voice=voice, step_s=np.asarray(step_s),
-                          codec_s=np.asarray(codec_s))
+    return SessionsResult(
+        frames=frames, heard=heard, voice=voice, step_s=np.asarray(step_s), codec_s=np.asarray(codec_s)
+    )
 
 
 def monologue_text(text_ids: np.ndarray, tokenizer: Any, text_wait_id: int) -> str:

@@ -103,8 +103,9 @@ def codebook_size(config: ModelConfig) -> int:
     return config.aud_vocab_size - 2
 
 
-def _fresh_state(config: ModelConfig, sampling: SamplingConfig, batch_size: int, max_frames: int,
-                 sliding_window: bool) -> StreamState:
+def _fresh_state(
+    config: ModelConfig, sampling: SamplingConfig, batch_size: int, max_frames: int, sliding_window: bool
+) -> StreamState:
     channels, penalised = config.aud_channel, sampling.audio_penalty_codebooks
     return StreamState(
         cache=model.init_cache(config, batch_size, max_frames),
@@ -115,7 +116,10 @@ def _fresh_state(config: ModelConfig, sampling: SamplingConfig, batch_size: int,
         audio_history=jnp.full((batch_size, sampling.audio.window, penalised), sampling_lib.EMPTY, jnp.int32),
         steps=jnp.zeros((batch_size,), jnp.int32),
         slot_sampling=sampling_lib.SlotSampling.of(sampling, batch_size),
-        config=config, sampling=sampling, sliding_window=sliding_window)
+        config=config,
+        sampling=sampling,
+        sliding_window=sliding_window,
+    )
 
 
 def _check_params(config: ModelConfig, params: Params) -> None:
@@ -127,8 +131,11 @@ def _check_params(config: ModelConfig, params: Params) -> None:
     if jax.tree.structure(expected) != jax.tree.structure(found) or expected != found:
         flat_expected = dict(jax.tree_util.tree_flatten_with_path(expected, is_leaf=lambda x: isinstance(x, tuple))[0])
         flat_found = dict(jax.tree_util.tree_flatten_with_path(found, is_leaf=lambda x: isinstance(x, tuple))[0])
-        problems = [f"{jax.tree_util.keystr(k)}: expected {v}, found {flat_found.get(k, 'nothing')}"
-                    for k, v in flat_expected.items() if flat_found.get(k) != v]
+        problems = [
+            f"{jax.tree_util.keystr(k)}: expected {v}, found {flat_found.get(k, 'nothing')}"
+            for k, v in flat_expected.items()
+            if flat_found.get(k) != v
+        ]
         problems += [f"{jax.tree_util.keystr(k)}: unexpected" for k in flat_found if k not in flat_expected]
         raise StreamError("params do not fit the model config:\n  " + "\n  ".join(problems[:20]))
 
@@ -156,16 +163,32 @@ def stream_state_shardings(state: StreamState) -> StreamState:
         return sharding.logical_sharding(mesh, axes, rules)
 
     kv_heads = "kv_heads" if state.config.num_key_value_heads % mesh.shape["tensor"] == 0 else None
-    cache = {"k": named(None, "batch", None, kv_heads, None), "v": named(None, "batch", None, kv_heads, None),
-             "length": named("batch")}
-    return state.replace(cache=cache, text=named("batch"), speak=named("batch", None), listen=named("batch", None),
-                         text_history=named("batch", None), audio_history=named("batch", None, None),
-                         steps=named("batch"),
-                         slot_sampling=jax.tree.map(lambda _: named("batch"), state.slot_sampling))
+    cache = {
+        "k": named(None, "batch", None, kv_heads, None),
+        "v": named(None, "batch", None, kv_heads, None),
+        "length": named("batch"),
+    }
+    return state.replace(
+        cache=cache,
+        text=named("batch"),
+        speak=named("batch", None),
+        listen=named("batch", None),
+        text_history=named("batch", None),
+        audio_history=named("batch", None, None),
+        steps=named("batch"),
+        slot_sampling=jax.tree.map(lambda _: named("batch"), state.slot_sampling),
+    )
 
 
-def init_stream(config: ModelConfig, params: Params, batch_size: int, max_frames: int,
-                sampling: SamplingConfig | None = None, sliding_window: bool = False, mesh=None) -> StreamState:
+def init_stream(
+    config: ModelConfig,
+    params: Params,
+    batch_size: int,
+    max_frames: int,
+    sampling: SamplingConfig | None = None,
+    sliding_window: bool = False,
+    mesh=None,
+) -> StreamState:
     """A fresh stream of `batch_size` sessions, each with room for `max_frames` frames of context.
 
     `params` are checked against `config` (every shape), so a mismatched checkpoint fails here, not inside jit.
@@ -175,26 +198,31 @@ def init_stream(config: ModelConfig, params: Params, batch_size: int, max_frames
     if batch_size < 1 or max_frames < 1:
         raise StreamError(f"batch_size and max_frames must be >= 1, got {batch_size} and {max_frames}")
     if max(AUDIO_DELAYS) > 1 or len(AUDIO_DELAYS) != config.aud_channel:
-        raise StreamError(f"streaming supports delays of at most 1 frame on {config.aud_channel} codebooks, "
-                          f"got {AUDIO_DELAYS}")
+        raise StreamError(
+            f"streaming supports delays of at most 1 frame on {config.aud_channel} codebooks, got {AUDIO_DELAYS}"
+        )
     sampling = SamplingConfig() if sampling is None else sampling
     if not 0 <= sampling.audio_penalty_codebooks <= config.aud_channel:
-        raise StreamError(f"audio_penalty_codebooks must be in 0..{config.aud_channel}, "
-                          f"got {sampling.audio_penalty_codebooks}")
+        raise StreamError(
+            f"audio_penalty_codebooks must be in 0..{config.aud_channel}, got {sampling.audio_penalty_codebooks}"
+        )
     _check_params(config, params)
     if mesh is None:
         return _fresh_state(config, sampling, batch_size, max_frames, sliding_window)
     stream_param_shardings(config, mesh, batch_size)  # fails here if the model does not divide over the mesh
     abstract = jax.eval_shape(lambda: _fresh_state(config, sampling, batch_size, max_frames, sliding_window))
     shardings = stream_state_shardings(abstract.replace(mesh=mesh))
-    state = jax.jit(lambda: _fresh_state(config, sampling, batch_size, max_frames, sliding_window),
-                    out_shardings=shardings.replace(mesh=None))()
+    state = jax.jit(
+        lambda: _fresh_state(config, sampling, batch_size, max_frames, sliding_window),
+        out_shardings=shardings.replace(mesh=None),
+    )()
     return state.replace(mesh=mesh)
 
 
 @jax.jit
-def reset_slots(state: StreamState, mask: jax.Array,
-                slot_sampling: sampling_lib.SlotSampling | None = None) -> StreamState:
+def reset_slots(
+    state: StreamState, mask: jax.Array, slot_sampling: sampling_lib.SlotSampling | None = None
+) -> StreamState:
     """Starts a new session in every slot where `mask [B]` is True; the other slots are left untouched.
 
     The new sessions sample with their rows of `slot_sampling` (`SlotSampling` of [B] rows, e.g. from
@@ -205,18 +233,25 @@ def reset_slots(state: StreamState, mask: jax.Array,
     mask = jnp.asarray(mask, bool)
     fresh = _fresh_state(state.config, state.sampling, state.batch_size, 1, state.sliding_window)
     if slot_sampling is not None:
-        fresh = fresh.replace(slot_sampling=jax.tree.map(lambda row, ref: jnp.asarray(row, ref.dtype),
-                                                         slot_sampling, fresh.slot_sampling))
+        fresh = fresh.replace(
+            slot_sampling=jax.tree.map(lambda row, ref: jnp.asarray(row, ref.dtype), slot_sampling, fresh.slot_sampling)
+        )
 
     def pick(new, old):
         return jnp.where(mask.reshape(mask.shape + (1,) * (old.ndim - 1)), new, old)
 
-    return _keep_layout(state.replace(
-        cache={**state.cache, "length": pick(fresh.cache["length"], state.cache["length"])},
-        text=pick(fresh.text, state.text), speak=pick(fresh.speak, state.speak),
-        listen=pick(fresh.listen, state.listen), text_history=pick(fresh.text_history, state.text_history),
-        audio_history=pick(fresh.audio_history, state.audio_history), steps=pick(fresh.steps, state.steps),
-        slot_sampling=jax.tree.map(pick, fresh.slot_sampling, state.slot_sampling)))
+    return _keep_layout(
+        state.replace(
+            cache={**state.cache, "length": pick(fresh.cache["length"], state.cache["length"])},
+            text=pick(fresh.text, state.text),
+            speak=pick(fresh.speak, state.speak),
+            listen=pick(fresh.listen, state.listen),
+            text_history=pick(fresh.text_history, state.text_history),
+            audio_history=pick(fresh.audio_history, state.audio_history),
+            steps=pick(fresh.steps, state.steps),
+            slot_sampling=jax.tree.map(pick, fresh.slot_sampling, state.slot_sampling),
+        )
+    )
 
 
 def slot_sampling(state: StreamState, settings: Sequence[SamplingConfig | None]) -> sampling_lib.SlotSampling:
@@ -232,11 +267,15 @@ def slot_sampling(state: StreamState, settings: Sequence[SamplingConfig | None])
         setting = own if setting is None else setting
         problems = []
         if setting.text.window > own.text.window or setting.audio.window > own.audio.window:
-            problems.append(f"penalty windows (text {setting.text.window}, audio {setting.audio.window}) must be "
-                            f"at most the stream's (text {own.text.window}, audio {own.audio.window})")
+            problems.append(
+                f"penalty windows (text {setting.text.window}, audio {setting.audio.window}) must be "
+                f"at most the stream's (text {own.text.window}, audio {own.audio.window})"
+            )
         if setting.audio_penalty_codebooks != own.audio_penalty_codebooks:
-            problems.append(f"audio_penalty_codebooks {setting.audio_penalty_codebooks} differs from the "
-                            f"stream's {own.audio_penalty_codebooks}")
+            problems.append(
+                f"audio_penalty_codebooks {setting.audio_penalty_codebooks} differs from the "
+                f"stream's {own.audio_penalty_codebooks}"
+            )
         if setting.do_sample and not own.do_sample:
             problems.append("the stream was made without sampling (do_sample=False)")
         if problems:
@@ -252,7 +291,8 @@ def _keep_layout(state: StreamState) -> StreamState:
         return state
     shardings = stream_state_shardings(state)
     return jax.lax.with_sharding_constraint(state.replace(mesh=None), shardings.replace(mesh=None)).replace(
-        mesh=state.mesh)
+        mesh=state.mesh
+    )
 
 
 def _row_keys(rng: jax.Array, batch_size: int) -> jax.Array:
@@ -281,10 +321,16 @@ def _sample_audio(state: StreamState, params: Params, hidden: jax.Array, keys: j
         logits, cache = model.depth_step(config, params, hidden, token, j, cache)
         scored = logits
         if penalised:
-            history = jax.lax.dynamic_index_in_dim(state.audio_history, jnp.minimum(j, penalised - 1), axis=2,
-                                                   keepdims=False)
-            scored = jnp.where(j < penalised, sampling_lib.apply_repetition_penalty(
-                logits, history, rows.repetition_penalty, rows.window, state.steps), logits)
+            history = jax.lax.dynamic_index_in_dim(
+                state.audio_history, jnp.minimum(j, penalised - 1), axis=2, keepdims=False
+            )
+            scored = jnp.where(
+                j < penalised,
+                sampling_lib.apply_repetition_penalty(
+                    logits, history, rows.repetition_penalty, rows.window, state.steps
+                ),
+                logits,
+            )
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, j)
         token = sampling_lib.sample(scored, rows, sampling.do_sample, step_keys, state.unrolled)
         codes = jax.lax.dynamic_update_index_in_dim(codes, token, j, axis=1)
@@ -295,8 +341,12 @@ def _sample_audio(state: StreamState, params: Params, hidden: jax.Array, keys: j
     all_logits = jnp.zeros((batch, channels, config.aud_vocab_size), jnp.float32)
     start = jnp.full((batch,), config.aud_emp_id, jnp.int32)  # position 0 always embeds aud_emp
     codes, all_logits, _, _ = jax.lax.fori_loop(
-        0, channels, codebook_step, (codes, all_logits, model.init_depth_cache(config, batch), start),
-        unroll=state.unrolled or None)
+        0,
+        channels,
+        codebook_step,
+        (codes, all_logits, model.init_depth_cache(config, batch), start),
+        unroll=state.unrolled or None,
+    )
     return codes, all_logits
 
 
@@ -309,27 +359,40 @@ def _step(params: Params, state: StreamState, listen_codes: jax.Array, rng: jax.
 
     listen_input = jnp.where(undelayed, listen_codes, state.listen)
     model_inputs = jnp.concatenate([state.text[:, None], state.speak, listen_input], axis=1)
-    text_logits, hidden, cache = model.forward_cached(config, params, state.cache, state.text[:, None],
-                                                      state.speak[:, None], listen_input[:, None])
+    text_logits, hidden, cache = model.forward_cached(
+        config, params, state.cache, state.text[:, None], state.speak[:, None], listen_input[:, None]
+    )
     text_logits, hidden = text_logits[:, 0], hidden[:, 0]
 
     rows = state.slot_sampling.text
-    scored = sampling_lib.apply_repetition_penalty(text_logits, state.text_history, rows.repetition_penalty,
-                                                   rows.window, state.steps)
+    scored = sampling_lib.apply_repetition_penalty(
+        text_logits, state.text_history, rows.repetition_penalty, rows.window, state.steps
+    )
     text_token = sampling_lib.sample(scored, rows, sampling.do_sample, text_keys, state.unrolled)
     audio_tokens, depth_logits = _sample_audio(state, params, hidden, audio_keys)
 
     penalised = sampling.audio_penalty_codebooks
     new_state = state.replace(
-        cache=cache, text=text_token, speak=audio_tokens, listen=listen_codes,
+        cache=cache,
+        text=text_token,
+        speak=audio_tokens,
+        listen=listen_codes,
         text_history=sampling_lib.push(state.text_history, text_token, state.steps),
         audio_history=sampling_lib.push(state.audio_history, audio_tokens[:, :penalised], state.steps),
-        steps=state.steps + 1)
+        steps=state.steps + 1,
+    )
     new_state = _keep_layout(new_state)
     out_frame = jnp.concatenate([state.text[:, None], jnp.where(undelayed, state.speak, audio_tokens)], axis=1)
-    outputs = StepOutputs(model_inputs=model_inputs, text_token=text_token, audio_tokens=audio_tokens,
-                          text_logits=text_logits, hidden=hidden, depth_logits=depth_logits,
-                          out_frame=out_frame, out_valid=state.steps >= 1)
+    outputs = StepOutputs(
+        model_inputs=model_inputs,
+        text_token=text_token,
+        audio_tokens=audio_tokens,
+        text_logits=text_logits,
+        hidden=hidden,
+        depth_logits=depth_logits,
+        out_frame=out_frame,
+        out_valid=state.steps >= 1,
+    )
 
     bad_codes = jnp.any((listen_codes < 0) | (listen_codes >= codebook_size(config)), axis=-1)
     context_full = jnp.logical_and(not state.sliding_window, state.cache["length"] >= state.max_frames)
@@ -353,10 +416,12 @@ _step_frames = jax.jit(_step_frames_unjitted)
 def _checked_listen(state: StreamState, listen_codes) -> jax.Array:
     shape = (state.batch_size, state.config.aud_channel)
     if tuple(np.shape(listen_codes)) != shape:
-        raise StreamError(f"listen_codes must have shape [batch, codebooks] = {list(shape)}, "
-                          f"got {list(np.shape(listen_codes))}")
-    if not np.issubdtype(np.asarray(listen_codes).dtype if not isinstance(listen_codes, jax.Array)
-                         else listen_codes.dtype, np.integer):
+        raise StreamError(
+            f"listen_codes must have shape [batch, codebooks] = {list(shape)}, got {list(np.shape(listen_codes))}"
+        )
+    if not np.issubdtype(
+        np.asarray(listen_codes).dtype if not isinstance(listen_codes, jax.Array) else listen_codes.dtype, np.integer
+    ):
         raise StreamError(f"listen_codes must be integers, got {getattr(listen_codes, 'dtype', type(listen_codes))}")
     return jnp.asarray(listen_codes, jnp.int32)
 
@@ -370,7 +435,8 @@ def _raise_on(problems: jax.Array, state: StreamState, listen_codes: jax.Array) 
         raise ContextLimitError(
             f"slot(s) {full} reached the context limit of {state.max_frames} frames "
             f"({state.max_frames * FRAME_S:.1f} s); start them afresh with reset_slots, or make the stream with "
-            "a larger max_frames or sliding_window=True")
+            "a larger max_frames or sliding_window=True"
+        )
     bad = np.flatnonzero(problems == 2).tolist()
     limit = codebook_size(state.config)
     values = np.asarray(listen_codes)[bad]
@@ -403,14 +469,22 @@ def place_stream_params(params: Params, state: StreamState) -> Params:
     """
     if state.mesh is None:
         raise StreamError("place_stream_params needs a sharded stream (init_stream(..., mesh=...))")
-    lowered = lower_stream_step(state.config, state.mesh, state.batch_size, state.max_frames, state.sampling,
-                                state.sliding_window, auto_layouts=True)
+    lowered = lower_stream_step(
+        state.config,
+        state.mesh,
+        state.batch_size,
+        state.max_frames,
+        state.sampling,
+        state.sliding_window,
+        auto_layouts=True,
+    )
     formats = lowered.compile().input_formats[0][0]
     return jax.device_put(params, formats)
 
 
-def stream_step_details(params: Params, state: StreamState, listen_codes, rng: jax.Array
-                        ) -> tuple[StreamState, StepOutputs]:
+def stream_step_details(
+    params: Params, state: StreamState, listen_codes, rng: jax.Array
+) -> tuple[StreamState, StepOutputs]:
     """`stream_step` returning every intermediate (inputs, sampled tokens, raw logits, hidden state)."""
     listen_codes = _checked_listen(state, listen_codes)
     new_state, outputs, problems = _on_mesh(_step_details, params, state, listen_codes, rng)
@@ -418,8 +492,9 @@ def stream_step_details(params: Params, state: StreamState, listen_codes, rng: j
     return new_state, outputs
 
 
-def stream_step(params: Params, state: StreamState, listen_codes, rng: jax.Array
-                ) -> tuple[StreamState, jax.Array, jax.Array]:
+def stream_step(
+    params: Params, state: StreamState, listen_codes, rng: jax.Array
+) -> tuple[StreamState, jax.Array, jax.Array]:
     """One 80 ms frame for every slot.
 
     listen_codes [B,C] ints in 0..2047 (the user's new frame); rng: one key, or [B] keys (one per session).
@@ -432,9 +507,16 @@ def stream_step(params: Params, state: StreamState, listen_codes, rng: jax.Array
     return new_state, out_frame, out_valid
 
 
-def lower_stream_step(config: ModelConfig, mesh, batch_size: int, max_frames: int,
-                      sampling: SamplingConfig | None = None, sliding_window: bool = False, unrolled: bool = False,
-                      auto_layouts: bool = False):
+def lower_stream_step(
+    config: ModelConfig,
+    mesh,
+    batch_size: int,
+    max_frames: int,
+    sampling: SamplingConfig | None = None,
+    sliding_window: bool = False,
+    unrolled: bool = False,
+    auto_layouts: bool = False,
+):
     """`stream_step`'s jitted step for a sharded stream on `mesh`, lowered from abstract arrays only (no params,
     no cache allocated): `.compile()` it for the mesh's devices, which need not be attached.
 
@@ -448,8 +530,7 @@ def lower_stream_step(config: ModelConfig, mesh, batch_size: int, max_frames: in
     param_shardings = stream_param_shardings(config, mesh, batch_size)
     shapes = jax.eval_shape(lambda: _fresh_state(config, sampling, batch_size, max_frames, sliding_window))
     state_shardings = stream_state_shardings(shapes.replace(mesh=mesh)).replace(mesh=None)
-    state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), shapes).replace(
-        mesh=mesh, unrolled=unrolled)
+    state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), shapes).replace(mesh=mesh, unrolled=unrolled)
     rules = stream_rules(mesh, batch_size)
     listen_sharding = sharding.logical_sharding(mesh, ("batch", None), rules)
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch_size))
@@ -457,10 +538,20 @@ def lower_stream_step(config: ModelConfig, mesh, batch_size: int, max_frames: in
         from jax.experimental.layout import Format, Layout
 
         param_shardings = jax.tree.map(lambda sh: Format(Layout.AUTO, sh), param_shardings)
-    step = jax.jit(_step_frames_unjitted, in_shardings=(
-        param_shardings, state_shardings.replace(mesh=mesh, unrolled=unrolled), listen_sharding,
-        sharding.logical_sharding(mesh, ("batch",), rules)))
+    step = jax.jit(
+        _step_frames_unjitted,
+        in_shardings=(
+            param_shardings,
+            state_shardings.replace(mesh=mesh, unrolled=unrolled),
+            listen_sharding,
+            sharding.logical_sharding(mesh, ("batch",), rules),
+        ),
+    )
     params = model.abstract_params(config)  # outside the mesh context: it traces an init on the host
     with sharding.activation_rules(mesh, rules):
-        return step.lower(params, state, jax.ShapeDtypeStruct((batch_size, config.aud_channel), jnp.int32),
-                          jax.ShapeDtypeStruct(keys.shape, keys.dtype))
+        return step.lower(
+            params,
+            state,
+            jax.ShapeDtypeStruct((batch_size, config.aud_channel), jnp.int32),
+            jax.ShapeDtypeStruct(keys.shape, keys.dtype),
+        )

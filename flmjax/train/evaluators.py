@@ -73,13 +73,16 @@ class HeldOutLoss:
         self.sources = []
         for source_name, source in sorted(config.data.sources.items()):
             try:
-                self.sources.append(pipeline.weighted_source(config.data.data_dir, source_name, source,
-                                                             source.eval_split))
+                self.sources.append(
+                    pipeline.weighted_source(config.data.data_dir, source_name, source, source.eval_split)
+                )
             except (ValueError, FileNotFoundError) as error:
                 context.say(f"eval: source {source_name!r} left out: {error}")
         if not self.sources:
-            raise ValueError(f"no source has its held-out split (eval is on: train.eval_every="
-                             f"{config.train.eval_every}); build one or set --config.train.eval_every=0")
+            raise ValueError(
+                f"no source has its held-out split (eval is on: train.eval_every="
+                f"{config.train.eval_every}); build one or set --config.train.eval_every=0"
+            )
         self._loss = None  # compiled at the first run
 
     def _compiled_loss(self):
@@ -94,9 +97,17 @@ class HeldOutLoss:
         context, config = self.context, self.context.config
         self._loss = self._loss or self._compiled_loss()
         data = pipeline.stage_dataset(
-            self.sources, context.tokenizer, context.ids, length=config.data.sequence_length,
-            batch_size=context.local_batch_size, seed=config.seed, process_index=context.process_index,
-            process_count=context.process_count, num_epochs=1, shuffle=False)
+            self.sources,
+            context.tokenizer,
+            context.ids,
+            length=config.data.sequence_length,
+            batch_size=context.local_batch_size,
+            seed=config.seed,
+            process_index=context.process_index,
+            process_count=context.process_count,
+            num_epochs=1,
+            shuffle=False,
+        )
         totals: dict[str, float] = {}
         count = 0
         for count, batch in enumerate(pipeline.batch_iterator(data), start=1):

@@ -73,13 +73,29 @@ class StageStep:
     def lower(self, accumulation_unroll: int = 1, model_config: model_config_lib.ModelConfig | None = None):
         """The step lowered from abstract arrays (`.compile()` it); `model_config` may change execution settings
         only (the state's shapes must stay those of `self.shardings`)."""
-        return step_lib.lower_train_step(model_config or self.model_config, self.loss_config, self.tx,
-                                         self.shardings, self.mesh, self.global_batch_size, self.sequence_length,
-                                         self.accumulation_steps, accumulation_unroll=accumulation_unroll)
+        return step_lib.lower_train_step(
+            model_config or self.model_config,
+            self.loss_config,
+            self.tx,
+            self.shardings,
+            self.mesh,
+            self.global_batch_size,
+            self.sequence_length,
+            self.accumulation_steps,
+            accumulation_unroll=accumulation_unroll,
+        )
 
     def compile(self) -> step_lib.CompiledStep:
-        return step_lib.compile_train_step(self.model_config, self.loss_config, self.tx, self.shardings, self.mesh,
-                                           self.global_batch_size, self.sequence_length, self.accumulation_steps)
+        return step_lib.compile_train_step(
+            self.model_config,
+            self.loss_config,
+            self.tx,
+            self.shardings,
+            self.mesh,
+            self.global_batch_size,
+            self.sequence_length,
+            self.accumulation_steps,
+        )
 
 
 def stage_step(config, devices=None) -> StageStep:
@@ -92,11 +108,20 @@ def stage_step(config, devices=None) -> StageStep:
     step_lib.check_batch_layout(mesh, config.data.global_batch_size, train.accumulation_steps)
     loss_config = loss_lib.LossConfig.from_config(config.loss)
     optimizer_config = optimizer_lib.OptimizerConfig.from_config(
-        {**config.optimizer.to_dict(), "total_steps": train.total_steps})
+        {**config.optimizer.to_dict(), "total_steps": train.total_steps}
+    )
     tx = optimizer_lib.make_optimizer(optimizer_config)
     shardings = step_lib.state_shardings(model_config, tx, mesh)
-    return StageStep(model_config, loss_config, tx, mesh, shardings, config.data.global_batch_size,
-                     config.data.sequence_length, train.accumulation_steps)
+    return StageStep(
+        model_config,
+        loss_config,
+        tx,
+        mesh,
+        shardings,
+        config.data.global_batch_size,
+        config.data.sequence_length,
+        train.accumulation_steps,
+    )
 
 
 class _Preemption:
@@ -133,8 +158,11 @@ class _Preemption:
         if not self.requested:
             self.signal_name = signal.Signals(signum).name
             # os.write, not print: a handler that interrupts a print must not print (reentrant buffered I/O).
-            os.write(2, f"\n{self.signal_name}: saving at the end of this step, then stopping (a Ctrl-C "
-                        "now stops at once, without saving)\n".encode())
+            os.write(
+                2,
+                f"\n{self.signal_name}: saving at the end of this step, then stopping (a Ctrl-C "
+                "now stops at once, without saving)\n".encode(),
+            )
 
     def __exit__(self, *exc):
         for signum, previous in self._previous.items():
@@ -190,14 +218,17 @@ def _resume(checkpointer, abstract_state, data_iterator, say) -> tuple[Any, list
             continue
         for bad_step, error in damaged:
             moved_to = checkpointer.set_aside(bad_step)
-            say(f"warning: checkpoint step {bad_step} is damaged, moved to {moved_to}; resuming from step {step} "
-                f"({one_line(error)})")
+            say(
+                f"warning: checkpoint step {bad_step} is damaged, moved to {moved_to}; resuming from step {step} "
+                f"({one_line(error)})"
+            )
         say(f"resumed from {checkpointer.workdir} step {step}")
         return state, [bad_step for bad_step, _ in damaged]
     if damaged:
         raise checkpoint_lib.CheckpointCorruptError(
             f"{one_line(damaged[0][1])}; no older checkpoint in {checkpointer.directory} reads: move the "
-            "damaged ones elsewhere to start this stage afresh")
+            "damaged ones elsewhere to start this stage afresh"
+        )
     return None, []
 
 
@@ -206,8 +237,11 @@ def _initial_params(config, model_config, shardings):
     checkpoint, the main job's last, or a released checkpoint), laid out in the state's shardings."""
     if not config.init_from:
         return None
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            model.abstract_params(model_config), shardings["params"])
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        model.abstract_params(model_config),
+        shardings["params"],
+    )
     checkpoint = checkpoint_lib.resolve(config.init_from, what="init_from")
     return checkpoint.params(abstract, **dict(config.model_overrides))
 
@@ -221,8 +255,9 @@ def _wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
         distributed.global_state.client.wait_at_barrier(f"flmjax:{name}", timeout_in_ms=timeout_s * 1000)
 
 
-def run_stage(config, workdir: str, log: Callable[[str], None] = print,
-              evaluators: Sequence[evaluators_lib.EvaluatorFactory] = ()) -> StageResult:
+def run_stage(
+    config, workdir: str, log: Callable[[str], None] = print, evaluators: Sequence[evaluators_lib.EvaluatorFactory] = ()
+) -> StageResult:
     """Trains one stage in `workdir` (see the module docstring). `evaluators` run every `train.eval_every` steps
     (`flmjax.eval.evaluators.from_config(config)` builds those the config names; none by default)."""
     process_index, process_count = jax.process_index(), jax.process_count()
@@ -231,33 +266,57 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print,
     train = config.train
     _check_workdir(workdir)
     spec = stage_step(config)
-    model_config, loss_config, tx, mesh, shardings = (spec.model_config, spec.loss_config, spec.tx, spec.mesh,
-                                                      spec.shardings)
+    model_config, loss_config, tx, mesh, shardings = (
+        spec.model_config,
+        spec.loss_config,
+        spec.tx,
+        spec.mesh,
+        spec.shardings,
+    )
     with _stage_input(f"tokenizer {config.data.tokenizer}"):
         tokenizer = text.load_tokenizer(config.data.tokenizer)
         text.check_compatible(tokenizer, model_config)
     ids = StreamIds.from_config(model_config)
     local_batch = pipeline.per_process_batch_size(config.data.global_batch_size, process_count)
     batch_shardings = step_lib.batch_shardings(mesh)
-    context = evaluators_lib.StageContext(config, model_config, loss_config, tokenizer, ids, shardings,
-                                          batch_shardings, process_index, process_count, local_batch, say)
+    context = evaluators_lib.StageContext(
+        config,
+        model_config,
+        loss_config,
+        tokenizer,
+        ids,
+        shardings,
+        batch_shardings,
+        process_index,
+        process_count,
+        local_batch,
+        say,
+    )
     with _stage_input("eval"):
-        hooks = [hook for factory in (evaluators if train.eval_every else ())
-                 if (hook := factory(context)) is not None]
+        hooks = [hook for factory in (evaluators if train.eval_every else ()) if (hook := factory(context)) is not None]
 
     with _stage_input(f"data in {config.data.data_dir}"):
-        data = pipeline.stage_dataset(pipeline.stage_sources(config.data), tokenizer, ids,
-                                      length=config.data.sequence_length, batch_size=local_batch,
-                                      seed=config.seed, process_index=process_index, process_count=process_count)
+        data = pipeline.stage_dataset(
+            pipeline.stage_sources(config.data),
+            tokenizer,
+            ids,
+            length=config.data.sequence_length,
+            batch_size=local_batch,
+            seed=config.seed,
+            process_index=process_index,
+            process_count=process_count,
+        )
     iterator = pipeline.batch_iterator(data, num_workers=config.data.num_workers)
     abstract = step_lib.abstract_state(model_config, tx, shardings)
     # Created only now: a stage that cannot start (bad tokenizer, data, config) leaves no trace in the workdir.
-    checkpointer = checkpoint_lib.Checkpointer(workdir, max_to_keep=train.max_to_keep,
-                                               async_save=train.async_checkpoints)
+    checkpointer = checkpoint_lib.Checkpointer(
+        workdir, max_to_keep=train.max_to_keep, async_save=train.async_checkpoints
+    )
     state, set_aside = _resume(checkpointer, abstract, iterator, say)
     if state is None:
-        state = step_lib.init_state_sharded(model_config, tx, jax.random.key(config.seed), shardings,
-                                            _initial_params(config, model_config, shardings))
+        state = step_lib.init_state_sharded(
+            model_config, tx, jax.random.key(config.seed), shardings, _initial_params(config, model_config, shardings)
+        )
         say(f"started {config.stage} from {config.init_from or 'scratch'}")
     compiled = spec.compile()
 
@@ -265,10 +324,12 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print,
     formula_flops = step_lib.model_flops_per_frame(model_config, config.data.sequence_length) * frames_per_step
     peak, peak_source = metrics_lib.peak_flops_per_device()
     peak_total = peak * jax.device_count()
-    say(f"{config.stage}: {_model_summary(model_config)}; mesh {dict(mesh.shape)}; "
+    say(
+        f"{config.stage}: {_model_summary(model_config)}; mesh {dict(mesh.shape)}; "
         f"step compiled in {compiled.compile_seconds:.1f}s; memory {compiled.memory}; "
         f"FLOPs/step formula {formula_flops:.3g} (XLA {compiled.flops or float('nan'):.3g}, scanned layers "
-        f"counted once); peak {peak_total:.3g} FLOP/s ({peak_source})")
+        f"counted once); peak {peak_total:.3g} FLOP/s ({peak_source})"
+    )
 
     writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
     _wait_for_all_processes(f"{workdir}:start")
@@ -292,10 +353,12 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print,
                 mfu = formula_flops / frames_per_step * frames_per_s / peak_total
                 eta = (train.total_steps - step) * elapsed / (step - start_step)
                 writer.write(step, {**last_metrics, "frames_per_s": frames_per_s, "mfu": mfu})
-                say(f"step {step}/{train.total_steps} loss {last_metrics['loss']:.4f} "
+                say(
+                    f"step {step}/{train.total_steps} loss {last_metrics['loss']:.4f} "
                     f"text {last_metrics['text_loss']:.4f} audio {last_metrics['audio_loss']:.4f} "
                     f"audio acc c0 {last_metrics.get('audio_accuracy_c0', float('nan')):.3f} "
-                    f"| {frames_per_s:,.0f} frames/s MFU {mfu:.2%} ETA {eta:,.0f}s")
+                    f"| {frames_per_s:,.0f} frames/s MFU {mfu:.2%} ETA {eta:,.0f}s"
+                )
             if hooks and step % train.eval_every == 0:
                 eval_metrics = {}
                 for hook in hooks:
@@ -304,8 +367,9 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print,
                     eval_metrics.update(hook_metrics)
                 writer.write(step, eval_metrics, split="eval")
             if step % train.save_every == 0 or step == train.total_steps or preemption.requested:
-                checkpointer.save(step, state, model_config, data_iterator=iterator, stage_config=config.to_dict(),
-                                  force=True)
+                checkpointer.save(
+                    step, state, model_config, data_iterator=iterator, stage_config=config.to_dict(), force=True
+                )
             if preemption.requested:
                 say(f"{preemption.signal_name}: saved step {step}, stopping")
                 stopped_by = preemption.signal_name
@@ -319,5 +383,7 @@ def run_stage(config, workdir: str, log: Callable[[str], None] = print,
 
 
 def _model_summary(config: model_config_lib.ModelConfig) -> str:
-    return (f"hidden {config.hidden_size} x {config.num_hidden_layers} layers, depth {config.depth_dim} x "
-            f"{config.depth_layers}, compute {config.dtype}, params {config.param_dtype}")
+    return (
+        f"hidden {config.hidden_size} x {config.num_hidden_layers} layers, depth {config.depth_dim} x "
+        f"{config.depth_layers}, compute {config.dtype}, params {config.param_dtype}"
+    )

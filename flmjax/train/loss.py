@@ -45,9 +45,20 @@ Batch = Mapping[str, jax.Array]
 Sums = dict[str, jax.Array]
 
 # Keys of the additive metric sums (float32; `audio_*` ones are [C], the others scalars).
-SUM_KEYS = ("loss_text_term", "text_ce", "text_weight", "text_correct", "text_count", "text_correct_non_wait",
-            "text_count_non_wait", "loss_audio_term", "audio_weighted_ce", "audio_ce", "audio_correct",
-            "audio_count")
+SUM_KEYS = (
+    "loss_text_term",
+    "text_ce",
+    "text_weight",
+    "text_correct",
+    "text_count",
+    "text_correct_non_wait",
+    "text_count_non_wait",
+    "loss_audio_term",
+    "audio_weighted_ce",
+    "audio_ce",
+    "audio_correct",
+    "audio_count",
+)
 
 
 class LossConfigError(UserError, ValueError):
@@ -79,8 +90,7 @@ class LossConfig:
             problems.append(f"chunk_frames must be a non-negative integer (0: no chunks), got {self.chunk_frames!r}")
         for name in ("text_weight", "audio_weight", "wait_weight"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 problems.append(f"{name} must be a finite non-negative number, got {value!r}")
             else:
                 object.__setattr__(self, name, float(value))
@@ -93,8 +103,10 @@ class LossConfig:
             if any(not math.isfinite(w) or w < 0 for w in weights):
                 problems.append(f"codebook_weights must be finite and non-negative, got {weights}")
             elif not any(w > 0 for w in weights):
-                problems.append(f"codebook_weights are all zero ({weights}): at least one codebook must count "
-                                "(set audio_weight=0 to drop the audio loss)")
+                problems.append(
+                    f"codebook_weights are all zero ({weights}): at least one codebook must count "
+                    "(set audio_weight=0 to drop the audio loss)"
+                )
             object.__setattr__(self, "codebook_weights", weights)
         if not isinstance(self.mask_aud_emp, bool):
             problems.append(f"mask_aud_emp must be a bool, got {self.mask_aud_emp!r}")
@@ -114,9 +126,11 @@ class LossConfig:
     def check(self, model_config: ModelConfig) -> None:
         """Raises `LossConfigError` unless there is one codebook weight per audio channel of the model."""
         if len(self.codebook_weights) != model_config.aud_channel:
-            raise LossConfigError(f"codebook_weights has {len(self.codebook_weights)} entries "
-                                  f"{self.codebook_weights}, but the model has aud_channel="
-                                  f"{model_config.aud_channel} codebooks: give one weight per codebook")
+            raise LossConfigError(
+                f"codebook_weights has {len(self.codebook_weights)} entries "
+                f"{self.codebook_weights}, but the model has aud_channel="
+                f"{model_config.aud_channel} codebooks: give one weight per codebook"
+            )
 
 
 # ---------------------------------------------------------------------- targets and their weights
@@ -124,8 +138,10 @@ def _check_batch(model_config: ModelConfig, batch: Batch) -> None:
     text, audio = batch["text_targets"], batch["audio_targets"]
     channels = model_config.aud_channel
     if audio.ndim != 3 or audio.shape[-1] != channels or audio.shape[:2] != text.shape:
-        raise ValueError(f"audio_targets {audio.shape} does not fit text_targets {text.shape} and "
-                         f"aud_channel={channels}: expected [B, L, {channels}] with [B, L] = text_targets.shape")
+        raise ValueError(
+            f"audio_targets {audio.shape} does not fit text_targets {text.shape} and "
+            f"aud_channel={channels}: expected [B, L, {channels}] with [B, L] = text_targets.shape"
+        )
 
 
 def text_target_weights(model_config: ModelConfig, batch: Batch, loss_config: LossConfig) -> jax.Array:
@@ -178,15 +194,18 @@ def model_logits(model_config: ModelConfig, params, batch: Batch) -> tuple[jax.A
 
     The depth transformer is teacher-forced: its prefix is the target codebooks 0..C-2 of each step.
     """
-    text_logits, hidden = model.forward(model_config, params, batch["text_ids"], batch["speak_ids"],
-                                        batch["listen_ids"])
-    audio_logits = model.depth_forward(model_config, params, hidden,
-                                       batch["audio_targets"][..., :model_config.aud_channel - 1])
+    text_logits, hidden = model.forward(
+        model_config, params, batch["text_ids"], batch["speak_ids"], batch["listen_ids"]
+    )
+    audio_logits = model.depth_forward(
+        model_config, params, hidden, batch["audio_targets"][..., : model_config.aud_channel - 1]
+    )
     return text_logits, audio_logits
 
 
-def metric_sums_from_logits(model_config: ModelConfig, text_logits: jax.Array, audio_logits: jax.Array,
-                            batch: Batch, loss_config: LossConfig) -> Sums:
+def metric_sums_from_logits(
+    model_config: ModelConfig, text_logits: jax.Array, audio_logits: jax.Array, batch: Batch, loss_config: LossConfig
+) -> Sums:
     """The additive per-batch sums (float32; see `SUM_KEYS`) behind the loss and every metric.
 
     text_logits [B,L,V], audio_logits [B,L,C,A]. `audio_*` entries are [C], the others scalars; the
@@ -227,8 +246,10 @@ def metric_sums_from_logits(model_config: ModelConfig, text_logits: jax.Array, a
 def loss_from_sums(sums: Sums, normalizers: Mapping[str, jax.Array]) -> jax.Array:
     """The (share of the) loss: the weighted numerators of `sums` over the given normalizers. float32 []."""
     audio_counts = jnp.stack([normalizers[f"audio_c{c}"] for c in range(sums["audio_ce"].shape[0])])
-    return (_safe_divide(sums["loss_text_term"], normalizers["text"])
-            + jnp.sum(_safe_divide(sums["loss_audio_term"], audio_counts))).astype(jnp.float32)
+    return (
+        _safe_divide(sums["loss_text_term"], normalizers["text"])
+        + jnp.sum(_safe_divide(sums["loss_audio_term"], audio_counts))
+    ).astype(jnp.float32)
 
 
 # ---------------------------------------------------------------------- public loss functions
@@ -240,21 +261,23 @@ def _chunked_metric_sums(model_config: ModelConfig, params, batch: Batch, loss_c
     @jax.checkpoint
     def chunk_sums(params, hidden, batch):
         text_logits = model.text_logits(model_config, params, hidden)
-        audio_logits = model.depth_forward(model_config, params, hidden,
-                                           batch["audio_targets"][..., :model_config.aud_channel - 1])
+        audio_logits = model.depth_forward(
+            model_config, params, hidden, batch["audio_targets"][..., : model_config.aud_channel - 1]
+        )
         return metric_sums_from_logits(model_config, text_logits, audio_logits, batch, loss_config)
 
     frames, chunk = hidden.shape[1], loss_config.chunk_frames
     sums = None
     for start in range(0, frames, chunk):  # a Python loop: XLA's cost analysis sees every chunk
-        part = {key: value[:, start:start + chunk] for key, value in batch.items() if value.ndim >= 2}
-        chunk_total = chunk_sums(params, hidden[:, start:start + chunk], part)
+        part = {key: value[:, start : start + chunk] for key, value in batch.items() if value.ndim >= 2}
+        chunk_total = chunk_sums(params, hidden[:, start : start + chunk], part)
         sums = chunk_total if sums is None else jax.tree.map(jnp.add, sums, chunk_total)
     return sums
 
 
-def loss_and_metric_sums(model_config: ModelConfig, params, batch: Batch, loss_config: LossConfig,
-                         normalizers: Mapping[str, jax.Array]) -> tuple[jax.Array, Sums]:
+def loss_and_metric_sums(
+    model_config: ModelConfig, params, batch: Batch, loss_config: LossConfig, normalizers: Mapping[str, jax.Array]
+) -> tuple[jax.Array, Sums]:
     """(loss float32 [], additive metric sums) of a (micro-)batch, normalised by `normalizers`.
 
     With the whole batch's normalizers, the loss is this micro-batch's exact share of the whole batch's loss.
@@ -297,8 +320,9 @@ def finalize_metrics(sums: Sums) -> dict[str, jax.Array]:
     return {name: jnp.asarray(value, jnp.float32) for name, value in metrics.items()}
 
 
-def loss_and_metrics(model_config: ModelConfig, params, batch: Batch, loss_config: LossConfig,
-                     normalizers: Mapping[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+def loss_and_metrics(
+    model_config: ModelConfig, params, batch: Batch, loss_config: LossConfig, normalizers: Mapping[str, jax.Array]
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(loss float32 [] normalised by `normalizers`, metrics of this batch by itself: `finalize_metrics`).
 
     The returned loss is this batch's share under `normalizers`; `metrics["loss"]` is the batch's own loss.
@@ -308,8 +332,9 @@ def loss_and_metrics(model_config: ModelConfig, params, batch: Batch, loss_confi
     return loss, finalize_metrics(sums)
 
 
-def loss_and_metrics_full(model_config: ModelConfig, params, batch: Batch,
-                          loss_config: LossConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+def loss_and_metrics_full(
+    model_config: ModelConfig, params, batch: Batch, loss_config: LossConfig
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`loss_and_metrics` of a batch with its own normalizers (no accumulation)."""
     normalizers = loss_normalizers(model_config, batch, loss_config)
     return loss_and_metrics(model_config, params, batch, loss_config, normalizers)

@@ -19,6 +19,7 @@ from flmjax import hardware
 
 METRICS_FILE = "metrics.jsonl"
 
+
 def measured_cpu_flops(size: int = 512, repeats: int = 5) -> float:
     """FLOP/s of a jitted float32 `size x size` matmul on this CPU: the peak MFU is measured against here."""
     x = jax.numpy.ones((size, size), jax.numpy.float32)
@@ -29,7 +30,7 @@ def measured_cpu_flops(size: int = 512, repeats: int = 5) -> float:
         start = time.perf_counter()
         matmul(x).block_until_ready()
         best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best
+    return 2 * size**3 / best
 
 
 def peak_flops_per_device(device: jax.Device | None = None) -> tuple[float, str]:

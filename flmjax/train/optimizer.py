@@ -100,21 +100,29 @@ class OptimizerConfig:
         integer("total_steps", 1)
         if self.schedule not in SCHEDULES:
             problems.append(f"unknown schedule {self.schedule!r}; expected one of {SCHEDULES}")
-        elif (self.schedule == "cosine" and isinstance(self.warmup_steps, int) and
-              isinstance(self.total_steps, int) and self.warmup_steps >= self.total_steps):
-            problems.append(f"warmup_steps ({self.warmup_steps}) must be below total_steps ({self.total_steps}) "
-                            "for the cosine schedule")
+        elif (
+            self.schedule == "cosine"
+            and isinstance(self.warmup_steps, int)
+            and isinstance(self.total_steps, int)
+            and self.warmup_steps >= self.total_steps
+        ):
+            problems.append(
+                f"warmup_steps ({self.warmup_steps}) must be below total_steps ({self.total_steps}) "
+                "for the cosine schedule"
+            )
 
         multipliers = dict(self.lr_multipliers or {})
         unknown = sorted(set(multipliers) - set(PARAM_GROUPS))
         if unknown:
             problems.append(f"lr_multipliers names unknown groups {unknown}; valid groups are {PARAM_GROUPS}")
         for group, value in multipliers.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 problems.append(f"lr_multipliers[{group!r}] must be a finite non-negative number, got {value!r}")
-        object.__setattr__(self, "lr_multipliers",
-                           {g: float(multipliers.get(g, 1.0)) if g not in unknown else 1.0 for g in PARAM_GROUPS})
+        object.__setattr__(
+            self,
+            "lr_multipliers",
+            {g: float(multipliers.get(g, 1.0)) if g not in unknown else 1.0 for g in PARAM_GROUPS},
+        )
 
         frozen = (self.frozen,) if isinstance(self.frozen, str) else tuple(self.frozen or ())
         unknown = sorted(set(frozen) - set(PARAM_GROUPS))
@@ -127,8 +135,12 @@ class OptimizerConfig:
             raise OptimizerConfigError("invalid OptimizerConfig:\n  " + "\n  ".join(problems))
 
     def __hash__(self):  # lr_multipliers is a dict: hash its items so the config stays a valid static argument
-        return hash(tuple(tuple(sorted(getattr(self, f.name).items())) if f.name == "lr_multipliers"
-                          else getattr(self, f.name) for f in dataclasses.fields(self)))
+        return hash(
+            tuple(
+                tuple(sorted(getattr(self, f.name).items())) if f.name == "lr_multipliers" else getattr(self, f.name)
+                for f in dataclasses.fields(self)
+            )
+        )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | Any | None = None) -> OptimizerConfig:
@@ -148,8 +160,10 @@ def param_groups(params) -> Any:
     """
     unknown = sorted(set(params) - set(_GROUP_OF_TOP_KEY))
     if unknown:
-        raise OptimizerConfigError(f"params have top-level keys {unknown} that belong to no group; known keys "
-                                   f"are {sorted(_GROUP_OF_TOP_KEY)} (groups {PARAM_GROUPS})")
+        raise OptimizerConfigError(
+            f"params have top-level keys {unknown} that belong to no group; known keys "
+            f"are {sorted(_GROUP_OF_TOP_KEY)} (groups {PARAM_GROUPS})"
+        )
     return {key: jax.tree.map(lambda _, g=_GROUP_OF_TOP_KEY[key]: g, subtree) for key, subtree in params.items()}
 
 
@@ -172,8 +186,12 @@ def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
     `end_lr_fraction * learning_rate` at `total_steps` (flat after), or constant `learning_rate`."""
     if cfg.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
-            init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
-            decay_steps=cfg.total_steps, end_value=cfg.end_lr_fraction * cfg.learning_rate)
+            init_value=0.0,
+            peak_value=cfg.learning_rate,
+            warmup_steps=cfg.warmup_steps,
+            decay_steps=cfg.total_steps,
+            end_value=cfg.end_lr_fraction * cfg.learning_rate,
+        )
     constant = optax.constant_schedule(cfg.learning_rate)
     if cfg.warmup_steps == 0:
         return constant
@@ -197,9 +215,12 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     parts = []
     if cfg.frozen:
         frozen = set(cfg.frozen)
-        parts.append(optax.partition(
-            {_TRAINABLE: optax.identity(), _FROZEN: optax.set_to_zero()},
-            lambda params: jax.tree.map(lambda g: _FROZEN if g in frozen else _TRAINABLE, param_groups(params))))
+        parts.append(
+            optax.partition(
+                {_TRAINABLE: optax.identity(), _FROZEN: optax.set_to_zero()},
+                lambda params: jax.tree.map(lambda g: _FROZEN if g in frozen else _TRAINABLE, param_groups(params)),
+            )
+        )
     if cfg.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
     per_group = {}
@@ -207,8 +228,14 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
         if group in cfg.frozen:
             per_group[group] = optax.set_to_zero()
         else:
-            per_group[group] = optax.adamw(group_learning_rate(cfg, group), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                                           weight_decay=cfg.weight_decay, mask=weight_decay_mask)
+            per_group[group] = optax.adamw(
+                group_learning_rate(cfg, group),
+                b1=cfg.b1,
+                b2=cfg.b2,
+                eps=cfg.eps,
+                weight_decay=cfg.weight_decay,
+                mask=weight_decay_mask,
+            )
     parts.append(optax.partition(per_group, param_groups))
     return optax.chain(*parts)
 
@@ -226,8 +253,9 @@ def optimizer_state_shardings(tx: optax.GradientTransformation, params, param_sh
     mesh = jax.tree.leaves(param_shardings)[0].mesh
     replicated = NamedSharding(mesh, PartitionSpec())
     by_path = {}
-    for (path, param), sharding in zip(jax.tree_util.tree_leaves_with_path(params),
-                                       jax.tree.leaves(param_shardings), strict=True):
+    for (path, param), sharding in zip(
+        jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(param_shardings), strict=True
+    ):
         by_path[_dict_keys(path)] = (tuple(param.shape), sharding)
 
     def leaf_sharding(path, leaf):
@@ -263,11 +291,25 @@ def init_optimizer_state(tx: optax.GradientTransformation, params) -> Any:
 
 def learning_rates(cfg: OptimizerConfig, step) -> dict[str, Any]:
     """The learning rate of every group at `step` (frozen groups: 0), for logging."""
-    return {f"lr_{group}": jnp.zeros((), jnp.float32) if group in cfg.frozen
-            else jnp.asarray(group_learning_rate(cfg, group)(step), jnp.float32) for group in PARAM_GROUPS}
+    return {
+        f"lr_{group}": jnp.zeros((), jnp.float32)
+        if group in cfg.frozen
+        else jnp.asarray(group_learning_rate(cfg, group)(step), jnp.float32)
+        for group in PARAM_GROUPS
+    }
 
 
-__all__ = ["PARAM_GROUPS", "SCHEDULES", "OptimizerConfig", "OptimizerConfigError", "param_groups",
-           "weight_decay_mask", "learning_rate_schedule", "group_learning_rate", "make_optimizer",
-           "optimizer_state_shardings", "init_optimizer_state", "learning_rates"]
-
+__all__ = [
+    "PARAM_GROUPS",
+    "SCHEDULES",
+    "OptimizerConfig",
+    "OptimizerConfigError",
+    "param_groups",
+    "weight_decay_mask",
+    "learning_rate_schedule",
+    "group_learning_rate",
+    "make_optimizer",
+    "optimizer_state_shardings",
+    "init_optimizer_state",
+    "learning_rates",
+]

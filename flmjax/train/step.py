@@ -37,8 +37,9 @@ def init_state(config: ModelConfig, tx: optax.GradientTransformation, params) ->
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
 
-def state_shardings(config: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
-                    rules=sharding.DEFAULT_RULES) -> State:
+def state_shardings(
+    config: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh, rules=sharding.DEFAULT_RULES
+) -> State:
     """Shardings of every state leaf: params by the logical rules, Adam moments like their params, counters
     and the step replicated."""
     param_shardings = sharding.param_shardings(config, mesh, rules)
@@ -52,12 +53,12 @@ def abstract_state(config: ModelConfig, tx: optax.GradientTransformation, shardi
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
-def init_state_sharded(config: ModelConfig, tx: optax.GradientTransformation, rng: jax.Array,
-                       shardings: State, params=None) -> State:
+def init_state_sharded(
+    config: ModelConfig, tx: optax.GradientTransformation, rng: jax.Array, shardings: State, params=None
+) -> State:
     """A fresh (or around given `params`) step-0 state, created directly in its shardings."""
     if params is None:
-        return jax.jit(lambda key: init_state(config, tx, model.init_params(config, key)),
-                       out_shardings=shardings)(rng)
+        return jax.jit(lambda key: init_state(config, tx, model.init_params(config, key)), out_shardings=shardings)(rng)
     params = jax.device_put(params, shardings["params"])
     return jax.jit(functools.partial(init_state, config, tx), out_shardings=shardings)(params)
 
@@ -66,8 +67,7 @@ def batch_shardings(mesh: Mesh, rules=sharding.DEFAULT_RULES) -> dict[str, Named
     return {key: sharding.batch_sharding(mesh, rules, ndim=3 if key in AUDIO_BATCH_KEYS else 2) for key in BATCH_KEYS}
 
 
-def global_batch(local_batch: dict[str, np.ndarray], shardings: dict[str, NamedSharding],
-                 process_count: int) -> Batch:
+def global_batch(local_batch: dict[str, np.ndarray], shardings: dict[str, NamedSharding], process_count: int) -> Batch:
     """This process's rows [local, ...] -> global arrays [local * process_count, ...] laid out as `shardings`
     say (process p's rows at p * local .. (p + 1) * local - 1)."""
     out = {}
@@ -83,9 +83,16 @@ def _split(batch: Batch, parts: int) -> Batch:
     return jax.tree.map(lambda x: x.reshape(parts, x.shape[0] // parts, *x.shape[1:]), batch)
 
 
-def train_step(state: State, batch: Batch, *, config: ModelConfig, loss_config: loss_lib.LossConfig,
-               tx: optax.GradientTransformation, accumulation_steps: int = 1,
-               accumulation_unroll: int = 1) -> tuple[State, dict[str, jax.Array]]:
+def train_step(
+    state: State,
+    batch: Batch,
+    *,
+    config: ModelConfig,
+    loss_config: loss_lib.LossConfig,
+    tx: optax.GradientTransformation,
+    accumulation_steps: int = 1,
+    accumulation_unroll: int = 1,
+) -> tuple[State, dict[str, jax.Array]]:
     """One optimizer update on a global batch; returns the new state and float32 metrics.
 
     With `accumulation_steps` > 1 the micro-batches run in one scanned loop (`accumulation_unroll` of them per
@@ -111,8 +118,12 @@ def train_step(state: State, batch: Batch, *, config: ModelConfig, loss_config: 
         ((loss, sums), grads), _ = jax.lax.scan(accumulate, zeros, micro_batches, unroll=accumulation_unroll)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {**loss_lib.finalize_metrics(sums), "loss": loss, "grad_norm": optax.tree.norm(grads),
-               "update_norm": optax.tree.norm(updates)}
+    metrics = {
+        **loss_lib.finalize_metrics(sums),
+        "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
+        "update_norm": optax.tree.norm(updates),
+    }
     new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
     return new_state, jax.tree.map(lambda m: m.astype(jnp.float32), metrics)
 
@@ -124,12 +135,15 @@ class BatchLayoutError(UserError, ValueError):
 def check_batch_layout(mesh: Mesh, global_batch_size: int, accumulation_steps: int = 1) -> None:
     """The global batch must split into micro-batches, and each micro-batch over the data-parallel devices."""
     if global_batch_size % accumulation_steps:
-        raise BatchLayoutError(f"global batch size {global_batch_size} is not divisible into {accumulation_steps} "
-                               "micro-batches")
+        raise BatchLayoutError(
+            f"global batch size {global_batch_size} is not divisible into {accumulation_steps} micro-batches"
+        )
     data_parallel = int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
     if (global_batch_size // accumulation_steps) % data_parallel:
-        raise BatchLayoutError(f"micro-batch size {global_batch_size // accumulation_steps} does not divide over "
-                               f"the {data_parallel} devices of the data and fsdp mesh axes {dict(mesh.shape)}")
+        raise BatchLayoutError(
+            f"micro-batch size {global_batch_size // accumulation_steps} does not divide over "
+            f"the {data_parallel} devices of the data and fsdp mesh axes {dict(mesh.shape)}"
+        )
 
 
 @dataclasses.dataclass
@@ -142,38 +156,73 @@ class CompiledStep:
     memory: dict[str, int | None]  # per device: `flmjax.compiled.memory`
 
 
-def abstract_batch(config: ModelConfig, mesh: Mesh, global_batch_size: int, sequence_length: int,
-                   rules=sharding.DEFAULT_RULES) -> Batch:
+def abstract_batch(
+    config: ModelConfig, mesh: Mesh, global_batch_size: int, sequence_length: int, rules=sharding.DEFAULT_RULES
+) -> Batch:
     """A global batch as `jax.ShapeDtypeStruct`s carrying their shardings (what the step is compiled for)."""
-    return {key: jax.ShapeDtypeStruct(
-        (global_batch_size, sequence_length) + ((config.aud_channel,) if len(s.spec) == 3 else ()),
-        jnp.bool_ if key.endswith("_mask") else jnp.int32, sharding=s) for key, s in batch_shardings(mesh, rules).items()}
+    return {
+        key: jax.ShapeDtypeStruct(
+            (global_batch_size, sequence_length) + ((config.aud_channel,) if len(s.spec) == 3 else ()),
+            jnp.bool_ if key.endswith("_mask") else jnp.int32,
+            sharding=s,
+        )
+        for key, s in batch_shardings(mesh, rules).items()
+    }
 
 
-def lower_train_step(config: ModelConfig, loss_config: loss_lib.LossConfig, tx: optax.GradientTransformation,
-                     shardings: State, mesh: Mesh, global_batch_size: int, sequence_length: int,
-                     accumulation_steps: int = 1, rules=sharding.DEFAULT_RULES, accumulation_unroll: int = 1):
+def lower_train_step(
+    config: ModelConfig,
+    loss_config: loss_lib.LossConfig,
+    tx: optax.GradientTransformation,
+    shardings: State,
+    mesh: Mesh,
+    global_batch_size: int,
+    sequence_length: int,
+    accumulation_steps: int = 1,
+    rules=sharding.DEFAULT_RULES,
+    accumulation_unroll: int = 1,
+):
     """The train step jitted with explicit in/out shardings and the state donated, lowered for `mesh` from
     abstract arrays only (no params, no data): `.compile()` it for the mesh's devices, which need not be
     attached (`flmjax.hardware.topology_devices`)."""
     check_batch_layout(mesh, global_batch_size, accumulation_steps)
     metrics_sharding = NamedSharding(mesh, PartitionSpec())
-    step = jax.jit(functools.partial(train_step, config=config, loss_config=loss_config, tx=tx,
-                                     accumulation_steps=accumulation_steps, accumulation_unroll=accumulation_unroll),
-                   in_shardings=(shardings, batch_shardings(mesh, rules)), out_shardings=(shardings, metrics_sharding),
-                   donate_argnums=(0,))
+    step = jax.jit(
+        functools.partial(
+            train_step,
+            config=config,
+            loss_config=loss_config,
+            tx=tx,
+            accumulation_steps=accumulation_steps,
+            accumulation_unroll=accumulation_unroll,
+        ),
+        in_shardings=(shardings, batch_shardings(mesh, rules)),
+        out_shardings=(shardings, metrics_sharding),
+        donate_argnums=(0,),
+    )
     with sharding.activation_rules(mesh, rules):
-        return step.lower(abstract_state(config, tx, shardings),
-                          abstract_batch(config, mesh, global_batch_size, sequence_length, rules))
+        return step.lower(
+            abstract_state(config, tx, shardings),
+            abstract_batch(config, mesh, global_batch_size, sequence_length, rules),
+        )
 
 
-def compile_train_step(config: ModelConfig, loss_config: loss_lib.LossConfig, tx: optax.GradientTransformation,
-                       shardings: State, mesh: Mesh, global_batch_size: int, sequence_length: int,
-                       accumulation_steps: int = 1, rules=sharding.DEFAULT_RULES) -> CompiledStep:
+def compile_train_step(
+    config: ModelConfig,
+    loss_config: loss_lib.LossConfig,
+    tx: optax.GradientTransformation,
+    shardings: State,
+    mesh: Mesh,
+    global_batch_size: int,
+    sequence_length: int,
+    accumulation_steps: int = 1,
+    rules=sharding.DEFAULT_RULES,
+) -> CompiledStep:
     """`lower_train_step`, compiled ahead of time, with XLA's compile time, FLOPs and memory."""
     start = time.perf_counter()
-    lowered = lower_train_step(config, loss_config, tx, shardings, mesh, global_batch_size, sequence_length,
-                               accumulation_steps, rules)
+    lowered = lower_train_step(
+        config, loss_config, tx, shardings, mesh, global_batch_size, sequence_length, accumulation_steps, rules
+    )
     compiled = lowered.compile()
     seconds = time.perf_counter() - start
     return CompiledStep(compiled, seconds, compiled_lib.cost(compiled)["flops"], compiled_lib.memory(compiled))
@@ -199,7 +248,10 @@ def model_flops_per_frame(config: ModelConfig, sequence_length: int) -> float:
     text_head = 2 * h * config.vocab_size
     d, c = config.depth_dim, config.aud_channel
     depth_block = 4 * d * d + (3 if config.depth_swiglu else 2) * d * config.depth_mlp_dim
-    depth = 2 * h * c * d + config.depth_layers * c * (2 * depth_block + 4 * d * (c + 1) / 2) + 2 * c * d * \
-        config.aud_vocab_size
+    depth = (
+        2 * h * c * d
+        + config.depth_layers * c * (2 * depth_block + 4 * d * (c + 1) / 2)
+        + 2 * c * d * config.aud_vocab_size
+    )
     logits = config.vocab_size + c * config.aud_vocab_size
     return 3.0 * (temporal + text_head + depth) + CROSS_ENTROPY_FLOPS * logits

@@ -39,11 +39,18 @@ class CharEncoder:
 
 
 def data_iterator(seed=0):
-    records = [make_record(f"tts-{i}", speak_codes=np.full((12, 8), i, np.int64),
-                           speak_segments=[{"start": 1, "end": 6, "text": f"say {i}"}]) for i in range(16)]
+    records = [
+        make_record(
+            f"tts-{i}",
+            speak_codes=np.full((12, 8), i, np.int64),
+            speak_segments=[{"start": 1, "end": 6, "text": f"say {i}"}],
+        )
+        for i in range(16)
+    ]
     source = WeightedSource("tts", records, SourceRule("tts"))
-    return batch_iterator(stage_dataset([source], CharEncoder(), StreamIds(3, 2048), length=16, batch_size=2,
-                                        seed=seed))
+    return batch_iterator(
+        stage_dataset([source], CharEncoder(), StreamIds(3, 2048), length=16, batch_size=2, seed=seed)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +72,10 @@ def abstract_of(tree, shardings=None):
 
 
 def params_only_abstract(config=CONFIG):
-    return {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=CPU),
-            "params": abstract_of(model.abstract_params(config))}
+    return {
+        "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=CPU),
+        "params": abstract_of(model.abstract_params(config)),
+    }
 
 
 def assert_trees_equal(a, b):
@@ -183,8 +192,11 @@ def test_a_checkpoint_of_another_model_config_is_refused_listing_each_param_and_
     before = tree_hash(tmp_path)
     other = flm_config.tiny(intermediate_size=96)
     other_params = model.abstract_params(other)
-    abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_of(other_params),
-                "opt_state": abstract_of(jax.eval_shape(optax.adamw(1e-3).init, other_params))}
+    abstract = {
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+        "params": abstract_of(other_params),
+        "opt_state": abstract_of(jax.eval_shape(optax.adamw(1e-3).init, other_params)),
+    }
     with pytest.raises(CheckpointMismatchError) as error:
         Checkpointer(tmp_path).restore(abstract_state=abstract)
     message = str(error.value)

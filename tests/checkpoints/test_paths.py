@@ -111,7 +111,8 @@ def test_params_restore_into_the_layout_asked_for(params, tmp_path):
     workdir = save_workdir(tmp_path / "stage", params, steps=(1,))
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("x",))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated),
-                            model.abstract_params(CONFIG))
+    abstract = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated), model.abstract_params(CONFIG)
+    )
     restored = resolve(workdir).params(abstract)
     assert all(leaf.sharding == replicated for leaf in jax.tree.leaves(restored))

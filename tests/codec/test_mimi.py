@@ -58,14 +58,21 @@ def stream_outputs(config, params, golden):
         state = codec.init_codec_stream(config, params, 1)
         stream_codes, stream_latent, stream_pcm = [], [], []
         for s in range(codes.shape[-1]):
-            state, step_codes, latent = codec.encode_step_latent(config, params, state,
-                                                                 audio[..., FRAME * s:FRAME * (s + 1)])
-            state, pcm = codec.decode_step(config, params, state, codes[..., s:s + 1])
+            state, step_codes, latent = codec.encode_step_latent(
+                config, params, state, audio[..., FRAME * s : FRAME * (s + 1)]
+            )
+            state, pcm = codec.decode_step(config, params, state, codes[..., s : s + 1])
             stream_codes.append(step_codes)
             stream_latent.append(latent)
             stream_pcm.append(pcm)
-        out[signal] = {name: np.stack(jax.device_get(values)) for name, values in
-                       (("stream_codes", stream_codes), ("stream_latent", stream_latent), ("stream_pcm", stream_pcm))}
+        out[signal] = {
+            name: np.stack(jax.device_get(values))
+            for name, values in (
+                ("stream_codes", stream_codes),
+                ("stream_latent", stream_latent),
+                ("stream_pcm", stream_pcm),
+            )
+        }
     return out
 
 
@@ -84,8 +91,10 @@ def test_batch_codes_equal_moshi(batch_outputs, golden, signal):
 
 @pytest.mark.parametrize("signal", SIGNALS)
 def test_batch_intermediates_match_moshi(batch_outputs, golden, signal):
-    diffs = {name: max_abs(batch_outputs[signal][name], golden[f"{signal}/{name}"])
-             for name in ENCODER_STAGES + DECODER_STAGES}
+    diffs = {
+        name: max_abs(batch_outputs[signal][name], golden[f"{signal}/{name}"])
+        for name in ENCODER_STAGES + DECODER_STAGES
+    }
     assert max(diffs.values()) < 1e-4, diffs
 
 
@@ -127,14 +136,14 @@ def test_reset_restarts_only_masked_sessions(config, params, golden):
     audio, codes = golden["chirp/audio_padded"][0], golden["chirp/codes"][0]
     state = codec.init_codec_stream(config, params, 2)
     for s in range(3):
-        state, _ = codec.encode_step(config, params, state, np.stack([audio[:, FRAME * s:FRAME * (s + 1)]] * 2))
-        state, _ = codec.decode_step(config, params, state, np.stack([codes[:, s:s + 1]] * 2))
+        state, _ = codec.encode_step(config, params, state, np.stack([audio[:, FRAME * s : FRAME * (s + 1)]] * 2))
+        state, _ = codec.decode_step(config, params, state, np.stack([codes[:, s : s + 1]] * 2))
     state = codec.reset_stream(config, state, np.array([True, False]))
     got_codes, got_pcm = [], []
     for s in range(3):  # row 0 starts over; row 1 goes on with frames 3..5
-        pcm_in = np.stack([audio[:, FRAME * s:FRAME * (s + 1)], audio[:, FRAME * (s + 3):FRAME * (s + 4)]])
+        pcm_in = np.stack([audio[:, FRAME * s : FRAME * (s + 1)], audio[:, FRAME * (s + 3) : FRAME * (s + 4)]])
         state, step_codes = codec.encode_step(config, params, state, pcm_in)
-        state, pcm = codec.decode_step(config, params, state, np.stack([codes[:, s:s + 1], codes[:, s + 3:s + 4]]))
+        state, pcm = codec.decode_step(config, params, state, np.stack([codes[:, s : s + 1], codes[:, s + 3 : s + 4]]))
         got_codes.append(step_codes)
         got_pcm.append(pcm)
     got_codes, got_pcm = np.stack(got_codes), np.stack(got_pcm)
@@ -228,7 +237,7 @@ def test_released_params_match_the_name_map_and_count():
     encoder = conv(1, f, 7) + conv(16 * f, d, 3)
     decoder = conv(d, 16 * f, 7) + conv(f, 1, 3)
     for i, ratio in enumerate((4, 5, 6, 8)):
-        c = f * 2 ** i
+        c = f * 2**i
         encoder += resblock(c) + conv(c, 2 * c, 2 * ratio)
         decoder += resblock(c) + conv(2 * c, c, 2 * ratio)
     transformer = 8 * (4 * d * d + 2 * d * ffn + 6 * d)
@@ -269,7 +278,7 @@ def test_linen_init_runs_and_matches_init_params_statistics(config):
     np.testing.assert_array_equal(layer["norm1"]["scale"], np.ones(config.dimension, np.float32))
     for tree in (linen, drawn):
         kernel = np.asarray(tree["decoder_transformer"]["layers_1"]["mlp"]["fc1"])
-        assert abs(kernel.std() * config.dimension ** 0.5 - 1) < 0.05
+        assert abs(kernel.std() * config.dimension**0.5 - 1) < 0.05
     codes = codec.encode(config, linen, np.zeros((1, 1, FRAME), np.float32))
     assert codes.shape == (1, 8, 1)
 

@@ -86,8 +86,10 @@ def test_sharded_export_writes_an_index_and_loads_back_exactly(golden_dir, tmp_p
 def test_import_reads_float16_and_bfloat16_checkpoints(golden_dir, tmp_path):
     target = copy_golden(golden_dir, tmp_path)
     tensors = load_file(target / "model.safetensors")
-    half = {name: t.astype(np.float16) if i % 2 else t.astype(ml_dtypes.bfloat16)
-            for i, (name, t) in enumerate(sorted(tensors.items()))}
+    half = {
+        name: t.astype(np.float16) if i % 2 else t.astype(ml_dtypes.bfloat16)
+        for i, (name, t) in enumerate(sorted(tensors.items()))
+    }
     save_file(half, target / "model.safetensors", metadata={"format": "pt"})
     config, params = load_official(target)
     assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {np.dtype(np.float32)}
@@ -105,8 +107,7 @@ def test_unrolled_import_gives_per_layer_params_with_the_same_logits(golden_dir)
     config, params = load_official(golden_dir, scan_layers=False)
     assert "layers_1" in params["temporal"]
     reference = np.load(golden_dir / "forward.npz")
-    logits, _ = model.forward(config, params, reference["input_ids"], reference["speak_ids"],
-                              reference["listen_ids"])
+    logits, _ = model.forward(config, params, reference["input_ids"], reference["speak_ids"], reference["listen_ids"])
     assert float(np.max(np.abs(logits - reference["text_logits"]))) < 1e-4
 
 
@@ -183,10 +184,16 @@ DEPTH_SWITCHES = list(itertools.product([False, True], repeat=4))
 
 
 @pytest.mark.parametrize("per_position, swiglu, rmsnorm, bias", DEPTH_SWITCHES)
-def test_every_depth_variant_round_trips_through_the_released_format(per_position, swiglu, rmsnorm, bias,
-                                                                      tmp_path):
-    config = flm_config.tiny(depth_per_position_mlp=per_position, depth_swiglu=swiglu, depth_rmsnorm=rmsnorm,
-                             depth_bias=bias, attention_bias=bias, disable_att_o_bias=not bias, mlp_bias=bias)
+def test_every_depth_variant_round_trips_through_the_released_format(per_position, swiglu, rmsnorm, bias, tmp_path):
+    config = flm_config.tiny(
+        depth_per_position_mlp=per_position,
+        depth_swiglu=swiglu,
+        depth_rmsnorm=rmsnorm,
+        depth_bias=bias,
+        attention_bias=bias,
+        disable_att_o_bias=not bias,
+        mlp_bias=bias,
+    )
     params = model.init_params(config, jax.random.key(5))
     save_official(tmp_path / "out", config, params, dtype="float32")
     names = set(read_tensors(tmp_path / "out"))
@@ -202,8 +209,9 @@ def test_every_depth_variant_round_trips_through_the_released_format(per_positio
 
 @pytest.mark.parametrize("per_position, swiglu, rmsnorm, bias", DEPTH_SWITCHES)
 def test_every_depth_variant_is_causal_over_codebooks(per_position, swiglu, rmsnorm, bias):
-    config = flm_config.tiny(depth_per_position_mlp=per_position, depth_swiglu=swiglu, depth_rmsnorm=rmsnorm,
-                             depth_bias=bias)
+    config = flm_config.tiny(
+        depth_per_position_mlp=per_position, depth_swiglu=swiglu, depth_rmsnorm=rmsnorm, depth_bias=bias
+    )
     params = model.init_params(config, jax.random.key(6))
     rng = np.random.default_rng(0)
     hidden = rng.normal(size=(3, config.hidden_size)).astype(np.float32)
@@ -225,7 +233,7 @@ def test_name_map_is_one_table_used_both_ways():
         for index, name in entry.official_names(leaf.shape):
             official = entry.to_official(leaf[index])
             assert official.shape == entry.official_shape(leaf.shape)
-            np.testing.assert_array_equal(entry.to_flmjax(official, leaf.shape[entry.num_indexed:]), leaf[index])
+            np.testing.assert_array_equal(entry.to_flmjax(official, leaf.shape[entry.num_indexed :]), leaf[index])
             official_names.append(name)
     assert len(official_names) == len(set(official_names)) == len(official_shapes(config))
     flmjax_paths = {entry.path for entry in name_map(config)}

@@ -28,16 +28,34 @@ def random_codes(seed, frames):
 
 
 GOOD = [  # (record, split)
-    (make_record("dialog-1", random_codes(0, 40), random_codes(1, 40),
-                 speak_segments=[Segment(2, 10, "Hello there.", (Word(2, 5, "Hello"), Word(5, 10, "there."))),
-                                 Segment(12, 20, "  Ça va ?\n")],  # no words
-                 listen_segments=[Segment(0, 8, "hi", ())]), "train"),  # an empty word list, not no words
-    (make_record("tts/only speak", speak_codes=random_codes(2, 25),
-                 speak_segments=[Segment(0, 25, "one two three four")]), "train"),
+    (
+        make_record(
+            "dialog-1",
+            random_codes(0, 40),
+            random_codes(1, 40),
+            speak_segments=[
+                Segment(2, 10, "Hello there.", (Word(2, 5, "Hello"), Word(5, 10, "there."))),
+                Segment(12, 20, "  Ça va ?\n"),
+            ],  # no words
+            listen_segments=[Segment(0, 8, "hi", ())],
+        ),
+        "train",
+    ),  # an empty word list, not no words
+    (
+        make_record(
+            "tts/only speak", speak_codes=random_codes(2, 25), speak_segments=[Segment(0, 25, "one two three four")]
+        ),
+        "train",
+    ),
     (make_record("dialog-2", random_codes(3, 12), random_codes(4, 12)), "train"),  # no segments
-    (make_record("asr-only-listen", listen_codes=random_codes(5, 30),
-                 listen_segments=[Segment(1, 9, "a b", (Word(1, 4, "a"), Word(5, 9, "b"))),
-                                  Segment(9, 30, "c")]), "validation"),
+    (
+        make_record(
+            "asr-only-listen",
+            listen_codes=random_codes(5, 30),
+            listen_segments=[Segment(1, 9, "a b", (Word(1, 4, "a"), Word(5, 9, "b"))), Segment(9, 30, "c")],
+        ),
+        "validation",
+    ),
     (make_record("no codes", num_frames=17, speak_segments=[Segment(0, 17, "text only")]), "validation"),
     (make_record("test-1", random_codes(6, 8), random_codes(7, 8), listen_segments=[Segment(3, 8, "x")]), "test"),
 ]
@@ -65,14 +83,16 @@ def bad_lines(directory):
     def segment(start, end, text="ok"):
         return {"start": start, "end": end, "text": text}
 
-    return [line("bad-range", speak_codes="out_of_range.npy"),
-            line("bad-shape", listen_codes="seven.npy"),
-            line("bad-outside", speak_segments=[segment(5, 11)]),
-            line("bad-order", speak_segments=[segment(6, 6)]),
-            line("bad-overlap", listen_segments=[segment(0, 5), segment(4, 8)]),
-            line("bad-empty", speak_segments=[segment(0, 5, "  ")]),
-            line("bad-path", speak_codes="missing/nowhere.npy"),
-            '{"id": "bad-json", "split": "train"\n']
+    return [
+        line("bad-range", speak_codes="out_of_range.npy"),
+        line("bad-shape", listen_codes="seven.npy"),
+        line("bad-outside", speak_segments=[segment(5, 11)]),
+        line("bad-order", speak_segments=[segment(6, 6)]),
+        line("bad-overlap", listen_segments=[segment(0, 5), segment(4, 8)]),
+        line("bad-empty", speak_segments=[segment(0, 5, "  ")]),
+        line("bad-path", speak_codes="missing/nowhere.npy"),
+        '{"id": "bad-json", "split": "train"\n',
+    ]
 
 
 def write_test_manifest(directory, records=GOOD, bad=True):
@@ -93,8 +113,11 @@ def read_split(data_dir, split, name="dialogs"):
 
 
 def file_times(folder):
-    return {os.path.join(root, f): os.stat(os.path.join(root, f)).st_mtime_ns
-            for root, _, files in os.walk(folder) for f in files}
+    return {
+        os.path.join(root, f): os.stat(os.path.join(root, f)).st_mtime_ns
+        for root, _, files in os.walk(folder)
+        for f in files
+    }
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +178,9 @@ def test_summary_counts_frames_hours_and_words_per_split(built):
 
 
 def test_the_dataset_lives_in_data_dir_name_version_and_is_read_by_name(tmp_path):
-    summary = build_dataset(write_test_manifest(tmp_path / "m", bad=False), tmp_path / "d", name="my_set",
-                            progress=False)
+    summary = build_dataset(
+        write_test_manifest(tmp_path / "m", bad=False), tmp_path / "d", name="my_set", progress=False
+    )
     assert summary.path == str(tmp_path / "d" / "my_set" / "1.0.0")
     assert os.path.isfile(os.path.join(summary.path, "dataset_info.json"))
     assert len(tfds.data_source("my_set", data_dir=str(tmp_path / "d"), split="train")) == 3
@@ -298,8 +322,15 @@ def test_cli_exits_non_zero_with_a_message(tmp_path, capsys, change):
     capsys.readouterr()
     assert cli.run(prepare_data.main, ["--manifest", manifest, "--out", out, "--no_progress"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and {"changed manifest": "different manifest", "missing manifest":
-                                          "does not exist", "all rejected": "every record"}[change] in err
+    assert (
+        err.startswith("error: ")
+        and {
+            "changed manifest": "different manifest",
+            "missing manifest": "does not exist",
+            "all rejected": "every record",
+        }[change]
+        in err
+    )
 
 
 @pytest.mark.parametrize("argv", [[], ["--manifest", "m.jsonl", "--synthetic", "3"]], ids=["neither", "both"])
@@ -329,12 +360,20 @@ def test_cli_synthetic_builds_the_generated_corpus_with_a_split_per_kind(tmp_pat
 # ---------------------------------------------------------------------------------------------------------------
 # Nothing lost, nothing silent: refusals change nothing on disk, a dataset is replaced only by a finished one.
 
+
 def test_overwrite_with_a_manifest_whose_records_all_fail_leaves_the_dataset_as_it_was(tmp_path):
     data_dir = tmp_path / "d"
     build_dataset(write_test_manifest(tmp_path / "m", bad=False), data_dir, progress=False)
     before = tree_hash(data_dir)
-    result = run_module("launch.prepare_data", "--manifest", write_test_manifest(tmp_path / "bad", records=[]),
-                        "--out", data_dir, "--overwrite", "--no_progress")
+    result = run_module(
+        "launch.prepare_data",
+        "--manifest",
+        write_test_manifest(tmp_path / "bad", records=[]),
+        "--out",
+        data_dir,
+        "--overwrite",
+        "--no_progress",
+    )
     assert_one_line_error(result, "every record")
     assert tree_hash(data_dir) == before
     assert read_split(data_dir, "train") == expected("train")
@@ -357,8 +396,9 @@ def synthetic_copy(synthetic_data_dir, tmp_path):
 
 def test_a_refused_synthetic_build_leaves_the_corpus_and_dataset_untouched(synthetic_copy):
     before = tree_hash(synthetic_copy)
-    result = run_module("launch.prepare_data", "--synthetic", "50", "--seed", "1", "--out", synthetic_copy,
-                        "--no_progress")
+    result = run_module(
+        "launch.prepare_data", "--synthetic", "50", "--seed", "1", "--out", synthetic_copy, "--no_progress"
+    )
     assert_one_line_error(result, "different manifest")
     assert tree_hash(synthetic_copy) == before
 
@@ -371,11 +411,16 @@ def test_a_synthetic_rerun_is_already_built_and_rewrites_nothing(synthetic_copy,
 
 
 def test_overwrite_rebuilds_a_synthetic_dataset_with_its_new_corpus(synthetic_copy):
-    assert prepare_data.main(["--synthetic", "50", "--seed", "1", "--out", str(synthetic_copy), "--no_progress",
-                              "--overwrite"]) == 0
+    assert (
+        prepare_data.main(
+            ["--synthetic", "50", "--seed", "1", "--out", str(synthetic_copy), "--no_progress", "--overwrite"]
+        )
+        == 0
+    )
     summary = read_summary(synthetic_copy, "synthetic")
-    assert sum(summary.records.values()) == 50 and summary.manifest == str(synthetic_copy / "synthetic_source"
-                                                                            / "manifest.jsonl")
+    assert sum(summary.records.values()) == 50 and summary.manifest == str(
+        synthetic_copy / "synthetic_source" / "manifest.jsonl"
+    )
     assert len(read_manifest_lines(synthetic_copy / "synthetic_source" / "manifest.jsonl")) == 50
     assert sorted(os.listdir(synthetic_copy)) == ["synthetic", "synthetic_source", "tokenizer.model"]
 
@@ -387,8 +432,9 @@ def read_manifest_lines(path):
 
 @pytest.mark.parametrize("recorded_module", [None, "abc"], ids=["now", "as older versions recorded it"])
 def test_overwrite_rebuilds_a_dataset_of_any_name(tmp_path, recorded_module):
-    build_dataset(write_test_manifest(tmp_path / "m", GOOD[:3], bad=False), tmp_path / "d", name="my_set",
-                  progress=False)
+    build_dataset(
+        write_test_manifest(tmp_path / "m", GOOD[:3], bad=False), tmp_path / "d", name="my_set", progress=False
+    )
     info_path = os.path.join(dataset_dir(tmp_path / "d", "my_set"), "dataset_info.json")
     with open(info_path) as f:
         info = json.load(f)
@@ -396,8 +442,13 @@ def test_overwrite_rebuilds_a_dataset_of_any_name(tmp_path, recorded_module):
     if recorded_module:
         with open(info_path, "w") as f:
             json.dump({**info, "moduleName": recorded_module}, f)
-    summary = build_dataset(write_test_manifest(tmp_path / "m", GOOD, bad=False), tmp_path / "d", name="my_set",
-                            progress=False, overwrite=True)
+    summary = build_dataset(
+        write_test_manifest(tmp_path / "m", GOOD, bad=False),
+        tmp_path / "d",
+        name="my_set",
+        progress=False,
+        overwrite=True,
+    )
     assert summary.records == {"train": 3, "validation": 2, "test": 1}
 
 
@@ -408,8 +459,7 @@ def test_a_folder_that_is_not_our_dataset_is_never_replaced(tmp_path):
         json.dump({"moduleName": "someone.elses.builder"}, f)
     before = tree_hash(tmp_path / "d")
     with pytest.raises(DatasetError, match="not written by flmjax.data.dataset"):
-        build_dataset(write_test_manifest(tmp_path / "m", bad=False), tmp_path / "d", progress=False,
-                      overwrite=True)
+        build_dataset(write_test_manifest(tmp_path / "m", bad=False), tmp_path / "d", progress=False, overwrite=True)
     assert tree_hash(tmp_path / "d") == before
 
 
@@ -437,8 +487,10 @@ def test_a_codes_file_changed_behind_an_unchanged_manifest_is_a_changed_build(tm
 def test_impossible_durations_and_empty_records_are_rejected_with_reasons(tmp_path):
     manifest = write_test_manifest(tmp_path / "m", GOOD[:1], bad=False)
     with open(manifest, "a") as f:
-        f.write(json.dumps({"id": "forever", "num_frames": 1e10,
-                            "speak_segments": [{"start": 0, "end": 5, "text": "hi"}]}) + "\n")
+        f.write(
+            json.dumps({"id": "forever", "num_frames": 1e10, "speak_segments": [{"start": 0, "end": 5, "text": "hi"}]})
+            + "\n"
+        )
         f.write(json.dumps({"id": "nothing", "num_frames": 10}) + "\n")
     summary = build_dataset(manifest, tmp_path / "d", progress=False)
     assert summary.records == {"train": 1}
@@ -450,8 +502,9 @@ def test_impossible_durations_and_empty_records_are_rejected_with_reasons(tmp_pa
 def test_dataset_modes_follow_the_umask(tmp_path):
     umask = os.umask(0o027)
     try:
-        summary = build_dataset(write_test_manifest(tmp_path / "m", GOOD[:2], bad=False), tmp_path / "d",
-                                progress=False)
+        summary = build_dataset(
+            write_test_manifest(tmp_path / "m", GOOD[:2], bad=False), tmp_path / "d", progress=False
+        )
     finally:
         os.umask(umask)
     folders = [summary.path, os.path.dirname(summary.path)]

@@ -43,7 +43,7 @@ def recorded_conversation(stream, ids):
     out, valid = stream["greedy/out_tokens"], stream["greedy/out_valid"]
     assert not valid[0] and valid[1:].all()
     speak = np.full((frames, 8), ids.aud_pad_id)
-    speak[:frames - 1] = out[1:, 1:]  # step s returns undelayed frame s - 1
+    speak[: frames - 1] = out[1:, 1:]  # step s returns undelayed frame s - 1
     speak[frames - 1, 0] = stream["greedy/audio_tokens"][frames - 1, 0]  # its acoustics were never sampled
     np.testing.assert_array_equal(out[1:, 0], text[:-1])
     return text, speak, stream["listen"][0].T
@@ -69,8 +69,13 @@ def test_training_inputs_of_the_released_run_reproduce_its_model_inputs(name):
 def test_shifting_the_released_runs_delayed_tokens_gives_its_model_inputs_exactly(name):
     stream, ids = golden_stream(name)
     delayed_listen = streams.delay_codes(stream["listen"][0].T, ids.aud_pad_id)
-    inputs = streams.model_inputs(stream["greedy/text_tokens"], stream["greedy/audio_tokens"],
-                                  delayed_listen[:len(stream["greedy/text_tokens"])], ids.wait_id, ids.aud_pad_id)
+    inputs = streams.model_inputs(
+        stream["greedy/text_tokens"],
+        stream["greedy/audio_tokens"],
+        delayed_listen[: len(stream["greedy/text_tokens"])],
+        ids.wait_id,
+        ids.aud_pad_id,
+    )
     np.testing.assert_array_equal(streams.stack_rows(*inputs), stream["greedy/model_inputs"])
 
 
@@ -88,8 +93,7 @@ def test_targets_are_what_the_released_run_produced_at_each_step(name):
 
 def test_inputs_at_step_s_are_the_targets_of_step_s_minus_one():
     rng = np.random.default_rng(0)
-    arrays = training_arrays(rng.integers(0, 100, 9), rng.integers(0, 2048, (9, 8)), rng.integers(0, 2048, (9, 8)),
-                             IDS)
+    arrays = training_arrays(rng.integers(0, 100, 9), rng.integers(0, 2048, (9, 8)), rng.integers(0, 2048, (9, 8)), IDS)
     np.testing.assert_array_equal(arrays["text_ids"][1:], arrays["text_targets"][:-1])
     np.testing.assert_array_equal(arrays["speak_ids"][1:], arrays["audio_targets"][:-1])
     assert arrays["text_ids"][0] == IDS.wait_id and (arrays["speak_ids"][0] == IDS.aud_pad_id).all()
@@ -104,15 +108,20 @@ def test_masks_cover_exactly_the_recorded_frames():
 
 def tts_record(frames=20):
     rng = np.random.default_rng(1)
-    return make_record("tts-1", speak_codes=rng.integers(0, 2048, (frames, 8)),
-                       speak_segments=[{"start": 4, "end": 9, "text": "hello there"},
-                                       {"start": 12, "end": 18, "text": "how are you"}])
+    return make_record(
+        "tts-1",
+        speak_codes=rng.integers(0, 2048, (frames, 8)),
+        speak_segments=[{"start": 4, "end": 9, "text": "hello there"}, {"start": 12, "end": 18, "text": "how are you"}],
+    )
 
 
 def asr_record(frames=20):
     rng = np.random.default_rng(2)
-    return make_record("asr-1", listen_codes=rng.integers(0, 2048, (frames, 8)),
-                       listen_segments=[{"start": 2, "end": 8, "text": "good morning"}])
+    return make_record(
+        "asr-1",
+        listen_codes=rng.integers(0, 2048, (frames, 8)),
+        listen_segments=[{"start": 2, "end": 8, "text": "good morning"}],
+    )
 
 
 def test_tts_record_places_the_speak_sentences_leading():
@@ -133,8 +142,9 @@ def test_asr_record_places_the_listen_sentences_trailing_and_learns_no_audio():
 
 
 def test_dropped_monologue_tokens_are_counted():
-    record = make_record("late", speak_codes=np.zeros((6, 8), int),
-                         speak_segments=[{"start": 2, "end": 6, "text": "one two three four"}])
+    record = make_record(
+        "late", speak_codes=np.zeros((6, 8), int), speak_segments=[{"start": 2, "end": 6, "text": "one two three four"}]
+    )
     arrays = record_arrays(record, SourceRule("tts", "trailing"), WordEncoder(), IDS)
     assert int(arrays["dropped_tokens"]) == 4
 
@@ -150,17 +160,27 @@ def test_word_aligned_placement_needs_word_times():
 
 
 def test_word_aligned_placement_uses_word_frames():
-    record = make_record("w", speak_codes=np.zeros((10, 8), int), speak_segments=[
-        {"start": 1, "end": 7, "text": "a b", "words": [{"start": 1, "end": 3, "text": "a"},
-                                                       {"start": 5, "end": 7, "text": "b"}]}])
+    record = make_record(
+        "w",
+        speak_codes=np.zeros((10, 8), int),
+        speak_segments=[
+            {
+                "start": 1,
+                "end": 7,
+                "text": "a b",
+                "words": [{"start": 1, "end": 3, "text": "a"}, {"start": 5, "end": 7, "text": "b"}],
+            }
+        ],
+    )
     encoder = WordEncoder()
     arrays = record_arrays(record, SourceRule("tts", "word_aligned"), encoder, IDS)
     assert arrays["text_targets"][1] == encoder.encode("a")[0] and arrays["text_targets"][5] == encoder.encode("b")[0]
 
 
 def test_short_records_are_padded_and_the_padding_is_masked():
-    example = make_example(asr_record(frames=10), SourceRule("asr", "trailing"), WordEncoder(), IDS, 16,
-                           np.random.default_rng(0))
+    example = make_example(
+        asr_record(frames=10), SourceRule("asr", "trailing"), WordEncoder(), IDS, 16, np.random.default_rng(0)
+    )
     assert set(example) == set(EXAMPLE_KEYS)
     assert example["text_ids"].shape == (16,) and example["audio_targets"].shape == (16, 8)
     assert not example["text_mask"][11:].any() and example["text_mask"][:10].all()
@@ -179,7 +199,7 @@ def test_long_records_are_cropped_to_a_contiguous_window():
     window = crop_or_pad(arrays, 8, IDS, np.random.default_rng(5))
     start = window_start(arrays, window)
     for key in ("text_ids", "speak_ids", "listen_ids", "text_targets", "audio_targets", "text_mask", "audio_mask"):
-        np.testing.assert_array_equal(window[key], arrays[key][start:start + 8], err_msg=key)
+        np.testing.assert_array_equal(window[key], arrays[key][start : start + 8], err_msg=key)
 
 
 def test_crop_offset_is_seeded_and_varies_with_the_seed():

@@ -111,8 +111,9 @@ def test_worker_processes_give_the_same_batches_and_resume_exactly(parsed_flags)
 
 def test_process_shares_concatenate_to_the_single_process_global_batches():
     global_batches = take(batch_iterator(tts_stage(count=30, batch_size=6)), 5)
-    shares = [take(batch_iterator(tts_stage(count=30, batch_size=2, process_index=p, process_count=3)), 5)
-              for p in range(3)]
+    shares = [
+        take(batch_iterator(tts_stage(count=30, batch_size=2, process_index=p, process_count=3)), 5) for p in range(3)
+    ]
     for i, global_batch in enumerate(global_batches):
         for key in EXAMPLE_KEYS:
             np.testing.assert_array_equal(np.concatenate([shares[p][i][key] for p in range(3)]), global_batch[key])
@@ -121,15 +122,16 @@ def test_process_shares_concatenate_to_the_single_process_global_batches():
 def test_process_shares_are_disjoint_and_cover_an_epoch():
     seen = []
     for process in range(2):
-        share = batch_iterator(tts_stage(count=40, batch_size=2, process_index=process, process_count=2,
-                                         num_epochs=1))
+        share = batch_iterator(tts_stage(count=40, batch_size=2, process_index=process, process_count=2, num_epochs=1))
         seen += sum((example_index(b, "tts") for b in share), [])
     assert sorted(seen) == list(range(40))
 
 
 def test_mixture_follows_the_source_weights():
-    sources = [WeightedSource("asr", numbered_records(30, "asr"), SourceRule("asr", "trailing"), weight=3.0),
-               WeightedSource("tts", numbered_records(30, "tts"), SourceRule("tts"), weight=1.0)]
+    sources = [
+        WeightedSource("asr", numbered_records(30, "asr"), SourceRule("asr", "trailing"), weight=3.0),
+        WeightedSource("tts", numbered_records(30, "tts"), SourceRule("tts"), weight=1.0),
+    ]
     batches = take(batch_iterator(stage_dataset(sources, CharEncoder(), IDS, LENGTH, BATCH, seed=0)), 25)
     from_tts = sum(int(b["audio_mask"][i].any()) for b in batches for i in range(BATCH))
     assert from_tts == 25  # 1 in 4 of 100 examples

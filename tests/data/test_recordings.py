@@ -24,15 +24,26 @@ def words(*items, speaker="SPEAKER_MAIN"):
 
 # ---------------------------------------------------------------------------------------------- segments
 
+
 def test_sentence_final_punctuation_ends_a_segment():
-    segments = group_segments(words(("Hello", 0.0, 0.4), ("there.", 0.4, 0.8), ("How", 0.9, 1.1),
-                                    ("are", 1.1, 1.3), ("you?", 1.3, 1.6), ("Fine!", 1.7, 2.0)), 40)
+    segments = group_segments(
+        words(
+            ("Hello", 0.0, 0.4),
+            ("there.", 0.4, 0.8),
+            ("How", 0.9, 1.1),
+            ("are", 1.1, 1.3),
+            ("you?", 1.3, 1.6),
+            ("Fine!", 1.7, 2.0),
+        ),
+        40,
+    )
     assert [s.text for s in segments] == ["Hello there.", "How are you?", "Fine!"]
 
 
 def test_a_closing_quote_after_the_punctuation_still_ends_the_sentence():
-    segments = group_segments(words(('"Yes."', 0.0, 0.4), ("no", 0.5, 0.8), ("(really?)", 0.8, 1.0),
-                                    ("ok", 1.0, 1.2)), 40)
+    segments = group_segments(
+        words(('"Yes."', 0.0, 0.4), ("no", 0.5, 0.8), ("(really?)", 0.8, 1.0), ("ok", 1.0, 1.2)), 40
+    )
     assert [s.text for s in segments] == ['"Yes."', "no (really?)", "ok"]
 
 
@@ -51,8 +62,10 @@ def test_sentence_end_is_configurable():
 def test_words_cover_their_frames_and_segments_never_overlap():
     # 0.3 s -> frame 3 (floor of 3.75); 0.81 s -> frame 11 (ceil of 10.125); "b" starts inside "a."'s last frame.
     segments = group_segments(words(("a.", 0.3, 0.81), ("b", 0.82, 1.2), ("c", 1.2, 1.6)), 40)
-    assert segments == (Segment(3, 11, "a.", (Word(3, 11, "a."),)),
-                        Segment(11, 20, "b c", (Word(11, 15, "b"), Word(15, 20, "c"))))
+    assert segments == (
+        Segment(3, 11, "a.", (Word(3, 11, "a."),)),
+        Segment(11, 20, "b c", (Word(11, 15, "b"), Word(15, 20, "c"))),
+    )
 
 
 def test_exact_frame_times_stay_on_their_frame_and_a_point_word_gets_one_frame():
@@ -79,14 +92,17 @@ def test_the_main_speaker_is_the_assistant_and_anyone_else_the_user():
 
 # ---------------------------------------------------------------------------------------------- alignments
 
+
 def test_alignment_file_problems_are_rejections_by_reason(tmp_path):
     with pytest.raises(RecordingError, match="no alignment file") as error:
         read_alignments(tmp_path / "missing.json")
     assert error.value.category == "no alignments"
-    cases = {"empty": ({"alignments": []}, "no alignments"),
-             "bad": ({"alignments": [["word", 0.1, "SPEAKER_MAIN"]]}, "malformed alignments"),
-             "backwards": ({"alignments": [["word", [0.5, 0.1], "SPEAKER_MAIN"]]}, "malformed alignments"),
-             "other": ({"words": []}, "malformed alignments")}
+    cases = {
+        "empty": ({"alignments": []}, "no alignments"),
+        "bad": ({"alignments": [["word", 0.1, "SPEAKER_MAIN"]]}, "malformed alignments"),
+        "backwards": ({"alignments": [["word", [0.5, 0.1], "SPEAKER_MAIN"]]}, "malformed alignments"),
+        "other": ({"words": []}, "malformed alignments"),
+    }
     for name, (content, category) in cases.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(content))
         with pytest.raises(RecordingError, match=f"{name}.json") as error:
@@ -95,13 +111,17 @@ def test_alignment_file_problems_are_rejections_by_reason(tmp_path):
 
 
 def test_alignments_read_word_times_and_speakers(tmp_path):
-    (tmp_path / "a.json").write_text(json.dumps({"alignments": [[" Hi", [0.1, 0.3], "SPEAKER_MAIN"],
-                                                                ["yo", [0.2, 0.5], "SPEAKER_OTHER"]]}))
-    assert read_alignments(tmp_path / "a.json") == [AlignedWord("Hi", 0.1, 0.3, "SPEAKER_MAIN"),
-                                                    AlignedWord("yo", 0.2, 0.5, "SPEAKER_OTHER")]
+    (tmp_path / "a.json").write_text(
+        json.dumps({"alignments": [[" Hi", [0.1, 0.3], "SPEAKER_MAIN"], ["yo", [0.2, 0.5], "SPEAKER_OTHER"]]})
+    )
+    assert read_alignments(tmp_path / "a.json") == [
+        AlignedWord("Hi", 0.1, 0.3, "SPEAKER_MAIN"),
+        AlignedWord("yo", 0.2, 0.5, "SPEAKER_OTHER"),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- preparing
+
 
 def write_recording(directory, name, channels, alignments, rate=RATE):
     """channels: float arrays of one length; alignments: list or None (no .json)."""
@@ -116,9 +136,14 @@ def tone(seconds, frequency, rate=RATE):
     return (0.3 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
 
 
-DIALOG_ALIGNMENTS = [["Hello", [0.1, 0.5], "SPEAKER_MAIN"], ["there.", [0.5, 0.9], "SPEAKER_MAIN"],
-                     ["Hi!", [1.0, 1.3], "SPEAKER_OTHER"], ["How", [1.5, 1.7], "SPEAKER_MAIN"],
-                     ["are", [1.7, 1.9], "SPEAKER_MAIN"], ["you", [2.9, 3.2], "SPEAKER_MAIN"]]
+DIALOG_ALIGNMENTS = [
+    ["Hello", [0.1, 0.5], "SPEAKER_MAIN"],
+    ["there.", [0.5, 0.9], "SPEAKER_MAIN"],
+    ["Hi!", [1.0, 1.3], "SPEAKER_OTHER"],
+    ["How", [1.5, 1.7], "SPEAKER_MAIN"],
+    ["are", [1.7, 1.9], "SPEAKER_MAIN"],
+    ["you", [2.9, 3.2], "SPEAKER_MAIN"],
+]
 
 
 class FakeEncoder:
@@ -138,7 +163,7 @@ class FakeEncoder:
         for signal in signals:
             frames = -(-len(signal) // 1920)
             padded = np.zeros(frames * 1920, np.float32)
-            padded[:len(signal)] = signal
+            padded[: len(signal)] = signal
             energy = np.abs(padded.reshape(frames, 1920)).mean(axis=1)
             out.append((np.floor(energy * 5000)[None, :].astype(np.int64) + np.arange(8)[:, None]) % 2048)
         return out
@@ -151,8 +176,9 @@ def corpus(tmp_path):
     (source / "audio").mkdir(parents=True)
     lines = [
         write_recording(source, "audio/dialog1", [tone(3.5, 440), tone(3.5, 660)], DIALOG_ALIGNMENTS),
-        write_recording(source, "audio/dialog2", [tone(1.0, 300), tone(1.0, 500)],
-                        [["Yes.", [0.1, 0.4], "SPEAKER_MAIN"]]),
+        write_recording(
+            source, "audio/dialog2", [tone(1.0, 300), tone(1.0, 500)], [["Yes.", [0.1, 0.4], "SPEAKER_MAIN"]]
+        ),
         write_recording(source, "audio/mono", [tone(1.0, 440)], [["Okay.", [0.1, 0.4], "SPEAKER_MAIN"]]),
         write_recording(source, "audio/silent", [tone(1.0, 200), tone(1.0, 250)], None),
     ]
@@ -166,11 +192,12 @@ def test_prepare_writes_a_manifest_of_dialogs_and_rejects_by_reason(corpus, tmp_
     encoder = FakeEncoder()
     prepared = recordings.prepare_recordings(corpus, tmp_path / "work", encoder, "fake", progress=False)
     assert (prepared.records, prepared.encoded, prepared.reused) == (2, 2, 0)
-    assert sorted(category for category, _ in prepared.rejections) == ["malformed line", "mono audio",
-                                                                       "no alignments"]
+    assert sorted(category for category, _ in prepared.rejections) == ["malformed line", "mono audio", "no alignments"]
     lines = [json.loads(line) for line in open(prepared.manifest)]
-    assert [(line["id"], line["split"]) for line in lines] == [("audio/dialog1", "train_dialog"),
-                                                              ("audio/dialog2", "validation_dialog")]
+    assert [(line["id"], line["split"]) for line in lines] == [
+        ("audio/dialog1", "train_dialog"),
+        ("audio/dialog2", "validation_dialog"),
+    ]
     dialog = lines[0]
     assert dialog["num_frames"] == 44  # ceil(3.5 * 12.5)
     assert [s["text"] for s in dialog["speak_segments"]] == ["Hello there.", "How are", "you"]
@@ -211,8 +238,9 @@ def test_a_second_run_encodes_nothing_and_writes_the_same_manifest(corpus, tmp_p
 
 def test_a_changed_audio_file_is_encoded_again(corpus, tmp_path):
     recordings.prepare_recordings(corpus, tmp_path / "work", FakeEncoder(), "fake", progress=False)
-    write_recording(corpus.parent, "audio/dialog2", [tone(1.2, 300), tone(1.2, 500)],
-                    [["Yes.", [0.1, 0.4], "SPEAKER_MAIN"]])
+    write_recording(
+        corpus.parent, "audio/dialog2", [tone(1.2, 300), tone(1.2, 500)], [["Yes.", [0.1, 0.4], "SPEAKER_MAIN"]]
+    )
     encoder = FakeEncoder()
     again = recordings.prepare_recordings(corpus, tmp_path / "work", encoder, "fake", progress=False)
     assert (again.encoded, again.reused, encoder.signals) == (1, 1, 2)
@@ -220,21 +248,24 @@ def test_a_changed_audio_file_is_encoded_again(corpus, tmp_path):
 
 def test_mono_files_can_be_kept_as_utterances(corpus, tmp_path):
     extra = write_recording(corpus.parent, "audio/user", [tone(1.0, 330)], [["Hey", [0.1, 0.4], "user"]])
-    mixed = write_recording(corpus.parent, "audio/mixed", [tone(1.0, 330)],
-                            [["a", [0.1, 0.4], "user"], ["b", [0.5, 0.7], "SPEAKER_MAIN"]])
+    mixed = write_recording(
+        corpus.parent, "audio/mixed", [tone(1.0, 330)], [["a", [0.1, 0.4], "user"], ["b", [0.5, 0.7], "SPEAKER_MAIN"]]
+    )
     with open(corpus, "a") as f:
         f.write(json.dumps(extra) + "\n" + json.dumps(mixed) + "\n")
-    prepared = recordings.prepare_recordings(corpus, tmp_path / "work", FakeEncoder(), "fake",
-                                             mono_as="utterance", progress=False)
+    prepared = recordings.prepare_recordings(
+        corpus, tmp_path / "work", FakeEncoder(), "fake", mono_as="utterance", progress=False
+    )
     lines = {line["id"]: line for line in map(json.loads, open(prepared.manifest))}
     assert lines["audio/mono"]["split"] == "train_tts" and lines["audio/mono"]["listen_codes"] is None
     assert [s["text"] for s in lines["audio/mono"]["speak_segments"]] == ["Okay."]
     assert lines["audio/user"]["split"] == "train_asr" and lines["audio/user"]["speak_codes"] is None
     assert [s["text"] for s in lines["audio/user"]["listen_segments"]] == ["Hey"]
-    assert ("mixed speakers" in {category for category, _ in prepared.rejections})
+    assert "mixed speakers" in {category for category, _ in prepared.rejections}
 
 
 # ---------------------------------------------------------------------------------------------- real audio, real Mimi
+
 
 def golden_signals():
     golden = np.load(golden_path("mimi_small", "golden.npz"))
@@ -252,14 +283,30 @@ def test_prepare_data_encodes_real_speech_with_mimi_into_a_dataset(tmp_path, cap
     right = np.concatenate([np.zeros(24000, np.float32), speech])
     source = tmp_path / "source"
     source.mkdir()
-    dialog = write_recording(source, "dialog", [left, right], [
-        ["Good", [0.2, 0.5], "SPEAKER_MAIN"], ["morning.", [0.5, 1.0], "SPEAKER_MAIN"],
-        ["The", [1.05, 1.2], "SPEAKER_OTHER"], ["quick", [1.2, 1.5], "SPEAKER_OTHER"],
-        ["brown", [1.5, 1.8], "SPEAKER_OTHER"], ["fox,", [1.8, 2.2], "SPEAKER_OTHER"],
-        ["How", [1.3, 1.5], "SPEAKER_MAIN"], ["are", [1.5, 1.7], "SPEAKER_MAIN"], ["you?", [1.7, 2.1], "SPEAKER_MAIN"],
-        ["while", [3.2, 3.5], "SPEAKER_OTHER"], ["Mimi", [3.5, 3.9], "SPEAKER_OTHER"]])
-    short = write_recording(source, "short", [speech[:30000], long[100000:130000]],  # a shorter clip, same batch
-                            [["Hi.", [0.1, 0.4], "SPEAKER_MAIN"]])
+    dialog = write_recording(
+        source,
+        "dialog",
+        [left, right],
+        [
+            ["Good", [0.2, 0.5], "SPEAKER_MAIN"],
+            ["morning.", [0.5, 1.0], "SPEAKER_MAIN"],
+            ["The", [1.05, 1.2], "SPEAKER_OTHER"],
+            ["quick", [1.2, 1.5], "SPEAKER_OTHER"],
+            ["brown", [1.5, 1.8], "SPEAKER_OTHER"],
+            ["fox,", [1.8, 2.2], "SPEAKER_OTHER"],
+            ["How", [1.3, 1.5], "SPEAKER_MAIN"],
+            ["are", [1.5, 1.7], "SPEAKER_MAIN"],
+            ["you?", [1.7, 2.1], "SPEAKER_MAIN"],
+            ["while", [3.2, 3.5], "SPEAKER_OTHER"],
+            ["Mimi", [3.5, 3.9], "SPEAKER_OTHER"],
+        ],
+    )
+    short = write_recording(
+        source,
+        "short",
+        [speech[:30000], long[100000:130000]],  # a shorter clip, same batch
+        [["Hi.", [0.1, 0.4], "SPEAKER_MAIN"]],
+    )
     mono = write_recording(source, "mono", [speech[:24000]], [["Hi.", [0.1, 0.4], "SPEAKER_MAIN"]])
     bare = write_recording(source, "bare", [speech[:24000], speech[:24000]], None)
     manifest = source / "recordings.jsonl"
@@ -288,8 +335,9 @@ def test_prepare_data_encodes_real_speech_with_mimi_into_a_dataset(tmp_path, cap
 
     short_record = {r.id: r for r in (source_records[0], source_records[1])}["short"]
     short_wav, _ = read_wav(source / "short.wav")
-    np.testing.assert_array_equal(short_record.speak_codes,
-                                  np.asarray(codec.encode(config, params, short_wav[:1, None]))[0].T)
+    np.testing.assert_array_equal(
+        short_record.speak_codes, np.asarray(codec.encode(config, params, short_wav[:1, None]))[0].T
+    )
     examples = tfds.data_source("recordings", data_dir=str(out), split="train_dialog")
     assert len(examples) == 2
 

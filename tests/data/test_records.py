@@ -22,24 +22,43 @@ def test_a_valid_record_keeps_its_fields_and_stores_int16_codes():
     assert record.speak_segments == (Segment(2, 6, "hello"),)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(speak_codes=np.full((20, 8), 2048)), "record 'bad': speak_codes holds 2048 at frame 0, codebook 0"),
-    (dict(listen_codes=np.full((20, 8), -1)), "record 'bad': listen_codes holds -1"),
-    (dict(speak_codes=np.zeros((20, 7), int)), "record 'bad': speak_codes has shape \\(20, 7\\)"),
-    (dict(speak_codes=np.zeros((20, 8), np.float32)), "record 'bad': speak_codes has dtype float32"),
-    (dict(speak_codes=CODES, listen_codes=np.zeros((19, 8), int)), "speak_codes has 20 frames but listen_codes has 19"),
-    (dict(speak_codes=CODES, speak_segments=[seg(15, 25)]), "record 'bad': speak_segments\\[0\\] \\[15, 25\\) lies outside"),
-    (dict(speak_codes=CODES, listen_segments=[seg(6, 6)]), "record 'bad': listen_segments\\[0\\] has start 6 >= end 6"),
-    (dict(speak_codes=CODES, speak_segments=[seg(2, 8), seg(7, 9)]), "speak_segments\\[1\\] starts at 7, before"),
-    (dict(speak_codes=CODES, speak_segments=[seg(2, 8, "  ")]), "record 'bad': speak_segments\\[0\\] has empty text"),
-    (dict(speak_codes=CODES, speak_segments=[seg(2, 8, words=[{"start": 1, "end": 3, "text": "x"}])]),
-     "speak_segments\\[0\\].words\\[0\\]"),
-    (dict(), "num_frames is required when both"),
-    (dict(speak_codes=CODES, num_frames=21), "num_frames is 21 but the codes have 20 frames"),
-    (dict(num_frames=10 ** 10, speak_segments=[seg(0, 5)]), "num_frames is 10000000000 \\(222,222 hours\\); more "
-                                                            "than 1080000 \\(24 hours\\) is not a recording"),
-    (dict(num_frames=10), "record 'bad': holds nothing to learn from"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(speak_codes=np.full((20, 8), 2048)), "record 'bad': speak_codes holds 2048 at frame 0, codebook 0"),
+        (dict(listen_codes=np.full((20, 8), -1)), "record 'bad': listen_codes holds -1"),
+        (dict(speak_codes=np.zeros((20, 7), int)), "record 'bad': speak_codes has shape \\(20, 7\\)"),
+        (dict(speak_codes=np.zeros((20, 8), np.float32)), "record 'bad': speak_codes has dtype float32"),
+        (
+            dict(speak_codes=CODES, listen_codes=np.zeros((19, 8), int)),
+            "speak_codes has 20 frames but listen_codes has 19",
+        ),
+        (
+            dict(speak_codes=CODES, speak_segments=[seg(15, 25)]),
+            "record 'bad': speak_segments\\[0\\] \\[15, 25\\) lies outside",
+        ),
+        (
+            dict(speak_codes=CODES, listen_segments=[seg(6, 6)]),
+            "record 'bad': listen_segments\\[0\\] has start 6 >= end 6",
+        ),
+        (dict(speak_codes=CODES, speak_segments=[seg(2, 8), seg(7, 9)]), "speak_segments\\[1\\] starts at 7, before"),
+        (
+            dict(speak_codes=CODES, speak_segments=[seg(2, 8, "  ")]),
+            "record 'bad': speak_segments\\[0\\] has empty text",
+        ),
+        (
+            dict(speak_codes=CODES, speak_segments=[seg(2, 8, words=[{"start": 1, "end": 3, "text": "x"}])]),
+            "speak_segments\\[0\\].words\\[0\\]",
+        ),
+        (dict(), "num_frames is required when both"),
+        (dict(speak_codes=CODES, num_frames=21), "num_frames is 21 but the codes have 20 frames"),
+        (
+            dict(num_frames=10**10, speak_segments=[seg(0, 5)]),
+            "num_frames is 10000000000 \\(222,222 hours\\); more than 1080000 \\(24 hours\\) is not a recording",
+        ),
+        (dict(num_frames=10), "record 'bad': holds nothing to learn from"),
+    ],
+)
 def test_invalid_records_name_the_record_and_the_field(kwargs, message):
     with pytest.raises(RecordError, match=message):
         make_record("bad", **kwargs)
@@ -47,10 +66,23 @@ def test_invalid_records_name_the_record_and_the_field(kwargs, message):
 
 def test_manifest_round_trip_keeps_every_field(tmp_path):
     records = [
-        (make_record("a/1", speak_codes=CODES + 1, listen_codes=CODES + 2,
-                     speak_segments=[seg(1, 5, "hi there", [{"start": 1, "end": 3, "text": "hi"},
-                                                            {"start": 3, "end": 5, "text": "there"}])],
-                     listen_segments=[seg(6, 9, "yes")]), "train"),
+        (
+            make_record(
+                "a/1",
+                speak_codes=CODES + 1,
+                listen_codes=CODES + 2,
+                speak_segments=[
+                    seg(
+                        1,
+                        5,
+                        "hi there",
+                        [{"start": 1, "end": 3, "text": "hi"}, {"start": 3, "end": 5, "text": "there"}],
+                    )
+                ],
+                listen_segments=[seg(6, 9, "yes")],
+            ),
+            "train",
+        ),
         (make_record("b", listen_codes=CODES, listen_segments=[seg(0, 20, "all of it")]), "validation"),
     ]
     path = write_manifest(records, tmp_path)

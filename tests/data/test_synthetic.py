@@ -36,7 +36,7 @@ def _segments(examples):
 def _in_segment(record, channel):
     mask = np.zeros(record.num_frames, bool)
     for segment in record.segments(channel):
-        mask[segment.start:segment.end] = True
+        mask[segment.start : segment.end] = True
     return mask
 
 
@@ -71,23 +71,34 @@ print(digest.hexdigest())
 
 def test_the_corpus_is_the_same_in_every_process():
     """Python's hash() is salted per process; the corpus must not depend on it."""
-    digests = {subprocess.run([sys.executable, "-c", CORPUS_DIGEST], capture_output=True, text=True, check=True,
-                              env={**os.environ, "PYTHONHASHSEED": hash_seed}).stdout for hash_seed in ("1", "2")}
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", CORPUS_DIGEST],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+        ).stdout
+        for hash_seed in ("1", "2")
+    }
     assert len(digests) == 1 and len(digests.pop().strip()) == 64
 
 
 def test_every_segment_sounds_as_its_text_in_its_channel_voice(examples):
     for record, channel, segment in _segments(examples):
-        spoken = record.codes(channel)[segment.start:segment.end]
-        np.testing.assert_array_equal(spoken, utterance_codes(segment.text, CHANNEL_SPEAKER[channel]),
-                                      err_msg=f"{record.id} {channel}: {segment.text!r}")
+        spoken = record.codes(channel)[segment.start : segment.end]
+        np.testing.assert_array_equal(
+            spoken,
+            utterance_codes(segment.text, CHANNEL_SPEAKER[channel]),
+            err_msg=f"{record.id} {channel}: {segment.text!r}",
+        )
 
 
 def test_same_sentence_in_two_records_has_identical_codes(examples):
     seen = collections.defaultdict(list)
     for record, channel, segment in _segments(examples):
         if len(segment.text.split()) >= 3:
-            seen[channel, segment.text].append(record.codes(channel)[segment.start:segment.end])
+            seen[channel, segment.text].append(record.codes(channel)[segment.start : segment.end])
     repeated = [codes for codes in seen.values() if len(codes) >= 2]
     assert len(repeated) >= 5
     for codes in repeated:
@@ -115,14 +126,19 @@ def test_word_codes_ignore_case_and_outer_punctuation():
 
 
 def test_word_length_grows_with_the_word_between_2_and_5_frames():
-    assert [len(word_frames(w, "model")) for w in ("a", "the", "coffee", "beautiful", "understandingly")] == \
-        [2, 2, 3, 5, 5]
+    assert [len(word_frames(w, "model")) for w in ("a", "the", "coffee", "beautiful", "understandingly")] == [
+        2,
+        2,
+        3,
+        5,
+        5,
+    ]
 
 
 def test_acoustic_codebooks_are_a_function_of_the_semantic_code(examples):
     table = {}
     for record, channel, segment in _segments(examples):
-        for frame in record.codes(channel)[segment.start:segment.end]:
+        for frame in record.codes(channel)[segment.start : segment.end]:
             key = (channel, int(frame[0]))
             assert table.setdefault(key, frame[1:].tobytes()) == frame[1:].tobytes()
 
@@ -130,13 +146,19 @@ def test_acoustic_codebooks_are_a_function_of_the_semantic_code(examples):
 def test_records_pass_validation(examples):
     for example in examples:
         record = example.record
-        rebuilt = make_record(record.id, record.speak_codes, record.listen_codes, record.speak_segments,
-                              record.listen_segments, record.num_frames)
+        rebuilt = make_record(
+            record.id,
+            record.speak_codes,
+            record.listen_codes,
+            record.speak_segments,
+            record.listen_segments,
+            record.num_frames,
+        )
         assert rebuilt == record
 
 
 def test_segments_cover_exactly_their_words(examples):
-    for record, channel, segment in _segments(examples):
+    for record, _channel, segment in _segments(examples):
         words = segment.words
         assert words, f"{record.id}: segment without words"
         assert (words[0].start, words[-1].end) == (segment.start, segment.end)
@@ -192,20 +214,23 @@ def test_interrupted_model_stops_mid_sentence(dialogs):
         # The user started during the model's last word; the model's voice stops where its segment ends.
         user = [s for s in record.listen_segments if segment.words[-1].start <= s.start < segment.end]
         assert len(user) == 1, record.id
-        following = [s.start for s in record.speak_segments[event.segment + 1:]] + [record.num_frames]
-        assert np.all(record.speak_codes[segment.end:following[0]] == SILENCE_FRAME)
+        following = [s.start for s in record.speak_segments[event.segment + 1 :]] + [record.num_frames]
+        assert np.all(record.speak_codes[segment.end : following[0]] == SILENCE_FRAME)
 
 
 def test_the_model_acknowledges_after_being_interrupted(dialogs):
     openings = tuple(template.split("{")[0] for template in synthetic.ACKNOWLEDGEMENTS)
-    replies = [e.record.speak_segments[v.segment + 1].text for e in dialogs for v in e.events
-               if v.kind == "interruption" and v.segment + 1 < len(e.record.speak_segments)]
+    replies = [
+        e.record.speak_segments[v.segment + 1].text
+        for e in dialogs
+        for v in e.events
+        if v.kind == "interruption" and v.segment + 1 < len(e.record.speak_segments)
+    ]
     assert replies and all(reply.startswith(openings) for reply in replies)
 
 
 def test_overlaps_exist(dialogs):
-    overlapping = [e for e in dialogs
-                   if np.any(_in_segment(e.record, "speak") & _in_segment(e.record, "listen"))]
+    overlapping = [e for e in dialogs if np.any(_in_segment(e.record, "speak") & _in_segment(e.record, "listen"))]
     assert len(overlapping) >= len(dialogs) // 2
     turn_overlaps = [v for e in dialogs for v in e.events if v.kind == "overlap"]
     assert len(turn_overlaps) >= len(dialogs) // 2

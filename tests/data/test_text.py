@@ -13,10 +13,12 @@ from flmjax import config as flm_config
 from flmjax.data import text
 from launch import train_tokenizer
 
-WORDS = ("the a cat dog sat on mat ran quickly slowly big small red blue house tree river sky sun moon hello "
-         "world why how what we you they went home today yesterday tomorrow green water mountain garden window "
-         "morning evening music quiet loud friend teacher street coffee bread apple orange yellow people "
-         "question answer little often never always because before after under").split()
+WORDS = (
+    "the a cat dog sat on mat ran quickly slowly big small red blue house tree river sky sun moon hello "
+    "world why how what we you they went home today yesterday tomorrow green water mountain garden window "
+    "morning evening music quiet loud friend teacher street coffee bread apple orange yellow people "
+    "question answer little often never always because before after under"
+).split()
 VOCAB = 64
 
 
@@ -127,9 +129,17 @@ def test_trainer_options_cannot_move_the_specials(sentences):
 def test_model_with_user_defined_wait_is_rejected(sentences, tmp_path):
     model = tmp_path / "user_defined.model"
     with open(model, "wb") as f:  # <wait> as a user-defined symbol: text "<wait>" would encode to it
-        spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=f, vocab_size=VOCAB,
-                                       unk_id=0, bos_id=1, eos_id=2, pad_id=-1, user_defined_symbols=["<wait>"],
-                                       minloglevel=2)
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=f,
+            vocab_size=VOCAB,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+            user_defined_symbols=["<wait>"],
+            minloglevel=2,
+        )
     assert spm.SentencePieceProcessor(model_file=str(model)).encode("<wait>")[-1] == 3
     with pytest.raises(ValueError, match="not a control symbol"):
         text.SentencePieceTokenizer(model)
@@ -189,9 +199,15 @@ def build_hf_tokenizer(tokenizers_lib, sentences, added=("<wait>", "<x>", "<y>")
     tok = tokenizers_lib.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(sentences, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
+    tok.train_from_iterator(
+        sentences,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     tok.add_tokens(list(added))
     return tok
 
@@ -202,8 +218,9 @@ def hf_checkpoint(tokenizers_lib, sentences, tmp_path_factory):
     folder = tmp_path_factory.mktemp("hf_checkpoint")
     tok = build_hf_tokenizer(tokenizers_lib, sentences)
     tok.save(str(folder / "tokenizer.json"))
-    config = flm_config.tiny(vocab_size=tok.get_vocab_size(with_added_tokens=True),
-                             text_wait_id=tok.token_to_id("<wait>"))
+    config = flm_config.tiny(
+        vocab_size=tok.get_vocab_size(with_added_tokens=True), text_wait_id=tok.token_to_id("<wait>")
+    )
     (folder / "config.json").write_text(json.dumps(config.to_official()))
     return folder, tok, config
 
@@ -311,8 +328,7 @@ def corpus_files(tmp_path):
 
 def test_cli_writes_a_model_with_the_specials(corpus_files, tmp_path, capsys):
     out = tmp_path / "tok.model"
-    train_tokenizer.main(["--input", ",".join(map(str, corpus_files)), "--vocab_size", str(VOCAB),
-                          "--out", str(out)])
+    train_tokenizer.main(["--input", ",".join(map(str, corpus_files)), "--vocab_size", str(VOCAB), "--out", str(out)])
     tok = text.load_tokenizer(out)
     assert tok.vocab_size == VOCAB and tok.special_ids == dict(text.SPECIAL_TOKENS)
     printed = capsys.readouterr().out

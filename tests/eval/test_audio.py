@@ -16,7 +16,7 @@ def speech():
     active = np.flatnonzero(np.abs(clip) > 0.02)
     signal = np.random.default_rng(0).normal(0.0, 1e-3, 9 * RATE).astype(np.float32)
     start = int(OFFSET_S * RATE)
-    signal[start:start + clip.size] += clip
+    signal[start : start + clip.size] += clip
     return signal, OFFSET_S + active[0] / RATE, OFFSET_S + active[-1] / RATE
 
 

@@ -43,9 +43,12 @@ def test_dialog_metrics_on_constructed_tokens():
     T = 100
     # User: a turn [5, 20), then an interruption [40, 60). Model: answers 5 frames after the turn end and
     # stops 3 frames into the interruption; then answers again [65, 80).
-    record = make_record("constructed", speak_codes=_codes(T, [*range(25, 43), *range(65, 80)]),
-                         listen_codes=_codes(T, [*range(5, 20), *range(40, 60)], "user"),
-                         listen_segments=[dict(start=5, end=20, text="a b c"), dict(start=40, end=60, text="d e")])
+    record = make_record(
+        "constructed",
+        speak_codes=_codes(T, [*range(25, 43), *range(65, 80)]),
+        listen_codes=_codes(T, [*range(5, 20), *range(40, 60)], "user"),
+        listen_segments=[dict(start=5, end=20, text="a b c"), dict(start=40, end=60, text="d e")],
+    )
     user = dialogs.user_activity(record)
     assert np.flatnonzero(user).tolist() == [*range(5, 20), *range(40, 60)]
     text_ids = np.full(T, WAIT)
@@ -71,15 +74,27 @@ def test_dialog_metrics_on_constructed_tokens():
 def test_pooling_weights_by_turns_not_dialogs():
     def scores(tor, turns, latencies, stops, onsets, barge):
         stop_rate = None if not stops else sum(s for s, _ in stops) / len(stops)
-        return {"speaking": {
-            "turn_over_rate": tor, "n_user_turns": turns, "turn_latencies_s": latencies,
-            "interruption_stop_rate": stop_rate, "n_interruptions": len(stops),
-            "stop_latencies_s": [lat for _, lat in stops], "interruption_turn_over_rate": 1.0 if stops else None,
-            "interruption_response_latency_s": 0.2 if stops else None, "n_model_onsets": onsets,
-            "n_barge_ins": barge, "n_frames": 100, "active_fraction": 0.5}}
+        return {
+            "speaking": {
+                "turn_over_rate": tor,
+                "n_user_turns": turns,
+                "turn_latencies_s": latencies,
+                "interruption_stop_rate": stop_rate,
+                "n_interruptions": len(stops),
+                "stop_latencies_s": [lat for _, lat in stops],
+                "interruption_turn_over_rate": 1.0 if stops else None,
+                "interruption_response_latency_s": 0.2 if stops else None,
+                "n_model_onsets": onsets,
+                "n_barge_ins": barge,
+                "n_frames": 100,
+                "active_fraction": 0.5,
+            }
+        }
 
-    pooled = dialogs.pool_metrics([scores(1.0, 1, [0.4], [(True, 0.1)], 2, 1),
-                                   scores(0.0, 2, [], [(False, 0.5), (True, 0.3)], 2, 0)], views=("speaking",))
+    pooled = dialogs.pool_metrics(
+        [scores(1.0, 1, [0.4], [(True, 0.1)], 2, 1), scores(0.0, 2, [], [(False, 0.5), (True, 0.3)], 2, 0)],
+        views=("speaking",),
+    )
     assert pooled["speaking/turn_over_rate"] == pytest.approx(1 / 3)  # per-dialog mean would be 0.5
     assert pooled["speaking/turn_latency_s"] == pytest.approx(0.4)
     assert pooled["speaking/interruption_stop_rate"] == pytest.approx(2 / 3)
@@ -89,11 +104,21 @@ def test_pooling_weights_by_turns_not_dialogs():
 
 
 def test_monologue_rule_follows_the_stage():
-    assert dialogs.monologue_rule({"asr": {"task": "asr", "placement": "trailing", "trail_frames": 1},
-                                   "tts": {"task": "tts", "placement": "leading", "lead_frames": 2}}) == \
-        SourceRule("dialog", "leading", 2, 0)
-    assert dialogs.monologue_rule({"dialog": {"task": "dialog", "placement": "trailing", "trail_frames": 1},
-                                   "tts": {"task": "tts", "placement": "leading"}}).placement == "trailing"
+    assert dialogs.monologue_rule(
+        {
+            "asr": {"task": "asr", "placement": "trailing", "trail_frames": 1},
+            "tts": {"task": "tts", "placement": "leading", "lead_frames": 2},
+        }
+    ) == SourceRule("dialog", "leading", 2, 0)
+    assert (
+        dialogs.monologue_rule(
+            {
+                "dialog": {"task": "dialog", "placement": "trailing", "trail_frames": 1},
+                "tts": {"task": "tts", "placement": "leading"},
+            }
+        ).placement
+        == "trailing"
+    )
     assert dialogs.monologue_rule({}) is None
 
 
@@ -141,10 +166,12 @@ def test_sampled_sessions_do_not_depend_on_their_neighbours():
     rng = np.random.default_rng(1)
     listens = [rng.integers(0, 2048, (n, 8)).astype(np.int32) for n in (9, 5, 7)]
     sampling = dialogs.decoding(text_temperature=1.0)
-    three = dialogs.stream_sessions(config, params, listens, batch_size=2, sampling=sampling, seed=5,
-                                    idle_codes=SILENCE)
-    two = dialogs.stream_sessions(config, params, listens[:2], batch_size=2, sampling=sampling, seed=5,
-                                  idle_codes=SILENCE)
+    three = dialogs.stream_sessions(
+        config, params, listens, batch_size=2, sampling=sampling, seed=5, idle_codes=SILENCE
+    )
+    two = dialogs.stream_sessions(
+        config, params, listens[:2], batch_size=2, sampling=sampling, seed=5, idle_codes=SILENCE
+    )
     for (text_a, speak_a), (text_b, speak_b) in zip(three[:2], two):
         np.testing.assert_array_equal(text_a, text_b)
         np.testing.assert_array_equal(speak_a, speak_b)
@@ -166,8 +193,16 @@ def test_evaluate_dialogs_end_to_end(placement):
     records, tokenizer = _synthetic_dialogs()
     max_frames = 64
     rule = SourceRule("dialog", placement, lead_frames=2, trail_frames=1)
-    result = dialogs.evaluate_dialogs(config, params, records, tokenizer, batch_size=2, max_frames=max_frames,
-                                      quality_rule=rule, silence_codes=SILENCE)
+    result = dialogs.evaluate_dialogs(
+        config,
+        params,
+        records,
+        tokenizer,
+        batch_size=2,
+        max_frames=max_frames,
+        quality_rule=rule,
+        silence_codes=SILENCE,
+    )
     metrics, reference = result.metrics, result.reference
     frames = [min(r.num_frames, max_frames) for r in records]
     assert metrics["dialogs"] == 3 and metrics["frames"] == sum(frames)
@@ -177,8 +212,13 @@ def test_evaluate_dialogs_end_to_end(placement):
     for figures in (metrics, reference):
         for view in dialogs.VIEWS:
             assert figures[f"{view}/n_user_turns"] == sum(expected_turns)
-            for key in ("turn_over_rate", "interruption_stop_rate", "interruption_turn_over_rate", "barge_in_rate",
-                        "active_fraction"):
+            for key in (
+                "turn_over_rate",
+                "interruption_stop_rate",
+                "interruption_turn_over_rate",
+                "barge_in_rate",
+                "active_fraction",
+            ):
                 value = figures[f"{view}/{key}"]
                 assert value is None or 0.0 <= value <= 1.0, (view, key, value)
             for key in ("turn_latency_s", "stop_latency_s", "interruption_response_latency_s"):
@@ -211,7 +251,8 @@ def test_reference_text_is_the_assistants_sentences():
     config, params = _tiny()
     records, tokenizer = _synthetic_dialogs()
     record = records[0]
-    _, details = dialogs.monologue_quality(config, params, [record], tokenizer,
-                                           SourceRule("dialog", "leading", lead_frames=2))
+    _, details = dialogs.monologue_quality(
+        config, params, [record], tokenizer, SourceRule("dialog", "leading", lead_frames=2)
+    )
     transcript = " ".join(s.text for s in record.speak_segments)
     assert quality.word_error_rate(transcript, details[0]["reference_text"]) == 0.0

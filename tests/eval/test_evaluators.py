@@ -15,16 +15,16 @@ def stage4():
 
 def test_every_stage_names_the_held_out_loss_and_the_duplex_eval():
     config = stage4()
-    assert {name: spec.type for name, spec in config.evals.items()} == {"held_out": "held_out_loss",
-                                                                         "duplex": "duplex"}
+    assert {name: spec.type for name, spec in config.evals.items()} == {"held_out": "held_out_loss", "duplex": "duplex"}
     assert len(evaluators.from_config(config)) == 2
 
 
 def test_held_out_losses_run_first_whatever_the_names(tmp_path):
     config = stage4()
     config.data.data_dir = str(tmp_path)  # no datasets: the held-out factory finds no split
-    config.evals.a_first = ml_collections.ConfigDict(dict(type="duplex", dialogs=0, frames=0, batch=1,
-                                                          text_temperature=0.0, source="x/y"))
+    config.evals.a_first = ml_collections.ConfigDict(
+        dict(type="duplex", dialogs=0, frames=0, batch=1, text_temperature=0.0, source="x/y")
+    )
     factories = evaluators.from_config(config)
     assert len(factories) == 3
     with pytest.raises(ValueError, match="held-out split"):  # the held-out factory reads the sources' splits

@@ -16,8 +16,13 @@ from launch import eval as launch_eval
 from tests.conftest import REPO_ROOT, golden_path
 
 RATE = 16_000
-TASKS = ("candor_turn_taking", "synthetic_pause_handling", "synthetic_user_interruption", "icc_backchannel",
-         "user_interruption")
+TASKS = (
+    "candor_turn_taking",
+    "synthetic_pause_handling",
+    "synthetic_user_interruption",
+    "icc_backchannel",
+    "user_interruption",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,8 +36,9 @@ def _cli(*argv) -> int:
     return cli.run(lambda args: launch_eval.run_fdb_command(_parser().parse_args(args)), [str(a) for a in argv])
 
 
-def _write_sample(folder: pathlib.Path, audio: np.ndarray, rate: int, task_file: str | None = None,
-                  content=None) -> None:
+def _write_sample(
+    folder: pathlib.Path, audio: np.ndarray, rate: int, task_file: str | None = None, content=None
+) -> None:
     folder.mkdir(parents=True)
     write_wav(folder / "input.wav", audio, rate)
     if task_file:
@@ -51,30 +57,49 @@ def build_dataset(root: pathlib.Path) -> pathlib.Path:
     long = resample(golden["long/audio"][0, 0], 24000, RATE)
 
     def cut(audio, start_s, end_s):
-        return audio[int(start_s * RATE):int(end_s * RATE)]
+        return audio[int(start_s * RATE) : int(end_s * RATE)]
 
     v1 = root / "v1.0"
     # turn-taking: the user speaks 3 s then stops (odd length: output must match it to the sample)
-    _write_sample(v1 / "candor_turn_taking" / "0001", np.concatenate([speech, _silence(1.5), _silence(0.0023)]),
-                  RATE, "turn_taking.json", [{"text": "[TURN-TAKING]", "timestamp": [3.0, 4.5]}])
+    _write_sample(
+        v1 / "candor_turn_taking" / "0001",
+        np.concatenate([speech, _silence(1.5), _silence(0.0023)]),
+        RATE,
+        "turn_taking.json",
+        [{"text": "[TURN-TAKING]", "timestamp": [3.0, 4.5]}],
+    )
     # pause handling: speech, a 1.5 s pause, speech
-    _write_sample(v1 / "synthetic_pause_handling" / "0001",
-                  np.concatenate([cut(long, 0, 1.5), _silence(1.5), cut(long, 1.5, 3.0)]), RATE, "pause.json",
-                  [{"text": "[PAUSE]", "timestamp": [1.5, 3.0]}])
+    _write_sample(
+        v1 / "synthetic_pause_handling" / "0001",
+        np.concatenate([cut(long, 0, 1.5), _silence(1.5), cut(long, 1.5, 3.0)]),
+        RATE,
+        "pause.json",
+        [{"text": "[PAUSE]", "timestamp": [1.5, 3.0]}],
+    )
     # user interruption: a 2 s context, 1.5 s in which the model would answer, then the interruption
-    _write_sample(v1 / "synthetic_user_interruption" / "0001",
-                  np.concatenate([cut(long, 3.0, 5.0), _silence(1.5), cut(speech, 0, 1.5)]), RATE, "interrupt.json",
-                  [{"context": "a question", "interrupt": "wait, another one", "timestamp": [3.5, 5.0]}])
+    _write_sample(
+        v1 / "synthetic_user_interruption" / "0001",
+        np.concatenate([cut(long, 3.0, 5.0), _silence(1.5), cut(speech, 0, 1.5)]),
+        RATE,
+        "interrupt.json",
+        [{"context": "a question", "interrupt": "wait, another one", "timestamp": [3.5, 5.0]}],
+    )
     # ICC backchannel: input.wav alone (no task file)
     _write_sample(v1 / "icc_backchannel" / "0001", cut(long, 5.0, 8.5), RATE)
     # v1.5 overlap: context, then the user's new turn starting at 2.5 s
-    _write_sample(root / "v1.5" / "user_interruption" / "1",
-                  np.concatenate([cut(long, 9.0, 11.0), _silence(0.5), cut(speech, 1.5, 3.0)]), RATE,
-                  "metadata.json", {"context_text": "a question", "current_turn_text": "hold on",
-                                    "timestamps": [2.5, 4.0]})
+    _write_sample(
+        root / "v1.5" / "user_interruption" / "1",
+        np.concatenate([cut(long, 9.0, 11.0), _silence(0.5), cut(speech, 1.5, 3.0)]),
+        RATE,
+        "metadata.json",
+        {"context_text": "a question", "current_turn_text": "hold on", "timestamps": [2.5, 4.0]},
+    )
     # ... and its clean input (no new turn), here at 24 kHz: run as a session of its own
-    write_wav(root / "v1.5" / "user_interruption" / "1" / "clean_input.wav",
-              resample(np.concatenate([cut(long, 9.0, 11.0), _silence(2.0)]), RATE, 24000), 24000)
+    write_wav(
+        root / "v1.5" / "user_interruption" / "1" / "clean_input.wav",
+        resample(np.concatenate([cut(long, 9.0, 11.0), _silence(2.0)]), RATE, 24000),
+        24000,
+    )
     return root
 
 
@@ -86,9 +111,12 @@ def test_discovery_follows_fdb_layout_and_schemas(tmp_path, capsys):
     by_task = {s.task: s for s in samples}
     assert sorted(by_task) == sorted(TASKS)
     assert {t: s.family for t, s in by_task.items()} == {
-        "candor_turn_taking": "turn_taking", "synthetic_pause_handling": "pause_handling",
-        "synthetic_user_interruption": "user_interruption", "icc_backchannel": "backchannel",
-        "user_interruption": "user_interruption"}
+        "candor_turn_taking": "turn_taking",
+        "synthetic_pause_handling": "pause_handling",
+        "synthetic_user_interruption": "user_interruption",
+        "icc_backchannel": "backchannel",
+        "user_interruption": "user_interruption",
+    }
     assert by_task["candor_turn_taking"].info == {"turn_end_s": 3.0}
     assert by_task["synthetic_pause_handling"].info == {"pauses_s": [(1.5, 3.0)]}
     assert by_task["synthetic_user_interruption"].info["event_start_s"] == 3.5
@@ -117,8 +145,11 @@ def test_cli_needs_model_only_for_pending_samples(tmp_path, capsys):
 
 
 def _mtimes(out: pathlib.Path) -> dict[str, int]:
-    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns
-            for p in out.rglob("*") if p.name in (fdb_io.OUTPUT_WAV, fdb_io.FRAMES_NPZ)}
+    return {
+        p.relative_to(out).as_posix(): p.stat().st_mtime_ns
+        for p in out.rglob("*")
+        if p.name in (fdb_io.OUTPUT_WAV, fdb_io.FRAMES_NPZ)
+    }
 
 
 def test_run_resume_score_and_batch_independence(tmp_path, capsys):
@@ -191,8 +222,9 @@ def test_run_resume_score_and_batch_independence(tmp_path, capsys):
     capsys.readouterr()
     for sample in samples:
         assert (single / sample.rel / "output.wav").read_bytes() == (out / sample.rel / "output.wav").read_bytes()
-        np.testing.assert_array_equal(np.load(single / sample.rel / "frames.npz")["frames"],
-                                      np.load(out / sample.rel / "frames.npz")["frames"])
+        np.testing.assert_array_equal(
+            np.load(single / sample.rel / "frames.npz")["frames"], np.load(out / sample.rel / "frames.npz")["frames"]
+        )
 
 
 def test_non_finite_model_voice_is_written_as_silence_and_flagged(tmp_path, monkeypatch):
@@ -202,25 +234,37 @@ def test_non_finite_model_voice_is_written_as_silence_and_flagged(tmp_path, monk
     from flmjax.infer import sessions
 
     data = tmp_path / "data"
-    _write_sample(data / "candor_turn_taking" / "7", np.full(8000, 0.1, np.float32), RATE, "turn_taking.json",
-                  [{"text": "[TURN-TAKING]", "timestamp": [0.5, 0.5]}])
+    _write_sample(
+        data / "candor_turn_taking" / "7",
+        np.full(8000, 0.1, np.float32),
+        RATE,
+        "turn_taking.json",
+        [{"text": "[TURN-TAKING]", "timestamp": [0.5, 0.5]}],
+    )
     frames = np.zeros((7, 9), np.int32)
     frames[3, 8] = 2048  # the audio pad id
 
     def fake_run(config, params, user_audio, **options):
         voice = np.full(len(user_audio[0]), 0.25, np.float32)
-        voice[4 * 1920:] = np.nan
+        voice[4 * 1920 :] = np.nan
         return SimpleNamespace(voice=[voice], heard=[np.zeros((8, 8), np.int32)], frames=[frames])
 
     monkeypatch.setattr(sessions, "run_sessions", fake_run)
     logged = []
-    sample, = fdb_io.discover_samples(data)
-    stats = fdb_run.run_samples([sample], tmp_path / "out", SimpleNamespace(text_wait_id=3), None,
-                                SimpleNamespace(bins=2048), None, log=logged.append)
+    (sample,) = fdb_io.discover_samples(data)
+    stats = fdb_run.run_samples(
+        [sample],
+        tmp_path / "out",
+        SimpleNamespace(text_wait_id=3),
+        None,
+        SimpleNamespace(bins=2048),
+        None,
+        log=logged.append,
+    )
     assert stats.samples == 1 and any("non-finite" in line and "frame 3" in line for line in logged)
     voice, rate = read_wav(tmp_path / "out" / "candor_turn_taking" / "7" / "output.wav")
     assert rate == RATE and voice.shape == (1, 8000)
-    assert np.all(voice[0, :4 * 1280] > 0.2) and np.all(voice[0, 4 * 1280 + 16:] == 0)
+    assert np.all(voice[0, : 4 * 1280] > 0.2) and np.all(voice[0, 4 * 1280 + 16 :] == 0)
     assert fdb_io.is_complete(sample, tmp_path / "out")
     with np.load(tmp_path / "out" / "candor_turn_taking" / "7" / "frames.npz") as stored:
         assert float(stored["nonfinite_audio_s"]) > 0 and int(stored["text_wait_id"]) == 3
@@ -241,20 +285,31 @@ def build_dataset_with_bad_samples(root: pathlib.Path) -> pathlib.Path:
     (tasks / "non_finite").mkdir()
     write_wav(tasks / "non_finite" / "input.wav", nan, RATE, dtype="float32")
     (tasks / "non_finite" / "turn_taking.json").write_text(json.dumps(turn))
-    _write_sample(tasks / "fifty_ms", speech[:RATE // 20], RATE, "turn_taking.json", turn)
-    _write_sample(tasks / "turn_after_clip", speech[:RATE // 2], RATE, "turn_taking.json", turn)  # ends at 1.0 s
+    _write_sample(tasks / "fifty_ms", speech[: RATE // 20], RATE, "turn_taking.json", turn)
+    _write_sample(tasks / "turn_after_clip", speech[: RATE // 2], RATE, "turn_taking.json", turn)  # ends at 1.0 s
     return root
 
 
 def test_bad_samples_are_skipped_with_reasons_and_the_good_ones_finish(tmp_path, capsys):
     data = build_dataset_with_bad_samples(tmp_path / "data")
     out = tmp_path / "out"
-    common = ["--data", data, "--out", out, "--checkpoint", golden_path("release_like"),
-              "--mimi", golden_path("mimi_small"), "--greedy"]
+    common = [
+        "--data",
+        data,
+        "--out",
+        out,
+        "--checkpoint",
+        golden_path("release_like"),
+        "--mimi",
+        golden_path("mimi_small"),
+        "--greedy",
+    ]
     assert _cli(*common) == 0
     captured = capsys.readouterr()
-    reasons = {entry["sample"].rsplit("/", 1)[1]: entry["reason"]
-               for entry in json.loads((out / "summary.json").read_text())["skipped_samples"]}
+    reasons = {
+        entry["sample"].rsplit("/", 1)[1]: entry["reason"]
+        for entry in json.loads((out / "summary.json").read_text())["skipped_samples"]
+    }
     assert sorted(reasons) == ["cut_header", "fifty_ms", "malformed_task", "non_finite", "turn_after_clip"]
     assert "turn_taking.json: expected" in reasons["malformed_task"]
     assert "cut_header/input.wav: not a readable WAV file" in reasons["cut_header"]
@@ -281,10 +336,26 @@ def test_a_dataset_of_only_bad_samples_is_one_error_line(tmp_path):
     data = tmp_path / "data" / "candor_turn_taking" / "1"
     _write_sample(data, _silence(1.0), RATE, "turn_taking.json", [{"text": "x", "timestamp": [0.5]}])
     (data / "input.wav").write_bytes((data / "input.wav").read_bytes()[:30])
-    done = subprocess.run([sys.executable, "-m", "launch.eval", "fdb", "--data", str(tmp_path / "data"), "--out",
-                           str(tmp_path / "out"), "--checkpoint", str(golden_path("release_like")),
-                           "--mimi", str(golden_path("mimi_small"))],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.eval",
+            "fdb",
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "out"),
+            "--checkpoint",
+            str(golden_path("release_like")),
+            "--mimi",
+            str(golden_path("mimi_small")),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: every sample under") and f"{data / 'input.wav'}: not a readable WAV" in last

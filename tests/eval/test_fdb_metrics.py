@@ -41,8 +41,9 @@ def test_backchannels_below_and_above_the_thresholds():
     assert result["backchannels_s"] == [(1.0, 1.5), (2.0, 2.8), (4.0, 5.5)]
     assert result["jsd"] is None  # no ground truth given
     # FDB overwrites TOR per segment: a 4-word segment followed by a one-word backchannel scores TOR 0
-    late = fm.backchannel([(1.0, 1.9), (3.0, 3.4)], words((1.0, 1.2), (1.2, 1.4), (1.4, 1.6), (1.6, 1.9),
-                                                          (3.1, 3.3)), 10.0)
+    late = fm.backchannel(
+        [(1.0, 1.9), (3.0, 3.4)], words((1.0, 1.2), (1.2, 1.4), (1.4, 1.6), (1.6, 1.9), (3.1, 3.3)), 10.0
+    )
     assert late["TOR"] == 0 and late["n_backchannels"] == 2
     # a word running over a segment's start or end counts for it; one wholly after it does not
     assert fm.words_in_segment(words((0.9, 1.1), (1.4, 1.6), (1.7, 1.8)), 1.0, 1.5) == ["w0", "w1"]

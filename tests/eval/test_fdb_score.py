@@ -21,7 +21,7 @@ RATE = 16_000
 def _signal(seconds: float, *spans) -> np.ndarray:
     audio = np.zeros(int(round(seconds * RATE)), np.float32)
     for start, end in spans:
-        audio[int(round(start * RATE)):int(round(end * RATE))] = 0.1
+        audio[int(round(start * RATE)) : int(round(end * RATE))] = 0.1
     return audio
 
 
@@ -32,12 +32,23 @@ def _runs(samples, rate):
 
 
 def _words(*spans):
-    return {"text": " ".join(f"w{k}" for k in range(len(spans))),
-            "chunks": [{"text": f"w{k}", "timestamp": [s, e]} for k, (s, e) in enumerate(spans)]}
+    return {
+        "text": " ".join(f"w{k}" for k in range(len(spans))),
+        "chunks": [{"text": f"w{k}", "timestamp": [s, e]} for k, (s, e) in enumerate(spans)],
+    }
 
 
-def _sample(data: pathlib.Path, out: pathlib.Path, rel: str, user, model, task_file=None, content=None,
-            transcript=None, clean=None):
+def _sample(
+    data: pathlib.Path,
+    out: pathlib.Path,
+    rel: str,
+    user,
+    model,
+    task_file=None,
+    content=None,
+    transcript=None,
+    clean=None,
+):
     """A dataset folder (input.wav + task file) and its finished OUT folder (output.wav, frames.npz, output.json
     as FDB's asr.py writes it); `clean`: (clean_input, clean_output, clean transcript) for v1.5."""
     folder, done = data / rel, out / rel
@@ -62,42 +73,97 @@ def build(tmp_path):
     turn = [{"text": "[TURN-TAKING]", "timestamp": [3.0, 6.0]}]
     user = _signal(6.0, (0.5, 3.0))
     # a turn at 0.4 s; a silent model; a short "mm hmm" (2 words in 0.5 s: no turn)
-    _sample(data, out, f"{tt}/1", user, _signal(6.0, (3.4, 4.5)), "turn_taking.json", turn,
-            _words((3.4, 3.7), (3.8, 4.1), (4.1, 4.3), (4.3, 4.5)))
+    _sample(
+        data,
+        out,
+        f"{tt}/1",
+        user,
+        _signal(6.0, (3.4, 4.5)),
+        "turn_taking.json",
+        turn,
+        _words((3.4, 3.7), (3.8, 4.1), (4.1, 4.3), (4.3, 4.5)),
+    )
     _sample(data, out, f"{tt}/2", user, _signal(6.0), "turn_taking.json", turn, _words())
-    _sample(data, out, f"{tt}/3", user, _signal(6.0, (3.2, 3.7)), "turn_taking.json", turn,
-            _words((3.2, 3.4), (3.5, 3.7)))
+    _sample(
+        data, out, f"{tt}/3", user, _signal(6.0, (3.2, 3.7)), "turn_taking.json", turn, _words((3.2, 3.4), (3.5, 3.7))
+    )
     ui = "v1.0/synthetic_user_interruption"
     interrupt = [{"context": "tell me a story", "interrupt": "wait", "timestamp": [2.0, 3.0]}]
     user = _signal(6.0, (0.2, 0.9), (2.0, 3.0))
     # talks straight through 1.0-5.0: the transcript cropped at 3.0 (asr.py --task user_interruption) still has
     # 3 words over 1.1 s -> TOR 1, latency 0.0; VAD: it did not stop, 1.0 s over the interruption
-    _sample(data, out, f"{ui}/1", user, _signal(6.0, (1.0, 5.0)), "interrupt.json", interrupt,
-            _words((3.0, 3.3), (3.4, 3.6), (3.7, 4.1)))
+    _sample(
+        data,
+        out,
+        f"{ui}/1",
+        user,
+        _signal(6.0, (1.0, 5.0)),
+        "interrupt.json",
+        interrupt,
+        _words((3.0, 3.3), (3.4, 3.6), (3.7, 4.1)),
+    )
     # stops at 2.3 (0.3 s into the interruption) and answers at 3.5 -> TOR 1, latency 0.5
-    _sample(data, out, f"{ui}/2", user, _signal(6.0, (1.0, 2.3), (3.5, 4.7)), "interrupt.json", interrupt,
-            _words((3.5, 3.8), (3.9, 4.1), (4.1, 4.7)))
+    _sample(
+        data,
+        out,
+        f"{ui}/2",
+        user,
+        _signal(6.0, (1.0, 2.3), (3.5, 4.7)),
+        "interrupt.json",
+        interrupt,
+        _words((3.5, 3.8), (3.9, 4.1), (4.1, 4.7)),
+    )
     ph = "v1.0/synthetic_pause_handling"
     pause = [{"text": "[PAUSE]", "timestamp": [1.5, 3.0]}]
     user = _signal(5.0, (0.2, 1.5), (3.0, 4.5))
     _sample(data, out, f"{ph}/1", user, _signal(5.0, (2.0, 2.2)), "pause.json", pause, _words((2.0, 2.2)))
-    _sample(data, out, f"{ph}/2", user, _signal(5.0, (2.0, 2.8)), "pause.json", pause,
-            _words((2.0, 2.2), (2.2, 2.4), (2.4, 2.6), (2.6, 2.8)))
+    _sample(
+        data,
+        out,
+        f"{ph}/2",
+        user,
+        _signal(5.0, (2.0, 2.8)),
+        "pause.json",
+        pause,
+        _words((2.0, 2.2), (2.2, 2.4), (2.4, 2.6), (2.6, 2.8)),
+    )
     bc = "v1.0/icc_backchannel"
     user = _signal(10.0, (0.0, 9.0))
     # two backchannels (one word in 0.5 s, two in 0.8 s): TOR 0, 2 per 10 s; then a 3.5 s turn: TOR 1, none
-    _sample(data, out, f"{bc}/1", user, _signal(10.0, (1.0, 1.5), (6.0, 6.8)), transcript=_words(
-        (1.1, 1.4), (6.1, 6.3), (6.4, 6.7)))
-    _sample(data, out, f"{bc}/2", user, _signal(10.0, (2.0, 5.5)), transcript=_words(
-        (2.0, 2.5), (2.6, 3.0), (3.1, 4.0), (4.2, 5.5)))
+    _sample(
+        data,
+        out,
+        f"{bc}/1",
+        user,
+        _signal(10.0, (1.0, 1.5), (6.0, 6.8)),
+        transcript=_words((1.1, 1.4), (6.1, 6.3), (6.4, 6.7)),
+    )
+    _sample(
+        data,
+        out,
+        f"{bc}/2",
+        user,
+        _signal(10.0, (2.0, 5.5)),
+        transcript=_words((2.0, 2.5), (2.6, 3.0), (3.1, 4.0), (4.2, 5.5)),
+    )
     # v1.5: the user's new turn 2.0-3.0 after 0-1.5 (merged: 0.5 s gap); the model talks 2.5-4.0 over it
     # (stop latency 0.5) and never starts after 3.0 (no response gap). Clean: the user 0-1.5, the model answers
     # at 1.8 (response 0.3, no overlap).
-    _sample(data, out, "v1.5/user_interruption/1", _signal(5.0, (0.0, 1.5), (2.0, 3.0)), _signal(5.0, (2.5, 4.0)),
-            "metadata.json", {"context_text": "a", "current_turn_text": "b", "timestamps": [2.0, 3.0]},
-            _words((2.6, 2.9), (3.1, 3.3), (3.3, 3.6)),
-            clean=(_signal(5.0, (0.0, 1.5)), _signal(5.0, (1.8, 3.0)),
-                   _words((1.9, 2.2), (2.2, 2.5), (2.6, 3.0), (3.0, 3.1))))
+    _sample(
+        data,
+        out,
+        "v1.5/user_interruption/1",
+        _signal(5.0, (0.0, 1.5), (2.0, 3.0)),
+        _signal(5.0, (2.5, 4.0)),
+        "metadata.json",
+        {"context_text": "a", "current_turn_text": "b", "timestamps": [2.0, 3.0]},
+        _words((2.6, 2.9), (3.1, 3.3), (3.3, 3.6)),
+        clean=(
+            _signal(5.0, (0.0, 1.5)),
+            _signal(5.0, (1.8, 3.0)),
+            _words((1.9, 2.2), (2.2, 2.5), (2.6, 3.0), (3.0, 3.1)),
+        ),
+    )
     icc_gt = tmp_path / "icc_gt_distribution.json"
     icc_gt.write_text(json.dumps({"1": [0.0] * 50 + [1.0], "2": [1.0]}))  # window 50: none of sample 1's
     return data, out, icc_gt
@@ -120,8 +186,13 @@ def test_fdb_figures_from_a_results_folder(tmp_path, exact_vad, capsys):
     assert "nothing new to do" in capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     tasks = summary["tasks"]
-    assert sorted(tasks) == ["candor_turn_taking", "icc_backchannel", "synthetic_pause_handling",
-                             "synthetic_user_interruption", "user_interruption"]
+    assert sorted(tasks) == [
+        "candor_turn_taking",
+        "icc_backchannel",
+        "synthetic_pause_handling",
+        "synthetic_user_interruption",
+        "user_interruption",
+    ]
     mean = lambda task, name: tasks[task]["metrics"][name]["mean"]  # noqa: E731
     assert mean("candor_turn_taking", "fdb_TOR") == pytest.approx(1 / 3)
     assert mean("candor_turn_taking", "fdb_latency_s") == pytest.approx(0.4)
@@ -142,8 +213,10 @@ def test_fdb_figures_from_a_results_folder(tmp_path, exact_vad, capsys):
     assert v15["flmjax_clean_stop_latency_s"] is None
     assert tasks["user_interruption"]["root_dir"] == "v1.5/user_interruption"
     assert "fdb_TOR" not in summary["overall"]["metrics"]
-    assert f"python evaluate.py --task smooth_turn_taking --root_dir {out / 'v1.0/candor_turn_taking'}" in \
-        summary["fdb_commands"]
+    assert (
+        f"python evaluate.py --task smooth_turn_taking --root_dir {out / 'v1.0/candor_turn_taking'}"
+        in summary["fdb_commands"]
+    )
     assert f"python get_timing.py --root_dir {out / 'v1.5/user_interruption'}" in summary["fdb_commands"]
     # OUT is an FDB results folder: inputs and task files beside each output; nothing else in a task folder
     assert (out / "v1.0/candor_turn_taking/1/turn_taking.json").is_file()
@@ -178,10 +251,13 @@ def test_bad_samples_and_foreign_transcripts_are_skipped_with_reasons(tmp_path, 
     data, out, _ = build(tmp_path)
     tt = data / "v1.0" / "candor_turn_taking"
     turn = json.dumps([{"text": "[TURN-TAKING]", "timestamp": [1.0, 2.0]}])
-    for name, audio, rate in (("stereo", np.stack([_signal(2.0, (0, 1))] * 2), RATE),
-                              ("narrowband", np.zeros(16000, np.float32), 8000),
-                              ("no_task", _signal(2.0), RATE), ("tiny", np.zeros(100, np.float32), RATE),
-                              ("malformed", _signal(2.0), RATE)):
+    for name, audio, rate in (
+        ("stereo", np.stack([_signal(2.0, (0, 1))] * 2), RATE),
+        ("narrowband", np.zeros(16000, np.float32), 8000),
+        ("no_task", _signal(2.0), RATE),
+        ("tiny", np.zeros(100, np.float32), RATE),
+        ("malformed", _signal(2.0), RATE),
+    ):
         (tt / name).mkdir()
         write_wav(tt / name / "input.wav", audio, rate)
         if name != "no_task":

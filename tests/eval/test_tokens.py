@@ -32,8 +32,9 @@ def test_views_from_tokens():
     text, codes = _streams([3, 4, 5], T)
     text[8] = PAD  # a pad token is not thinking
     codes[9] = codes[0] + 500  # speech without a text token (audio lags text)
-    speaking = tokens.model_activity_from_tokens(text, codes, text_wait_id=WAIT, text_pad_ids=(PAD,),
-                                                 silence_codes=SILENCE)
+    speaking = tokens.model_activity_from_tokens(
+        text, codes, text_wait_id=WAIT, text_pad_ids=(PAD,), silence_codes=SILENCE
+    )
     thinking = tokens.model_activity_from_tokens(text, codes, text_wait_id=WAIT, text_pad_ids=(PAD,))
     assert np.flatnonzero(speaking).tolist() == [3, 4, 5, 9]
     assert np.flatnonzero(thinking).tolist() == [3, 4, 5]

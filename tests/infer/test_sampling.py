@@ -35,8 +35,14 @@ def test_penalty_can_change_the_argmax():
     logits = jnp.array([[3.0, 2.0, -1.0]])
     history = jnp.array([[0, sampling.EMPTY]])
     penalised = sampling.apply_repetition_penalty(logits, history, 1.6)  # 3/1.6 = 1.875 < 2
-    assert int(sampling.sample(penalised, StreamSampling(temperature=1.0), False, jax.random.split(
-        jax.random.key(0), 1))[0]) == 1
+    assert (
+        int(
+            sampling.sample(penalised, StreamSampling(temperature=1.0), False, jax.random.split(jax.random.key(0), 1))[
+                0
+            ]
+        )
+        == 1
+    )
 
 
 def test_history_ring_keeps_the_last_window_tokens():
@@ -95,10 +101,18 @@ def test_same_key_same_tokens():
 def test_defaults_are_the_released_generators():
     config = SamplingConfig()
     assert config.do_sample and config.audio_penalty_codebooks == 4
-    assert (config.text.temperature, config.text.top_p, config.text.repetition_penalty, config.text.window) == \
-        (0.01, 0.9, 1.03, 50)
-    assert (config.audio.temperature, config.audio.top_p, config.audio.repetition_penalty, config.audio.window) == \
-        (0.5, 0.9, 1.2, 50)
+    assert (config.text.temperature, config.text.top_p, config.text.repetition_penalty, config.text.window) == (
+        0.01,
+        0.9,
+        1.03,
+        50,
+    )
+    assert (config.audio.temperature, config.audio.top_p, config.audio.repetition_penalty, config.audio.window) == (
+        0.5,
+        0.9,
+        1.2,
+        50,
+    )
     greedy = SamplingConfig.greedy()
     assert not greedy.do_sample and greedy.text.repetition_penalty == 1.03
     assert SamplingConfig.greedy(repetition_penalty=False).audio.repetition_penalty == 1.0
@@ -115,14 +129,18 @@ def test_rows_sample_each_row_with_its_own_settings():
     """SamplingRows: every row gives what sampling it alone with its StreamSampling gives (same key)."""
     logits = jax.random.normal(jax.random.key(7), (4, 300)) * 3
     keys = jax.random.split(jax.random.key(8), 4)
-    settings = [StreamSampling(temperature=0.7, top_p=0.9), StreamSampling(temperature=1.3, top_p=0.0, top_k=5),
-                StreamSampling(temperature=0.0), StreamSampling(temperature=1.0, top_p=0.0, top_k=0)]
+    settings = [
+        StreamSampling(temperature=0.7, top_p=0.9),
+        StreamSampling(temperature=1.3, top_p=0.0, top_k=5),
+        StreamSampling(temperature=0.0),
+        StreamSampling(temperature=1.0, top_p=0.0, top_k=0),
+    ]
     rows = jax.tree.map(lambda *r: jnp.concatenate(r), *[sampling.SamplingRows.of(s, True, 1) for s in settings])
     for draw in range(5):
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, draw)
         together = np.asarray(sampling.sample(logits, rows, True, step_keys))
         for row, setting in enumerate(settings):
-            alone = sampling.sample(logits[row:row + 1], setting, True, step_keys[row:row + 1])
+            alone = sampling.sample(logits[row : row + 1], setting, True, step_keys[row : row + 1])
             assert together[row] == int(alone[0]), (draw, row, setting)
 
 
@@ -142,7 +160,8 @@ def test_penalty_window_per_row_counts_only_the_last_tokens():
     seen = np.asarray(sampling.window_mask(history, 10, jnp.array([2, 4]), jnp.array([6, 6])))
     assert seen[0].nonzero()[0].tolist() == [5, 6] and seen[1].nonzero()[0].tolist() == [3, 4, 5, 6]
     logits = jnp.full((2, 10), 2.0)
-    got = np.asarray(sampling.apply_repetition_penalty(logits, history, jnp.array([2.0, 4.0]), jnp.array([2, 4]),
-                                                       jnp.array([6, 6])))
+    got = np.asarray(
+        sampling.apply_repetition_penalty(logits, history, jnp.array([2.0, 4.0]), jnp.array([2, 4]), jnp.array([6, 6]))
+    )
     np.testing.assert_allclose(got[0], [2, 2, 2, 2, 2, 1, 1, 2, 2, 2])
-    np.testing.assert_allclose(got[1], [2, 2, 2, .5, .5, .5, .5, 2, 2, 2])
+    np.testing.assert_allclose(got[1], [2, 2, 2, 0.5, 0.5, 0.5, 0.5, 2, 2, 2])

@@ -22,8 +22,16 @@ from flmjax.infer.stream import codebook_size
 from tests.conftest import golden_model
 
 TOLERANCE = 1e-4
-FIELDS = ("model_inputs", "text_token", "audio_tokens", "text_logits", "hidden", "depth_logits", "out_frame",
-          "out_valid")
+FIELDS = (
+    "model_inputs",
+    "text_token",
+    "audio_tokens",
+    "text_logits",
+    "hidden",
+    "depth_logits",
+    "out_frame",
+    "out_valid",
+)
 
 
 @pytest.fixture
@@ -33,7 +41,8 @@ def golden(golden_dir):
 
 
 def run_details(params, state, listen_frames, rng=None):
-    """Steps a stream over listen_frames [steps, B, C]; returns the final state and each field stacked [steps, B, ...]."""
+    """Steps a stream over listen_frames [steps, B, C]; returns the final state and each field stacked
+    [steps, B, ...]."""
     rng = jax.random.key(0) if rng is None else rng
     record = {name: [] for name in FIELDS}
     for s, listen in enumerate(listen_frames):
@@ -47,13 +56,28 @@ def run_details(params, state, listen_frames, rng=None):
 def test_stream_reproduces_released_generator(golden, mode):
     config, params, reference = golden
     steps = reference["listen"].shape[-1]
-    state = init_stream(config, params, batch_size=1, max_frames=steps,
-                        sampling=SamplingConfig.greedy(repetition_penalty=mode == "greedy"))
+    state = init_stream(
+        config,
+        params,
+        batch_size=1,
+        max_frames=steps,
+        sampling=SamplingConfig.greedy(repetition_penalty=mode == "greedy"),
+    )
     listen_frames = np.moveaxis(reference["listen"], -1, 0)  # [steps, 1, C]
     _, got = run_details(params, state, listen_frames)
-    expected = {name: reference[f"{mode}/{name}"] for name in
-                ("model_inputs", "text_tokens", "audio_tokens", "out_tokens", "out_valid", "text_logits", "hidden",
-                 "depth_logits_first4")}
+    expected = {
+        name: reference[f"{mode}/{name}"]
+        for name in (
+            "model_inputs",
+            "text_tokens",
+            "audio_tokens",
+            "out_tokens",
+            "out_valid",
+            "text_logits",
+            "hidden",
+            "depth_logits_first4",
+        )
+    }
     np.testing.assert_array_equal(got["model_inputs"][:, 0], expected["model_inputs"])
     np.testing.assert_array_equal(got["text_token"][:, 0], expected["text_tokens"])
     np.testing.assert_array_equal(got["audio_tokens"][:, 0], expected["audio_tokens"])
@@ -103,7 +127,7 @@ def test_batch_of_sessions_equals_each_alone(tiny, sampling):
     _, frames, valid = run_frames(params, state, np.moveaxis(users, 0, 1), keys)
     for i in range(sessions):
         alone = init_stream(config, params, batch_size=1, max_frames=steps, sampling=sampling)
-        _, alone_frames, alone_valid = run_frames(params, alone, users[i][:, None], [k[i:i + 1] for k in keys])
+        _, alone_frames, alone_valid = run_frames(params, alone, users[i][:, None], [k[i : i + 1] for k in keys])
         np.testing.assert_array_equal(frames[:, i], alone_frames[:, 0])
         np.testing.assert_array_equal(valid[:, i], alone_valid[:, 0])
     assert not valid[0].any() and valid[1:].all()
@@ -163,15 +187,16 @@ def test_sliding_window_attends_to_the_last_max_frames():
     params = model.init_params(config, jax.random.key(2))
     window, steps = 4, 9
     users = user_streams(config, 1, steps, seed=3)
-    sliding = init_stream(config, params, batch_size=1, max_frames=window, sampling=SamplingConfig.greedy(),
-                          sliding_window=True)
+    sliding = init_stream(
+        config, params, batch_size=1, max_frames=window, sampling=SamplingConfig.greedy(), sliding_window=True
+    )
     _, got = run_details(params, sliding, users[0][:, None])
     full = init_stream(config, params, batch_size=1, max_frames=steps, sampling=SamplingConfig.greedy())
     _, reference = run_details(params, full, users[0][:, None])
     np.testing.assert_allclose(got["text_logits"][:window], reference["text_logits"][:window], atol=1e-5)
     inputs = got["model_inputs"][:, 0]  # [steps, 17]
     for s in range(window, steps):
-        frames = inputs[None, s - window + 1:s + 1]
+        frames = inputs[None, s - window + 1 : s + 1]
         logits, _ = model.forward(config, params, frames[..., 0], frames[..., 1:9], frames[..., 9:])
         np.testing.assert_allclose(got["text_logits"][s, 0], np.asarray(logits)[0, -1], atol=1e-5)
     assert np.abs(got["text_logits"][-1] - reference["text_logits"][-1]).max() > 1e-3  # it did forget
@@ -213,8 +238,12 @@ def test_one_compile_per_batch_size(tiny):
 
 
 # ---------------------------------------------------------------------- sharded streams
-MESHES = [({"data": 2, "fsdp": 2, "tensor": 2}, 8), ({"data": 4, "tensor": 2}, 8), ({"data": 1, "tensor": 2}, 2),
-          ({"data": 8}, 8)]  # (mesh, devices)
+MESHES = [
+    ({"data": 2, "fsdp": 2, "tensor": 2}, 8),
+    ({"data": 4, "tensor": 2}, 8),
+    ({"data": 1, "tensor": 2}, 2),
+    ({"data": 8}, 8),
+]  # (mesh, devices)
 
 
 @pytest.mark.parametrize("sampling", [SamplingConfig.greedy(), SamplingConfig()], ids=["greedy", "sampled"])
@@ -245,8 +274,9 @@ def test_a_sharded_stream_gives_the_single_device_tokens(tiny, sampling):
         batch_axes = tuple(split) if len(split) > 1 else (split[0] if split else None)
         if sessions % (shape.get("data", 1) * shape.get("fsdp", 1)):
             batch_axes = None  # 4 slots over 8: replicated
-        assert spec_of(state.cache["k"]) == spec_of((None, batch_axes, None, "tensor" if shape.get("tensor", 1) > 1
-                                                     else None)), shape
+        assert spec_of(state.cache["k"]) == spec_of(
+            (None, batch_axes, None, "tensor" if shape.get("tensor", 1) > 1 else None)
+        ), shape
         assert spec_of(state.text) == spec_of((batch_axes,)), shape
 
 
@@ -285,7 +315,9 @@ def test_a_batch_that_does_not_divide_over_data_is_replicated_over_it(tiny):
     config, params = tiny
     users = np.moveaxis(user_streams(config, 3, 4, seed=4), 0, 1)
     keys = session_keys(4, 3, seed=4)
-    state = init_stream(config, params, 3, 4, SamplingConfig.greedy(), mesh=sharding.make_mesh({"data": 4, "tensor": 2}))
+    state = init_stream(
+        config, params, 3, 4, SamplingConfig.greedy(), mesh=sharding.make_mesh({"data": 4, "tensor": 2})
+    )
     assert spec_of(state.text) == ()
     _, frames, _ = run_frames(params, state, users, keys)
     _, expected, _ = run_frames(params, init_stream(config, params, 3, 4, SamplingConfig.greedy()), users, keys)
@@ -306,17 +338,19 @@ def test_each_slot_samples_with_its_own_settings(tiny):
     from flmjax.infer import StreamSampling, slot_sampling
 
     config, params = tiny
-    own = SamplingConfig(text=StreamSampling(temperature=0.9, top_p=0.0, top_k=7, repetition_penalty=1.3,
-                                             window=20),
-                         audio=StreamSampling(temperature=1.1, top_p=0.8, repetition_penalty=1.1, window=10))
+    own = SamplingConfig(
+        text=StreamSampling(temperature=0.9, top_p=0.0, top_k=7, repetition_penalty=1.3, window=20),
+        audio=StreamSampling(temperature=1.1, top_p=0.8, repetition_penalty=1.1, window=10),
+    )
     listen = np.random.default_rng(0).integers(0, 2048, (6, 2, config.aud_channel)).astype(np.int32)
     keys = jax.random.split(jax.random.key(3), 2)
 
     def run(state):
         frames = []
         for step in range(6):
-            state, frame, _ = stream_step(params, state, listen[step],
-                                          jax.vmap(jax.random.fold_in, (0, None))(keys, step))
+            state, frame, _ = stream_step(
+                params, state, listen[step], jax.vmap(jax.random.fold_in, (0, None))(keys, step)
+            )
             frames.append(np.asarray(frame))
         return np.stack(frames)
 

@@ -32,7 +32,8 @@ def workdir(params, tmp_path):
     """A training workdir with checkpoints at steps 10 and 20 (step 20's params are step 10's plus one)."""
     with Checkpointer(tmp_path / "work") as checkpointer:
         for step, offset in ((10, 0.0), (20, 1.0)):
-            state = {"step": jnp.asarray(step, jnp.int32), "params": jax.tree.map(lambda x: x + offset, params)}
+            shifted = jax.tree.map(lambda x, offset=offset: x + offset, params)
+            state = {"step": jnp.asarray(step, jnp.int32), "params": shifted}
             checkpointer.save(step, state, CONFIG)
     return tmp_path / "work"
 
@@ -66,7 +67,7 @@ def test_export_defaults_to_the_newest_step_in_bfloat16(params, workdir, tmp_pat
 
 
 def test_export_writes_shards_with_an_index_above_max_shard_bytes(params, workdir, tmp_path):
-    written = export_cli.export(workdir, tmp_path / "out", dtype="float32", max_shard_bytes=2 ** 20)
+    written = export_cli.export(workdir, tmp_path / "out", dtype="float32", max_shard_bytes=2**20)
     names = {os.path.basename(path) for path in written}
     assert "model.safetensors.index.json" in names and "model.safetensors" not in names
     assert_trees_equal(load_official(tmp_path / "out")[1], jax.tree.map(lambda x: x + 1.0, params))
@@ -89,8 +90,10 @@ def test_export_of_a_missing_step_names_it_and_the_steps_there_are(workdir, tmp_
 
 def test_export_of_a_workdir_without_checkpoints_fails_without_creating_anything(tmp_path, capsys):
     assert cli.run(export_cli.main, ["--workdir", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
-    assert "--workdir " + str(tmp_path / "empty") + ": no such folder; expected a released-format folder" in \
-        capsys.readouterr().err
+    assert (
+        "--workdir " + str(tmp_path / "empty") + ": no such folder; expected a released-format folder"
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "empty").exists() and not (tmp_path / "out").exists()
 
 
@@ -108,15 +111,19 @@ def test_export_of_the_main_jobs_workdir_takes_its_last_stage(params, workdir, t
     workdir.rename(main / "stage2_b")
     (main / "stage1_a").mkdir()  # an earlier stage without a checkpoint is passed over, as is a later empty one
     (main / "stage3_c" / "checkpoints").mkdir(parents=True)
-    assert cli.run(export_cli.main, ["--workdir", str(main), "--out", str(tmp_path / "out"),
-                                     "--dtype", "float32"]) == 0
+    assert cli.run(export_cli.main, ["--workdir", str(main), "--out", str(tmp_path / "out"), "--dtype", "float32"]) == 0
     _, exported = load_official(tmp_path / "out")
     assert_trees_equal(exported, jax.tree.map(lambda x: x + 1.0, params))  # stage2_b's newest step, 20
 
 
 def test_export_of_a_step_folder_exports_that_step(params, workdir, tmp_path):
-    assert cli.run(export_cli.main, ["--workdir", str(workdir / "checkpoints" / "10"), "--out",
-                                     str(tmp_path / "out"), "--dtype", "float32"]) == 0
+    assert (
+        cli.run(
+            export_cli.main,
+            ["--workdir", str(workdir / "checkpoints" / "10"), "--out", str(tmp_path / "out"), "--dtype", "float32"],
+        )
+        == 0
+    )
     assert_trees_equal(load_official(tmp_path / "out")[1], params)
 
 
@@ -160,7 +167,7 @@ def test_overwrite_replaces_a_previous_export_but_no_other_folder(workdir, tmp_p
 def test_export_modes_follow_the_umask(workdir, tmp_path):
     umask = os.umask(0o027)
     try:
-        written = export_cli.export(workdir, tmp_path / "out", max_shard_bytes=2 ** 20)
+        written = export_cli.export(workdir, tmp_path / "out", max_shard_bytes=2**20)
     finally:
         os.umask(umask)
     assert os.stat(tmp_path / "out").st_mode & 0o777 == 0o750
@@ -183,8 +190,13 @@ def test_import_of_a_damaged_release_is_one_line_and_creates_nothing(params, tmp
     else:
         (tmp_path / "release" / "config.json").write_text('{"hidden_size": 64,')
     result = run_module("launch.import_official", tmp_path / "release", "--workdir", tmp_path / "work")
-    assert_one_line_error(result, {"truncated safetensors": "model.safetensors: not a readable safetensors",
-                                   "malformed config.json": "config.json: not valid JSON"}[damage])
+    assert_one_line_error(
+        result,
+        {
+            "truncated safetensors": "model.safetensors: not a readable safetensors",
+            "malformed config.json": "config.json: not valid JSON",
+        }[damage],
+    )
     assert not (tmp_path / "work" / "checkpoints").exists() or not os.listdir(tmp_path / "work" / "checkpoints")
 
 

@@ -34,10 +34,21 @@ def data_dir(tmp_path_factory):
 
 
 def stage_flags(data_dir, workdir, steps, *extra):
-    return ["--config", STAGE, "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
-            f"--config.data.tokenizer={data_dir}/tokenizer.model", f"--config.train.total_steps={steps}",
-            "--config.data.sequence_length=32", "--config.data.global_batch_size=8", "--config.train.log_every=1",
-            "--config.train.eval_every=0", "--config.optimizer.warmup_steps=1", *extra]
+    return [
+        "--config",
+        STAGE,
+        "--workdir",
+        str(workdir),
+        f"--config.data.data_dir={data_dir}",
+        f"--config.data.tokenizer={data_dir}/tokenizer.model",
+        f"--config.train.total_steps={steps}",
+        "--config.data.sequence_length=32",
+        "--config.data.global_batch_size=8",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=0",
+        "--config.optimizer.warmup_steps=1",
+        *extra,
+    ]
 
 
 def environment(devices=1):
@@ -50,8 +61,14 @@ def train_command(flags):
 
 def run_train(flags, log_path, devices=1, check=True):
     with open(log_path, "w") as log:
-        result = subprocess.run(train_command(flags), cwd=REPO_ROOT, env=environment(devices), stdout=log,
-                                stderr=subprocess.STDOUT, timeout=600)
+        result = subprocess.run(
+            train_command(flags),
+            cwd=REPO_ROOT,
+            env=environment(devices),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+        )
     if check:
         assert result.returncode == 0, pathlib.Path(log_path).read_text()[-3000:]
     return result
@@ -61,8 +78,9 @@ def final_params(workdir, step=None):
     checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
     config, _, _ = checkpointer.read_meta(step)
     on_cpu = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=on_cpu),
-                            model.abstract_params(config))
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=on_cpu), model.abstract_params(config)
+    )
     return checkpointer.restore_params(step, abstract_params=abstract)
 
 
@@ -74,8 +92,9 @@ def test_killed_run_resumes_with_identical_losses_and_params(data_dir, tmp_path)
     resumed = tmp_path / "resumed"
     flags = stage_flags(data_dir, resumed, steps, "--config.train.save_every=12")
     with open(tmp_path / "killed.log", "w") as log:
-        process = subprocess.Popen(train_command(flags), cwd=REPO_ROOT, env=environment(), stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            train_command(flags), cwd=REPO_ROOT, env=environment(), stdout=log, stderr=subprocess.STDOUT
+        )
         deadline = time.time() + 300
         while checkpoint_lib.latest_complete_step(resumed) is None and time.time() < deadline:
             assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
@@ -110,11 +129,23 @@ def test_two_processes_of_four_devices_match_one_process_of_eight(data_dir, tmp_
     port = free_port()
     processes = []
     for process_id in range(2):
-        flags = stage_flags(data_dir, two, steps, "--num_processes=2", f"--process_id={process_id}",
-                            f"--coordinator_address=127.0.0.1:{port}")
+        flags = stage_flags(
+            data_dir,
+            two,
+            steps,
+            "--num_processes=2",
+            f"--process_id={process_id}",
+            f"--coordinator_address=127.0.0.1:{port}",
+        )
         log = open(tmp_path / f"two-{process_id}.log", "w")
-        processes.append((subprocess.Popen(train_command(flags), cwd=REPO_ROOT, env=environment(4), stdout=log,
-                                           stderr=subprocess.STDOUT), log))
+        processes.append(
+            (
+                subprocess.Popen(
+                    train_command(flags), cwd=REPO_ROOT, env=environment(4), stdout=log, stderr=subprocess.STDOUT
+                ),
+                log,
+            )
+        )
     for process, log in processes:
         process.wait(timeout=600)
         log.close()
@@ -202,13 +233,14 @@ def truncate_checkpoint(workdir, step):
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
 
 
-def test_a_checkpoint_of_another_preset_is_one_error_line_listing_the_differences(data_dir, trained_workdir,
-                                                                                   tmp_path):
+def test_a_checkpoint_of_another_preset_is_one_error_line_listing_the_differences(data_dir, trained_workdir, tmp_path):
     before = tree_digest(trained_workdir)
-    result = run_train(stage_flags(data_dir, trained_workdir, 6, "--config.model=small"),
-                       tmp_path / "mismatch.log", check=False)
-    assert_one_error_line(result, tmp_path / "mismatch.log", "checkpoint step 4", "does not fit",
-                          "hidden_size=64", "params/")
+    result = run_train(
+        stage_flags(data_dir, trained_workdir, 6, "--config.model=small"), tmp_path / "mismatch.log", check=False
+    )
+    assert_one_error_line(
+        result, tmp_path / "mismatch.log", "checkpoint step 4", "does not fit", "hidden_size=64", "params/"
+    )
     assert tree_digest(trained_workdir) == before
 
 
@@ -220,8 +252,9 @@ def test_a_truncated_only_checkpoint_is_one_error_line_and_is_left_as_it_is(data
     before = tree_digest(workdir)
     # 8 devices: orbax then leaves reads in flight whose finalization printed pages of tracebacks at exit.
     result = run_train(stage_flags(data_dir, workdir, 6), tmp_path / "corrupt.log", devices=8, check=False)
-    assert_one_error_line(result, tmp_path / "corrupt.log", "checkpoint step 4", "truncated or corrupt",
-                          "no older checkpoint")
+    assert_one_error_line(
+        result, tmp_path / "corrupt.log", "checkpoint step 4", "truncated or corrupt", "no older checkpoint"
+    )
     assert tree_digest(workdir) == before
 
 
@@ -242,18 +275,37 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_older_one_resumed(data
 
 def test_main_job_trains_every_stage_and_exports_a_loadable_checkpoint(data_dir, tmp_path):
     workdir = tmp_path / "main"
-    run_train(["--workdir", str(workdir), f"--config.data_dir={data_dir}", "--config.steps_per_stage=4",
-               "--config.sequence_length=32", "--config.log_every=2", "--config.eval_every=4"], tmp_path / "main.log")
+    run_train(
+        [
+            "--workdir",
+            str(workdir),
+            f"--config.data_dir={data_dir}",
+            "--config.steps_per_stage=4",
+            "--config.sequence_length=32",
+            "--config.log_every=2",
+            "--config.eval_every=4",
+        ],
+        tmp_path / "main.log",
+    )
     stages = sorted(p.name for p in workdir.iterdir())
-    assert stages == ["stage1_post_train_trailing", "stage2_post_train_leading", "stage3_duplex_trailing",
-                      "stage4_duplex_leading"]
+    assert stages == [
+        "stage1_post_train_trailing",
+        "stage2_post_train_leading",
+        "stage3_duplex_trailing",
+        "stage4_duplex_leading",
+    ]
     for stage in stages:
         assert checkpoint_lib.latest_complete_step(workdir / stage) == 4
         assert sorted(read_metrics(workdir / stage, "eval")) == [4]
     final = workdir / "stage4_duplex_leading"
     out = tmp_path / "exported"
-    result = subprocess.run([sys.executable, "-m", "launch.export", "--workdir", str(final), "--out", str(out),
-                             "--dtype", "float32"], cwd=REPO_ROOT, env=environment(), capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.export", "--workdir", str(final), "--out", str(out), "--dtype", "float32"],
+        cwd=REPO_ROOT,
+        env=environment(),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     config, params = load_official(out)
     jax.tree.map(np.testing.assert_array_equal, params, final_params(final))
@@ -287,8 +339,17 @@ def speech_accuracy(params, config, data_dir, batches=4):
 def test_tiny_model_learns_the_corpus_text_to_audio_rule(data_dir, tmp_path):
     workdir = tmp_path / "learn"
     steps = 200
-    run_train(stage_flags(data_dir, workdir, steps, "--config.train.log_every=10", "--config.train.save_every=200",
-                          "--config.optimizer.warmup_steps=20"), tmp_path / "learn.log")
+    run_train(
+        stage_flags(
+            data_dir,
+            workdir,
+            steps,
+            "--config.train.log_every=10",
+            "--config.train.save_every=200",
+            "--config.optimizer.warmup_steps=20",
+        ),
+        tmp_path / "learn.log",
+    )
     metrics = read_metrics(workdir)
     first, last = metrics[10], metrics[steps]
     assert last["text_loss"] < 0.5 * first["text_loss"]
@@ -315,8 +376,9 @@ def train_and_signal(data_dir, tmp_path, signals, steps_logged=3, *flags):
     workdir, log_path = tmp_path / "work", tmp_path / "train.log"
     flags = stage_flags(data_dir, workdir, 10_000, "--config.train.save_every=5000", *flags)
     with open(log_path, "w") as log:
-        process = subprocess.Popen(train_command(flags), cwd=REPO_ROOT, env=environment(), stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            train_command(flags), cwd=REPO_ROOT, env=environment(), stdout=log, stderr=subprocess.STDOUT
+        )
         wait_for(lambda: len(read_metrics(workdir)) >= steps_logged, process, log_path)
         process.send_signal(signals[0])
         for signum in signals[1:]:
@@ -326,10 +388,10 @@ def train_and_signal(data_dir, tmp_path, signals, steps_logged=3, *flags):
     return workdir, process.returncode, log_path.read_text()
 
 
-@pytest.mark.parametrize("signum, exit_status", [(signal.SIGTERM, 0), (signal.SIGINT, 130)],
-                         ids=["sigterm", "ctrl_c"])
-def test_sigterm_or_ctrl_c_saves_a_checkpoint_at_the_interrupted_step_and_stops(data_dir, tmp_path, signum,
-                                                                                 exit_status):
+@pytest.mark.parametrize("signum, exit_status", [(signal.SIGTERM, 0), (signal.SIGINT, 130)], ids=["sigterm", "ctrl_c"])
+def test_sigterm_or_ctrl_c_saves_a_checkpoint_at_the_interrupted_step_and_stops(
+    data_dir, tmp_path, signum, exit_status
+):
     workdir, status, log = train_and_signal(data_dir, tmp_path, [signum])
     assert status == exit_status, log[-3000:]
     assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-3000:]
@@ -342,8 +404,9 @@ def test_sigterm_or_ctrl_c_saves_a_checkpoint_at_the_interrupted_step_and_stops(
 def test_a_second_ctrl_c_stops_at_once_without_saving_or_a_traceback(data_dir, tmp_path):
     # Steps of about a second (8x the usual frames), so that the second Ctrl-C lands in the step the first one
     # interrupted.
-    workdir, status, log = train_and_signal(data_dir, tmp_path, [signal.SIGINT, signal.SIGINT], 1,
-                                            "--config.data.sequence_length=256")
+    workdir, status, log = train_and_signal(
+        data_dir, tmp_path, [signal.SIGINT, signal.SIGINT], 1, "--config.data.sequence_length=256"
+    )
     assert status == 130, log[-3000:]
     assert "Traceback" not in log and "saved step" not in log and log.rstrip().endswith("interrupted"), log[-3000:]
     assert checkpoint_lib.latest_complete_step(workdir) is None

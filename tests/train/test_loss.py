@@ -35,8 +35,9 @@ def random_batch(seed: int, batch: int = 4, frames: int = 8) -> dict[str, np.nda
         "text_ids": np.where(rng.random((batch, frames)) < 0.5, WAIT, words).astype(np.int32),
         "speak_ids": codes().astype(np.int32),
         "listen_ids": codes().astype(np.int32),
-        "text_targets": np.where(rng.random((batch, frames)) < 0.5, WAIT,
-                                 rng.integers(4, CONFIG.vocab_size, (batch, frames))).astype(np.int32),
+        "text_targets": np.where(
+            rng.random((batch, frames)) < 0.5, WAIT, rng.integers(4, CONFIG.vocab_size, (batch, frames))
+        ).astype(np.int32),
         "audio_targets": np.where(rng.random((batch, frames, C)) < 0.2, EMP, codes()).astype(np.int32),
         "text_mask": rng.random((batch, frames)) < 0.75,
         "audio_mask": rng.random((batch, frames, C)) < 0.75,
@@ -82,10 +83,13 @@ def np_codebook_losses(audio_logits, batch):
     return (m * ce).sum((0, 1)) / m.sum((0, 1))
 
 
-def np_loss(text_logits, audio_logits, batch, cfg=LossConfig()):
+def np_loss(text_logits, audio_logits, batch, cfg=None):
+    cfg = LossConfig() if cfg is None else cfg
     cw = np.asarray(cfg.codebook_weights) / sum(cfg.codebook_weights)
-    return (cfg.text_weight * np_text_loss(text_logits, batch, cfg.wait_weight)
-            + cfg.audio_weight * (cw * np_codebook_losses(audio_logits, batch)).sum())
+    return (
+        cfg.text_weight * np_text_loss(text_logits, batch, cfg.wait_weight)
+        + cfg.audio_weight * (cw * np_codebook_losses(audio_logits, batch)).sum()
+    )
 
 
 def loss_of_sums(text_logits, audio_logits, batch, cfg):
@@ -147,8 +151,9 @@ def test_targets_at_masked_positions_do_not_affect_the_loss(params, batch):
     assert (changed["text_targets"] != batch["text_targets"]).any()
     assert (changed["audio_targets"] != batch["audio_targets"]).any()
     reference = dict(batch, audio_mask=audio_mask)
-    assert float(loss_full(CONFIG, params, changed, LossConfig())[0]) == \
-        float(loss_full(CONFIG, params, reference, LossConfig())[0])
+    assert float(loss_full(CONFIG, params, changed, LossConfig())[0]) == float(
+        loss_full(CONFIG, params, reference, LossConfig())[0]
+    )
 
 
 def test_aud_emp_targets_are_masked_out(batch):
@@ -178,12 +183,13 @@ def test_accuracies_match_numpy_and_lie_in_the_unit_interval(batch, logits):
     hit = rng.random(batch["audio_targets"].shape) < 0.5
     audio_targets = np.where(hit, audio_logits.argmax(-1), batch["audio_targets"]).astype(np.int32)
     b = dict(batch, text_targets=text_targets, audio_targets=audio_targets)
-    metrics = finalize(
-        sums_from_logits(CONFIG, np.float32(text_logits), np.float32(audio_logits), b, LossConfig()))
+    metrics = finalize(sums_from_logits(CONFIG, np.float32(text_logits), np.float32(audio_logits), b, LossConfig()))
     text_hit = text_logits.argmax(-1) == text_targets
     mask, words = b["text_mask"], b["text_mask"] & (text_targets != WAIT)
-    want = {"text_accuracy": (text_hit & mask).sum() / mask.sum(),
-            "text_accuracy_non_wait": (text_hit & words).sum() / words.sum()}
+    want = {
+        "text_accuracy": (text_hit & mask).sum() / mask.sum(),
+        "text_accuracy_non_wait": (text_hit & words).sum() / words.sum(),
+    }
     audio_m = np_audio_mask(b)
     audio_hit = (audio_logits.argmax(-1) == audio_targets) & audio_m
     want.update({f"audio_accuracy_c{c}": audio_hit[..., c].sum() / audio_m[..., c].sum() for c in range(C)})
@@ -205,7 +211,8 @@ def test_nothing_counted_gives_zero_not_nan(params, batch):
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def loss_and_grad(config, params, batch, loss_config, normalizers):
     return jax.value_and_grad(loss_lib.loss_and_metric_sums, argnums=1, has_aux=True)(
-        config, params, batch, loss_config, normalizers)
+        config, params, batch, loss_config, normalizers
+    )
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +245,7 @@ def test_loss_is_differentiable_with_finite_nonzero_gradients_in_every_group(ful
 def test_micro_batch_losses_and_grads_add_up_to_the_full_batch(params, varied_batch, full_batch_result):
     (full_loss, full_sums), full_grads = full_batch_result
     normalizers = normalizers_of(CONFIG, varied_batch, LossConfig())
-    parts = [jax.tree.map(lambda x, i=i: x[4 * i:4 * i + 4], varied_batch) for i in range(2)]
+    parts = [jax.tree.map(lambda x, i=i: x[4 * i : 4 * i + 4], varied_batch) for i in range(2)]
     results = [loss_and_grad(CONFIG, params, part, LossConfig(), normalizers) for part in parts]
     loss = sum(float(r[0][0]) for r in results)
     add = lambda a, b: np.asarray(a) + np.asarray(b)  # noqa: E731 (numpy: eager jnp ops would each compile)
@@ -261,14 +268,12 @@ def test_micro_batch_means_with_their_own_normalizers_would_not_add_up(varied_ba
     rng = np.random.default_rng(11)
     sharpness = np.array([10.0] * 4 + [1.0] * 4)  # the first half's losses are much larger than the second's
     text_logits = np.float32(sharpness[:, None, None] * rng.standard_normal((8, 8, CONFIG.vocab_size)))
-    audio_logits = np.float32(sharpness[:, None, None, None] *
-                               rng.standard_normal((8, 8, C, CONFIG.aud_vocab_size)))
+    audio_logits = np.float32(sharpness[:, None, None, None] * rng.standard_normal((8, 8, C, CONFIG.aud_vocab_size)))
 
     def loss(rows, normalizer_rows):
         part = jax.tree.map(lambda x: x[rows], varied_batch)
         sums = sums_from_logits(CONFIG, text_logits[rows], audio_logits[rows], part, LossConfig())
-        normalizers = normalizers_of(CONFIG, jax.tree.map(lambda x: x[normalizer_rows], varied_batch),
-                                                LossConfig())
+        normalizers = normalizers_of(CONFIG, jax.tree.map(lambda x: x[normalizer_rows], varied_batch), LossConfig())
         return float(loss_from_sums(sums, normalizers))
 
     halves, everything = (slice(0, 4), slice(4, 8)), slice(0, 8)
@@ -285,8 +290,10 @@ def test_sharded_loss_matches_the_single_device_loss(params, batch):
     sharded_batch = jax.device_put(batch, batch_shardings)
     assert len(sharded_batch["audio_targets"].sharding.device_set) == 8
     with activation_rules(mesh):
-        sharded = jax.jit(functools.partial(loss_lib.loss_and_metrics_full, CONFIG, loss_config=LossConfig()),
-                          in_shardings=(param_shardings(CONFIG, mesh), batch_shardings))
+        sharded = jax.jit(
+            functools.partial(loss_lib.loss_and_metrics_full, CONFIG, loss_config=LossConfig()),
+            in_shardings=(param_shardings(CONFIG, mesh), batch_shardings),
+        )
         loss, metrics = sharded(sharded_params, sharded_batch)
     want_loss, want_metrics = loss_full(CONFIG, params, batch, LossConfig())
     assert float(loss) == pytest.approx(float(want_loss), rel=1e-5)
@@ -300,8 +307,7 @@ def test_codebook_weights_must_match_the_model_channels(batch):
         normalizers_of(CONFIG, batch, LossConfig(codebook_weights=(1.0,) * 4))
 
 
-@pytest.mark.parametrize("weights, message", [((1.0, -0.1) + (0.1,) * 6, "non-negative"),
-                                              ((0.0,) * 8, "all zero")])
+@pytest.mark.parametrize("weights, message", [((1.0, -0.1) + (0.1,) * 6, "non-negative"), ((0.0,) * 8, "all zero")])
 def test_codebook_weights_are_non_negative_and_not_all_zero(weights, message):
     with pytest.raises(LossConfigError, match=message):
         LossConfig(codebook_weights=weights)

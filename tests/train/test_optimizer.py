@@ -36,9 +36,12 @@ def random_grads(params, seed=0, scale=1.0, scales=None):
     """Gaussian float32 gradients (numpy: eager jax ops would compile once per shape); `scales`
     ({top-level key: factor}) scales whole groups."""
     rng = np.random.default_rng(seed)
-    return {key: jax.tree.map(lambda p, f=(scales or {}).get(key, 1.0):
-                              (f * scale * rng.standard_normal(p.shape)).astype(np.float32), sub)
-            for key, sub in params.items()}
+
+    def group(key, sub):
+        factor = (scales or {}).get(key, 1.0)
+        return jax.tree.map(lambda p: (factor * scale * rng.standard_normal(p.shape)).astype(np.float32), sub)
+
+    return {key: group(key, sub) for key, sub in params.items()}
 
 
 def run_steps(cfg, params, grads, steps=3):
@@ -59,8 +62,10 @@ def run_steps(cfg, params, grads, steps=3):
 def group_changed(before, after, group):
     """Per param of the group: did any value change? (numpy: eager jnp ops would each compile.)"""
     key = GROUP_KEYS[group]
-    return [bool(np.any(np.asarray(a) != np.asarray(b)))
-            for a, b in zip(jax.tree.leaves(before[key]), jax.tree.leaves(after[key]))]
+    return [
+        bool(np.any(np.asarray(a) != np.asarray(b)))
+        for a, b in zip(jax.tree.leaves(before[key]), jax.tree.leaves(after[key]))
+    ]
 
 
 def first_moments(state, group=None) -> list:
@@ -93,15 +98,17 @@ def test_cosine_schedule_warms_up_from_zero_then_decays_to_the_end_fraction():
 
 
 def test_constant_schedule_warms_up_then_stays_flat():
-    lr = learning_rate_schedule(OptimizerConfig(learning_rate=2e-4, schedule="constant", warmup_steps=4,
-                                                total_steps=10))
+    lr = learning_rate_schedule(
+        OptimizerConfig(learning_rate=2e-4, schedule="constant", warmup_steps=4, total_steps=10)
+    )
     assert [float(lr(s)) for s in (0, 2, 4, 10, 1000)] == pytest.approx([0.0, 1e-4, 2e-4, 2e-4, 2e-4])
 
 
 def test_group_learning_rates_are_the_schedule_times_the_multiplier():
     cfg = OptimizerConfig(**CONSTANT, lr_multipliers={"depth": 0.5}, frozen=("embeddings",))
     assert {k: float(v) for k, v in learning_rates(cfg, 3).items()} == pytest.approx(
-        {"lr_embeddings": 0.0, "lr_temporal": 1e-2, "lr_text_head": 1e-2, "lr_depth": 5e-3})
+        {"lr_embeddings": 0.0, "lr_temporal": 1e-2, "lr_text_head": 1e-2, "lr_depth": 5e-3}
+    )
 
 
 # ---------------------------------------------------------------------- groups
@@ -191,8 +198,10 @@ def test_an_unknown_group_name_is_an_error_naming_the_valid_groups():
         OptimizerConfig(lr_multipliers={"audio": 2.0})
 
 
-@pytest.mark.parametrize("field, value", [("learning_rate", 0.0), ("warmup_steps", -1), ("b2", 1.0),
-                                          ("clip_norm", -1.0), ("schedule", "linear")])
+@pytest.mark.parametrize(
+    "field, value",
+    [("learning_rate", 0.0), ("warmup_steps", -1), ("b2", 1.0), ("clip_norm", -1.0), ("schedule", "linear")],
+)
 def test_invalid_values_are_errors_naming_the_field(field, value):
     with pytest.raises(OptimizerConfigError, match=field if field != "schedule" else "linear"):
         OptimizerConfig(**{field: value})
@@ -204,8 +213,9 @@ def test_freezing_every_group_is_an_error():
 
 
 def test_from_config_reads_a_config_dict_and_fills_missing_multipliers():
-    cfg = OptimizerConfig.from_config(ml_collections.ConfigDict(
-        {"learning_rate": 1e-4, "lr_multipliers": {"depth": 2.0}, "frozen": ["embeddings"]}))
+    cfg = OptimizerConfig.from_config(
+        ml_collections.ConfigDict({"learning_rate": 1e-4, "lr_multipliers": {"depth": 2.0}, "frozen": ["embeddings"]})
+    )
     assert cfg.lr_multipliers == {"embeddings": 1.0, "temporal": 1.0, "text_head": 1.0, "depth": 2.0}
     assert cfg.frozen == ("embeddings",) and cfg.learning_rate == 1e-4
     assert hash(cfg) == hash(OptimizerConfig(learning_rate=1e-4, lr_multipliers={"depth": 2}, frozen=["embeddings"]))

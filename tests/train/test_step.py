@@ -30,11 +30,13 @@ def random_batch(batch_size, seed=0):
 
 def run_one_step(mesh_shape, accumulation_steps=1, frozen=(), batch_size=8):
     mesh = sharding.make_mesh(mesh_shape)
-    tx = optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(learning_rate=LEARNING_RATE, warmup_steps=0,
-                                                                     total_steps=10, frozen=frozen))
+    tx = optimizer_lib.make_optimizer(
+        optimizer_lib.OptimizerConfig(learning_rate=LEARNING_RATE, warmup_steps=0, total_steps=10, frozen=frozen)
+    )
     shardings = step_lib.state_shardings(CONFIG, tx, mesh)
-    compiled = step_lib.compile_train_step(CONFIG, loss_lib.LossConfig(), tx, shardings, mesh, batch_size, LENGTH,
-                                           accumulation_steps)
+    compiled = step_lib.compile_train_step(
+        CONFIG, loss_lib.LossConfig(), tx, shardings, mesh, batch_size, LENGTH, accumulation_steps
+    )
     state = step_lib.init_state_sharded(CONFIG, tx, jax.random.key(0), shardings)
     before = jax.device_get(state["params"])
     batch = jax.device_put(random_batch(batch_size), step_lib.batch_shardings(mesh))
@@ -53,8 +55,7 @@ def test_two_micro_batches_of_4_match_one_batch_of_8(one_batch_of_8):
     _, accumulated_state, accumulated_metrics, _ = run_one_step((1, 4, 2), accumulation_steps=2)
     assert accumulated_metrics["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
     assert accumulated_metrics["grad_norm"] == pytest.approx(metrics["grad_norm"], rel=1e-4)
-    differences = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), accumulated_state["params"],
-                               state["params"])
+    differences = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), accumulated_state["params"], state["params"])
     # Adam divides by sqrt(v): float32 rounding in near-zero gradients moves a param by up to ~1% of the lr.
     assert max(jax.tree.leaves(differences)) < 1e-2 * LEARNING_RATE
 
