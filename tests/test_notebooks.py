@@ -27,16 +27,14 @@ NOTEBOOK_TIMEOUT_S = 300  # each must also run in under 3 minutes on a laptop; C
 
 
 def kernel_environment() -> dict[str, str]:
-    """The kernel imports this checkout's code, runs JAX on CPU with 8 fake devices, and shares the tests'
-    persistent compilation cache."""
+    """The kernel imports this checkout's code, runs JAX on CPU with 8 fake devices, and, like the tests, no persistent
+    compilation cache (conftest.py)."""
     path = [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(path),
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-        "JAX_COMPILATION_CACHE_DIR": str(REPO_ROOT / ".jax_cache"),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
         "MPLBACKEND": "Agg",
     }
 

@@ -4,7 +4,6 @@ frame clock, misbehaving clients, slot exhaustion, settings, SIGTERM; and the fr
 import asyncio
 import dataclasses
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -66,11 +65,6 @@ def served(tmp_path_factory):
     save_official(folder / "ckpt", config, model.init_params(config, jax.random.key(0)), dtype="float32")
     port = free_port()
     log_path = folder / "server.log"
-    env = dict(
-        os.environ,
-        JAX_COMPILATION_CACHE_DIR=str(REPO_ROOT / ".jax_cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
-    )
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [
@@ -97,7 +91,6 @@ def served(tmp_path_factory):
             cwd=REPO_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
         )
     deadline = time.monotonic() + 300
     while "serving" not in log_path.read_text():
