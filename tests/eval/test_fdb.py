@@ -216,12 +216,19 @@ def test_run_resume_score_and_batch_independence(tmp_path, capsys):
     after = _mtimes(out)
     assert {k for k in after if after[k] != before[k]} == {f"{redo.rel}/output.wav", f"{redo.rel}/frames.npz"}
 
-    # Batching does not change a session, even sampled (each sample has its own key): --batch 1 writes the same.
+    # Batching does not change a session, even sampled (each sample has its own key): --batch 1 gives the same
+    # tokens, and the same voice up to the codec's float32 rounding at another batch size (one int16 step).
     single = tmp_path / "single"
     assert _cli(*common, "--out", single, "--batch", "1", "--no_score") == 0
     capsys.readouterr()
     for sample in samples:
-        assert (single / sample.rel / "output.wav").read_bytes() == (out / sample.rel / "output.wav").read_bytes()
+        alone, batched = np.load(single / sample.rel / "frames.npz"), np.load(out / sample.rel / "frames.npz")
+        for name in batched.files:
+            np.testing.assert_array_equal(alone[name], batched[name], err_msg=f"{sample.rel} {name}")
+        voice_alone, rate_alone = read_wav(single / sample.rel / "output.wav")
+        voice_batched, rate_batched = read_wav(out / sample.rel / "output.wav")
+        assert rate_alone == rate_batched and voice_alone.shape == voice_batched.shape
+        np.testing.assert_allclose(voice_alone, voice_batched, rtol=0, atol=1.5 / 32768, err_msg=sample.rel)
         np.testing.assert_array_equal(
             np.load(single / sample.rel / "frames.npz")["frames"], np.load(out / sample.rel / "frames.npz")["frames"]
         )
