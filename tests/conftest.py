@@ -51,3 +51,9 @@ def golden_name(request) -> str:
 @pytest.fixture
 def golden_dir(golden_name) -> pathlib.Path:
     return golden_path(golden_name)
+
+
+def pytest_collection_modifyitems(items):
+    """The xdist groups and the `slow` tests first (a stable sort: every worker collects the same order), so that
+    neither worker ends the run alone on a long test."""
+    items.sort(key=lambda item: not (item.get_closest_marker("slow") or item.get_closest_marker("xdist_group")))

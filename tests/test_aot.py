@@ -16,7 +16,7 @@ import pytest
 from flmjax import compiled as compiled_lib
 from flmjax import hardware
 
-pytestmark = pytest.mark.xdist_group("libtpu")
+pytestmark = pytest.mark.xdist_group("libtpu")  # one worker loads the TPU compiler; the report fixtures are built once
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 GIB = 2**30
 
@@ -29,19 +29,6 @@ def tiny_stage(layers: int = 4, accumulation: int = 2, batch: int = 8, frames: i
     config.model_overrides.update(dtype="bfloat16", remat_policy=remat, attention_chunk=16, num_hidden_layers=layers)
     config.lock()
     return config
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_compilation_cache_writes():
-    """Executables compiled for devices that are not attached cannot be read back from the persistent cache
-    (jax warns on every hit), and nothing here is compiled twice: keep them out of it. (Switching the cache
-    off would not hold: jax decides that once per process.)"""
-    import jax
-
-    min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
-    yield
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ import pytest
 
 from launch import bench, bench_train
 
+pytestmark = pytest.mark.xdist_group("bench")  # the benchmark runs are module fixtures, each built once
+
 BATCH, FRAMES = 1, 8
 ROW_KEYS = {
     "benchmark",

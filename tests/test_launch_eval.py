@@ -19,6 +19,8 @@ from launch import eval as eval_cli
 from tests.conftest import REPO_ROOT
 from tests.eval.test_dialogs import _merged_turns
 
+pytestmark = pytest.mark.xdist_group("launch_eval")  # the trained stage is a module fixture, built once
+
 STEPS = 4
 
 

@@ -92,6 +92,7 @@ def test_cli_takes_every_kind_of_checkpoint_path(golden_stream, tmp_path, kind):
     np.testing.assert_array_equal(np.load(out)["frames"], reference["greedy/out_tokens"][1:])
 
 
+@pytest.mark.slow
 def test_batch_file_sessions_equal_each_alone(golden_stream, tmp_path):
     folder, reference = golden_stream
     listen = reference["listen"][0]  # [8, 60]
@@ -349,6 +350,7 @@ def test_a_bad_session_of_a_batch_is_skipped_and_listed(golden_stream, tmp_path,
     assert "no session could be read (2 skipped)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_and_wav_are_one_error_line_naming_the_file(golden_stream, speech_wav, tmp_path):
     folder, reference = golden_stream
     np.save(tmp_path / "user.npy", reference["listen"][..., :5])

@@ -80,6 +80,7 @@ def test_depth_teacher_forced_logits_match_released(golden):
     assert max_diff(logits, reference["depth_logits"]) < TOLERANCE
 
 
+@pytest.mark.slow
 def test_depth_prefix_logits_match_released(golden):
     config, params, reference = golden
     audio = reference["depth_audio"]
@@ -179,6 +180,7 @@ def test_unrolled_init_creates_one_param_group_per_layer():
     assert params["temporal"]["layers_0"]["attn"]["q_kernel"].shape == (64, 4, 16)
 
 
+@pytest.mark.slow
 def test_remat_policies_do_not_change_gradients():
     config = flm_config.tiny()
     params = model.init_params(config, jax.random.key(2))
@@ -263,6 +265,7 @@ def test_every_param_has_logical_axis_names():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [4, 5, 16])
 def test_chunked_attention_gives_the_dense_logits_and_gradients(chunk):
     """Blocks of `chunk` queries (the last one shorter where 16 frames do not divide) attend only to their

@@ -71,6 +71,7 @@ def test_notebook_is_committed_without_outputs(name):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_top_to_bottom(name, tmp_path):
     notebook = nbformat.read(NOTEBOOK_DIR / name, as_version=4)

@@ -27,6 +27,8 @@ from flmjax.data.examples import EXAMPLE_KEYS, SourceRule, StreamIds
 from flmjax.data.pipeline import WeightedSource, batch_iterator, stage_dataset
 from flmjax.data.records import make_record
 
+pytestmark = pytest.mark.xdist_group("checkpointer")  # the initialised params are a module fixture, built once
+
 CONFIG = flm_config.tiny()
 CPU = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 

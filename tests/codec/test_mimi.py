@@ -16,6 +16,8 @@ from flmjax import codec
 from flmjax.codec import checkpoint, mimi
 from tests.conftest import golden_path
 
+pytestmark = pytest.mark.xdist_group("mimi")  # the batch and streaming codec outputs are module fixtures, built once
+
 SIGNALS = ("speech", "chirp", "long")
 ENCODER_STAGES = ("encoder_seanet", "encoder_transformer", "latent", "quantizer_first_in", "quantizer_rest_in")
 DECODER_STAGES = ("quantized_latent", "decoder_upsampled", "decoder_transformer")

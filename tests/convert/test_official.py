@@ -146,6 +146,7 @@ def test_folder_without_weights_is_a_clear_error(golden_dir, tmp_path):
         load_official(target)
 
 
+@pytest.mark.slow
 def test_export_refuses_a_non_empty_folder_and_leaves_it_untouched(tmp_path):
     config = flm_config.tiny()
     params = model.init_params(config, jax.random.key(0))
@@ -183,6 +184,7 @@ def test_export_rejects_params_that_do_not_match_the_config(tmp_path):
 DEPTH_SWITCHES = list(itertools.product([False, True], repeat=4))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("per_position, swiglu, rmsnorm, bias", DEPTH_SWITCHES)
 def test_every_depth_variant_round_trips_through_the_released_format(per_position, swiglu, rmsnorm, bias, tmp_path):
     config = flm_config.tiny(

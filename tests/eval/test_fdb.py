@@ -152,6 +152,7 @@ def _mtimes(out: pathlib.Path) -> dict[str, int]:
     }
 
 
+@pytest.mark.slow
 def test_run_resume_score_and_batch_independence(tmp_path, capsys):
     data = build_dataset(tmp_path / "data")
     model, mimi = golden_path("release_like"), golden_path("mimi_small")

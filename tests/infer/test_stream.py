@@ -177,6 +177,7 @@ def test_context_limit_raises_and_keeps_the_state(tiny):
         stream_step(params, state, users[:, 3], jax.random.key(3))
 
 
+@pytest.mark.slow
 def test_sliding_window_attends_to_the_last_max_frames():
     """Past its capacity a sliding stream attends to the last `window` frames, at their original positions.
 
@@ -246,6 +247,7 @@ MESHES = [
 ]  # (mesh, devices)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampling", [SamplingConfig.greedy(), SamplingConfig()], ids=["greedy", "sampled"])
 def test_a_sharded_stream_gives_the_single_device_tokens(tiny, sampling):
     """On every mesh the tiny model divides over (its 2 kv heads allow tensor <= 2), with a slot reset half-way:
@@ -280,6 +282,7 @@ def test_a_sharded_stream_gives_the_single_device_tokens(tiny, sampling):
         assert spec_of(state.text) == spec_of((batch_axes,)), shape
 
 
+@pytest.mark.slow
 def test_params_placed_in_the_compilers_layouts_have_its_formats_and_give_the_same_tokens(tiny):
     from flmjax import sharding
     from flmjax.infer.stream import lower_stream_step, place_stream_params

@@ -84,6 +84,7 @@ def final_params(workdir, step=None):
     return checkpointer.restore_params(step, abstract_params=abstract)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_with_identical_losses_and_params(data_dir, tmp_path):
     steps = 36
     straight = tmp_path / "straight"
@@ -121,6 +122,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_of_four_devices_match_one_process_of_eight(data_dir, tmp_path):
     steps = 4
     one = tmp_path / "one"
@@ -233,6 +235,7 @@ def truncate_checkpoint(workdir, step):
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
 
 
+@pytest.mark.xdist_group("trained_workdir")  # shares the module fixture `trained_workdir`
 def test_a_checkpoint_of_another_preset_is_one_error_line_listing_the_differences(data_dir, trained_workdir, tmp_path):
     before = tree_digest(trained_workdir)
     result = run_train(
@@ -244,6 +247,7 @@ def test_a_checkpoint_of_another_preset_is_one_error_line_listing_the_difference
     assert tree_digest(trained_workdir) == before
 
 
+@pytest.mark.xdist_group("trained_workdir")  # shares the module fixture `trained_workdir`
 def test_a_truncated_only_checkpoint_is_one_error_line_and_is_left_as_it_is(data_dir, trained_workdir, tmp_path):
     workdir = tmp_path / "copy"
     shutil.copytree(trained_workdir, workdir)
@@ -258,6 +262,7 @@ def test_a_truncated_only_checkpoint_is_one_error_line_and_is_left_as_it_is(data
     assert tree_digest(workdir) == before
 
 
+@pytest.mark.xdist_group("trained_workdir")  # shares the module fixture `trained_workdir`
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_older_one_resumed(data_dir, trained_workdir, tmp_path):
     workdir = tmp_path / "copy"
     shutil.copytree(trained_workdir, workdir)
@@ -273,6 +278,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_older_one_resumed(data
     assert checkpoint_lib.complete_steps(workdir)[-1] == 6
 
 
+@pytest.mark.slow
 def test_main_job_trains_every_stage_and_exports_a_loadable_checkpoint(data_dir, tmp_path):
     workdir = tmp_path / "main"
     run_train(
@@ -336,6 +342,7 @@ def speech_accuracy(params, config, data_dir, batches=4):
     return correct / counted
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_the_corpus_text_to_audio_rule(data_dir, tmp_path):
     workdir = tmp_path / "learn"
     steps = 200
@@ -388,6 +395,7 @@ def train_and_signal(data_dir, tmp_path, signals, steps_logged=3, *flags):
     return workdir, process.returncode, log_path.read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, exit_status", [(signal.SIGTERM, 0), (signal.SIGINT, 130)], ids=["sigterm", "ctrl_c"])
 def test_sigterm_or_ctrl_c_saves_a_checkpoint_at_the_interrupted_step_and_stops(
     data_dir, tmp_path, signum, exit_status
@@ -401,6 +409,7 @@ def test_sigterm_or_ctrl_c_saves_a_checkpoint_at_the_interrupted_step_and_stops(
     assert max(read_metrics(workdir)) == saved
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_without_saving_or_a_traceback(data_dir, tmp_path):
     # Steps of about a second (8x the usual frames), so that the second Ctrl-C lands in the step the first one
     # interrupted.

@@ -331,6 +331,7 @@ def test_from_config_rejects_unknown_keys_naming_the_valid_ones():
 
 
 # ---------------------------------------------------------------------- logits in chunks
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [3, 8])
 def test_chunked_logits_give_the_same_loss_metrics_and_gradients(params, varied_batch, full_batch_result, chunk):
     """chunk_frames only changes memory: the loss, every metric sum and every gradient equal the whole-sequence

@@ -50,6 +50,7 @@ def one_batch_of_8():
     return run_one_step((1, 8, 1))
 
 
+@pytest.mark.xdist_group("one_batch_of_8")  # shares the module fixture `one_batch_of_8`
 def test_two_micro_batches_of_4_match_one_batch_of_8(one_batch_of_8):
     _, state, metrics, _ = one_batch_of_8
     _, accumulated_state, accumulated_metrics, _ = run_one_step((1, 4, 2), accumulation_steps=2)
@@ -60,6 +61,7 @@ def test_two_micro_batches_of_4_match_one_batch_of_8(one_batch_of_8):
     assert max(jax.tree.leaves(differences)) < 1e-2 * LEARNING_RATE
 
 
+@pytest.mark.xdist_group("one_batch_of_8")  # shares the module fixture `one_batch_of_8`
 def test_a_step_changes_every_trainable_group_and_counts_steps(one_batch_of_8):
     before, state, _, _ = one_batch_of_8
     assert int(state["step"]) == 1
@@ -68,6 +70,7 @@ def test_a_step_changes_every_trainable_group_and_counts_steps(one_batch_of_8):
         assert any(jax.tree.leaves(changed)), group
 
 
+@pytest.mark.slow
 def test_frozen_groups_do_not_change_in_a_train_step():
     before, state, _, _ = run_one_step((1, 8, 1), frozen=("embeddings", "depth"))
     for group in ("embedder", "depth"):
@@ -76,6 +79,7 @@ def test_frozen_groups_do_not_change_in_a_train_step():
     assert all(jax.tree.leaves(changed))
 
 
+@pytest.mark.xdist_group("one_batch_of_8")  # shares the module fixture `one_batch_of_8`
 def test_sharded_step_on_2x2x2_equals_the_1x8_step(one_batch_of_8):
     _, state, metrics, _ = one_batch_of_8
     _, other_state, other_metrics, _ = run_one_step((2, 2, 2))

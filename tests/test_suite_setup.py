@@ -1,0 +1,56 @@
+"""The test command's own machinery: xdist's loadgroup keeps an xdist_group on one worker with this pytest."""
+
+import re
+import subprocess
+import sys
+
+GROUPED = """
+import os
+import pytest
+
+pytestmark = pytest.mark.xdist_group("shared")
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_grouped(case):
+    print(os.environ["PYTEST_XDIST_WORKER"])
+"""
+
+FREE = """
+@pytest.mark.parametrize("case", range(6))
+def test_free(case):
+    pass
+"""
+
+
+def test_loadgroup_runs_a_group_on_one_worker(tmp_path):
+    """pytest 9.2 with xdist 3.8 ignores the groups (setup.cfg pins pytest below it): every module fixture the
+    suite shares through a group would then be built once per worker."""
+    (tmp_path / "test_grouped.py").write_text(GROUPED)
+    (tmp_path / "test_free.py").write_text("import pytest\n" + FREE)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-n",
+            "2",
+            "--dist",
+            "loadgroup",
+            "-p",
+            "no:cacheprovider",
+            "-v",
+            "-p",
+            "no:randomly",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    workers = re.findall(r"\[(gw\d)\] .*PASSED .*test_grouped\.py::test_grouped\[\d\]@shared", result.stdout)
+    assert len(workers) == 6, result.stdout[-3000:]
+    assert len(set(workers)) == 1, workers
+    assert len(re.findall(r"PASSED .*test_free\.py::test_free", result.stdout)) == 6
