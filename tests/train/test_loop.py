@@ -19,7 +19,7 @@ from flmjax import checkpoints as checkpoint_lib
 from flmjax import model
 from flmjax.convert import load_official
 from flmjax.train.metrics import read_metrics
-from tests.conftest import REPO_ROOT
+from tests.conftest import FAST_COMPILE_FLAGS, REPO_ROOT
 
 STAGE = "configs/stages/stage2_post_train_leading.py"
 
@@ -52,7 +52,8 @@ def stage_flags(data_dir, workdir, steps, *extra):
 
 
 def environment(devices=1):
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    flags = f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE_FLAGS}"
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
 
 
 def train_command(flags):
