@@ -32,7 +32,7 @@ import sys
 from typing import Sequence
 
 from flmjax import files
-from flmjax.data import dataset, recording_encoder, recordings, synthetic, text, word_alignments
+from flmjax.data import dataset, recording_encoder, recordings, sentencepiece_tokenizer, synthetic, word_alignments
 from flmjax.data.dataset_source import BuildSummary, DatasetError, dataset_dir
 from flmjax.data.manifest import read_manifest, write_manifest
 from flmjax.data.records import CHANNELS
@@ -159,11 +159,11 @@ def train_synthetic_tokenizer(manifest: str, out: str, vocab_size: int) -> str:
         for channel in CHANNELS
         for segment in entry.load().segments(channel)
     ]
-    model = text.train_sentencepiece(sentences, vocab_size, hard_vocab_limit=False)
+    model = sentencepiece_tokenizer.train_sentencepiece(sentences, vocab_size, hard_vocab_limit=False)
     with open(path + ".tmp", "wb") as f:
         f.write(model)
     os.replace(path + ".tmp", path)
-    tokenizer = text.SentencePieceTokenizer(path)
+    tokenizer = sentencepiece_tokenizer.SentencePieceTokenizer(path)
     print(f"tokenizer {path}: {tokenizer.vocab_size} pieces, <wait> = {tokenizer.wait_id}", file=sys.stderr)
     return path
 

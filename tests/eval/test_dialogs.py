@@ -9,7 +9,7 @@ import pytest
 
 from flmjax import config as config_lib
 from flmjax import infer, model
-from flmjax.data import synthetic, text
+from flmjax.data import sentencepiece_tokenizer, synthetic
 from flmjax.data.examples import SourceRule
 from flmjax.data.records import make_record
 from flmjax.eval import dialogs, quality
@@ -183,7 +183,9 @@ def test_sampled_sessions_do_not_depend_on_their_neighbours():
 def _synthetic_dialogs():
     examples = [e for e in synthetic.generate_examples(40, seed=3, max_frames=90, kind_weights={"dialog": 1.0})]
     sentences = [s.text for e in examples for c in ("speak", "listen") for s in e.record.segments(c)]
-    tokenizer = text.SentencePieceTokenizer(text.train_sentencepiece(sentences, 400, hard_vocab_limit=False))
+    tokenizer = sentencepiece_tokenizer.SentencePieceTokenizer(
+        sentencepiece_tokenizer.train_sentencepiece(sentences, 400, hard_vocab_limit=False)
+    )
     return [e.record for e in examples[:3]], tokenizer
 
 
