@@ -16,7 +16,7 @@ from typing import Any
 from absl import flags
 
 from flmjax import config as config_lib
-from flmjax.data import pipeline, text
+from flmjax.data import pipeline, sentencepiece_tokenizer
 from flmjax.data.examples import StreamIds
 from launch import cli, prepare_data
 from launch.bench_common import Benchmark, Column, Settings, fixed, progress
@@ -45,7 +45,7 @@ def run_data_bench(settings: Settings) -> list[dict[str, Any]]:
         config = importlib.import_module(f"configs.stages.{settings.stage}").get_config()
         config.data.data_dir, config.data.sequence_length = data_dir, settings.frames
         config.data.global_batch_size, config.seed = settings.batch, settings.seed
-        tokenizer = text.SentencePieceTokenizer(os.path.join(data_dir, "tokenizer.model"))
+        tokenizer = sentencepiece_tokenizer.SentencePieceTokenizer(os.path.join(data_dir, "tokenizer.model"))
         ids = StreamIds(tokenizer.wait_id, config_lib.preset(config.model).aud_pad_id)
         for workers in settings.workers:
             progress(

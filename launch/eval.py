@@ -55,7 +55,7 @@ from flmjax.data.dataset_source import DialogSource
 from flmjax.data.examples import SourceRule
 from flmjax.data.synthetic import SILENCE_FRAME
 from flmjax.errors import UserError
-from flmjax.eval import dialogs, fdb_io, fdb_run, fdb_score
+from flmjax.eval import dialogs, fdb_io, fdb_run, fdb_score, monologue_quality
 from flmjax.eval.fdb_io import FdbError
 from flmjax.infer import SamplingConfig
 from launch import cli
@@ -98,7 +98,7 @@ def _placement_rule(args, stage_config: dict | None):
     if args.placement == "none":
         return None
     if args.placement == "auto":
-        rule = dialogs.monologue_rule((stage_config or {}).get("data", {}).get("sources"))
+        rule = monologue_quality.monologue_rule((stage_config or {}).get("data", {}).get("sources"))
         if rule is not None:
             return rule
         placement = "leading"  # the conversational model's (stage 4)

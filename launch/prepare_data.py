@@ -32,7 +32,7 @@ import sys
 from typing import Sequence
 
 from flmjax import files
-from flmjax.data import dataset, recordings, synthetic, text
+from flmjax.data import dataset, recording_encoder, recordings, sentencepiece_tokenizer, synthetic, word_alignments
 from flmjax.data.dataset_source import BuildSummary, DatasetError, dataset_dir
 from flmjax.data.manifest import read_manifest, write_manifest
 from flmjax.data.records import CHANNELS
@@ -70,17 +70,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     recorded.add_argument(
         "--gap_s",
         type=float,
-        default=recordings.GAP_S,
+        default=word_alignments.GAP_S,
         help="a silence longer than this (seconds) between words starts a new segment",
     )
     recorded.add_argument(
         "--sentence_end",
-        default=recordings.SENTENCE_END,
+        default=word_alignments.SENTENCE_END,
         help="characters that end a sentence (and a segment) when they end a word",
     )
     recorded.add_argument(
         "--main_speaker",
-        default=recordings.MAIN_SPEAKER,
+        default=word_alignments.MAIN_SPEAKER,
         help="the alignments' speaker label of the assistant (left channel); any other label is the user",
     )
     recorded.add_argument(
@@ -159,11 +159,11 @@ def train_synthetic_tokenizer(manifest: str, out: str, vocab_size: int) -> str:
         for channel in CHANNELS
         for segment in entry.load().segments(channel)
     ]
-    model = text.train_sentencepiece(sentences, vocab_size, hard_vocab_limit=False)
+    model = sentencepiece_tokenizer.train_sentencepiece(sentences, vocab_size, hard_vocab_limit=False)
     with open(path + ".tmp", "wb") as f:
         f.write(model)
     os.replace(path + ".tmp", path)
-    tokenizer = text.SentencePieceTokenizer(path)
+    tokenizer = sentencepiece_tokenizer.SentencePieceTokenizer(path)
     print(f"tokenizer {path}: {tokenizer.vocab_size} pieces, <wait> = {tokenizer.wait_id}", file=sys.stderr)
     return path
 
@@ -174,9 +174,9 @@ def prepare_recordings(args: argparse.Namespace) -> recordings.PreparedRecording
 
     def encoder():
         config, params = codec.load_codec(args.mimi)
-        return recordings.make_encoder(config, params, batch_size=2 * args.batch_files)
+        return recording_encoder.make_encoder(config, params, batch_size=2 * args.batch_files)
 
-    rule = recordings.GroupingRule(args.gap_s, args.sentence_end, args.main_speaker)
+    rule = word_alignments.GroupingRule(args.gap_s, args.sentence_end, args.main_speaker)
     prepared = recordings.prepare_recordings(
         args.audio_manifest,
         os.path.join(args.out, f"{args.name}_source"),

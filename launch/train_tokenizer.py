@@ -3,11 +3,11 @@
     python -m launch.train_tokenizer --input a.txt[,b.txt] --vocab_size 1000 --out tok.model \
         [--model_type unigram|bpe] [--soft_vocab_limit] [--byte_fallback] [--overwrite]
 
-The model reserves the specials at fixed ids (flmjax.data.text.SPECIAL_TOKENS: 0 <unk>, 1 <s>, 2 </s>,
-3 <wait>), matching the `tiny` and `small` model presets. With the default --num_threads 1 the same files and
-options give a byte-identical model. An existing --out is kept unless --overwrite is given. A corpus or setting
-SentencePiece cannot use (too large a vocabulary, no text, unreadable input) is one line, `error: ...`, and
-exit status 2.
+The model reserves the specials at fixed ids (flmjax.data.sentencepiece_tokenizer.SPECIAL_TOKENS: 0 <unk>,
+1 <s>, 2 </s>, 3 <wait>), matching the `tiny` and `small` model presets. With the default --num_threads 1 the
+same files and options give a byte-identical model. An existing --out is kept unless --overwrite is given. A
+corpus or setting SentencePiece cannot use (too large a vocabulary, no text, unreadable input) is one line,
+`error: ...`, and exit status 2.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-from flmjax.data import text
+from flmjax.data import sentencepiece_tokenizer
 from flmjax.errors import UserError
 from launch import cli
 
@@ -52,7 +52,7 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--vocab_size", required=True, type=int, help="pieces in all, specials included")
     parser.add_argument("--out", required=True, help="where to write the .model file")
-    parser.add_argument("--model_type", default="unigram", choices=text.MODEL_TYPES)
+    parser.add_argument("--model_type", default="unigram", choices=sentencepiece_tokenizer.MODEL_TYPES)
     parser.add_argument(
         "--character_coverage",
         type=float,
@@ -92,7 +92,7 @@ def main(argv=None) -> None:
     counts = {"sentences": 0, "chars": 0}
     start = time.perf_counter()
     try:
-        model_bytes = text.train_sentencepiece(
+        model_bytes = sentencepiece_tokenizer.train_sentencepiece(
             read_sentences(inputs, counts),
             args.vocab_size,
             args.model_type,
@@ -104,7 +104,7 @@ def main(argv=None) -> None:
     except ValueError as error:  # train_sentencepiece's own checks: a setting or corpus to change
         raise TokenizerTrainingError(str(error)) from None
     elapsed = time.perf_counter() - start
-    tokenizer = text.SentencePieceTokenizer(model_bytes)
+    tokenizer = sentencepiece_tokenizer.SentencePieceTokenizer(model_bytes)
 
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)

@@ -12,7 +12,7 @@ from flmjax import codec, model
 from flmjax import config as flm_config
 from flmjax.audio import load_audio, read_wav, resample, write_wav
 from flmjax.convert import save_official
-from flmjax.data import text as text_lib
+from flmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer, train_sentencepiece
 from flmjax.infer import sessions
 from launch import cli
 from launch import stream as stream_cli
@@ -45,7 +45,7 @@ WORDS = "hello there how are you doing today fine thanks what about the weather 
 
 
 def tokenizer_bytes() -> bytes:
-    return text_lib.train_sentencepiece([" ".join(WORDS[i : i + 5]) for i in range(len(WORDS) - 5)] * 20, 32)
+    return train_sentencepiece([" ".join(WORDS[i : i + 5]) for i in range(len(WORDS) - 5)] * 20, 32)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_batch_file_sessions_equal_each_alone(golden_stream, tmp_path):
 
 
 def test_monologue_text_breaks_lines_at_wait(tmp_path):
-    tokenizer = text_lib.SentencePieceTokenizer(tokenizer_bytes())
+    tokenizer = SentencePieceTokenizer(tokenizer_bytes())
     wait = tokenizer.wait_id
     hello, weather = tokenizer.encode("hello there"), tokenizer.encode("the weather")
     ids = np.array([wait, wait, *hello, wait, wait, wait, *weather, wait])
@@ -151,7 +151,7 @@ def test_monologue_text_breaks_lines_at_wait(tmp_path):
 
 def test_cli_writes_the_monologue_with_a_tokenizer(tmp_path):
     (tmp_path / "tok.model").write_bytes(tokenizer_bytes())
-    tokenizer = text_lib.SentencePieceTokenizer(tokenizer_bytes())
+    tokenizer = SentencePieceTokenizer(tokenizer_bytes())
     config = dataclasses.replace(
         flm_config.preset("tiny"), vocab_size=tokenizer.vocab_size, text_wait_id=tokenizer.wait_id
     )

@@ -19,7 +19,7 @@ import pytest
 from flmjax import codec, model
 from flmjax import config as flm_config
 from flmjax.convert import save_official
-from flmjax.data import text as text_lib
+from flmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer, train_sentencepiece
 from flmjax.infer import audio as audio_sessions
 from flmjax.infer.live import LiveSessions, TextPieces
 from flmjax.infer.sampling import SamplingConfig
@@ -36,7 +36,7 @@ WORDS = "hello there how are you doing today fine thanks what about the weather 
 
 
 def tokenizer_bytes() -> bytes:
-    return text_lib.train_sentencepiece([" ".join(WORDS[i : i + 5]) for i in range(len(WORDS) - 5)] * 20, 32)
+    return train_sentencepiece([" ".join(WORDS[i : i + 5]) for i in range(len(WORDS) - 5)] * 20, 32)
 
 
 def user_audio(seconds: float, seed: int) -> np.ndarray:
@@ -58,7 +58,7 @@ def served(tmp_path_factory):
     """A server of a tiny random model (with a tokenizer) and the golden small Mimi, as `python -m launch.serve`."""
     folder = tmp_path_factory.mktemp("serve")
     (folder / "tok.model").write_bytes(tokenizer_bytes())
-    tokenizer = text_lib.SentencePieceTokenizer(tokenizer_bytes())
+    tokenizer = SentencePieceTokenizer(tokenizer_bytes())
     config = dataclasses.replace(
         flm_config.preset("tiny"), vocab_size=tokenizer.vocab_size, text_wait_id=tokenizer.wait_id
     )
@@ -337,7 +337,7 @@ def test_sigterm_closes_every_socket_with_a_close_frame_and_exits_0(served):
 
 # ---------------------------------------------------------------------------------------------- the frame clock
 def test_text_pieces_add_up_to_the_monologue():
-    tokenizer = text_lib.SentencePieceTokenizer(tokenizer_bytes())
+    tokenizer = SentencePieceTokenizer(tokenizer_bytes())
     wait = tokenizer.wait_id
     ids = [wait] + tokenizer.encode("hello there how") + [wait, wait, 1] + tokenizer.encode("the weather") + [wait]
     pieces = TextPieces(tokenizer, wait)

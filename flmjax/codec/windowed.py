@@ -1,5 +1,5 @@
 """Long audio through Mimi's streaming encoder in jitted windows: one compiled window for any length, memory for
-one window. Used by the data pipeline's recordings (`flmjax.data.recordings`) and `launch.codec encode`."""
+one window. Used by the data pipeline's recordings (`flmjax.data.recording_encoder`) and `launch.codec encode`."""
 
 from __future__ import annotations
 

@@ -7,16 +7,8 @@ The input (moshi-finetune's data format):
     audio/0001.json      {"alignments": [["Hello", [0.42, 0.71], "SPEAKER_MAIN"], ["there.", [0.71, 1.1], ...]]}
 
 `path` is relative to the manifest's folder, or absolute; `duration` (seconds) only orders the encoding; an
-optional `split` (default "train") names the split. A word belongs to the assistant when its speaker label is
-`main_speaker` ("SPEAKER_MAIN", the label moshi-finetune's `annotate.py` gives the left channel and its
-interleaver keeps) and to the user whatever else it says ("SPEAKER_OTHER", "SPEAKER_01", ...).
-
-Each channel's words become sentence segments (`group_segments`): words follow each other, sorted by start, and
-a segment ends after a word whose text ends in one of `sentence_end` (".?!", closing quotes and brackets after
-it allowed) or before a word that starts more than `gap_s` seconds after the previous words end. A word covers
-frames `[floor(start * 12.5), ceil(end * 12.5))`, at least one frame, moved to start no earlier than the
-previous segment's end; a segment spans its words, its text is their texts joined by spaces. Words that start
-after the audio's end are dropped; ends are clipped to it.
+optional `split` (default "train") names the split. The alignments' words, by speaker, become each channel's
+sentence segments (`flmjax.data.word_alignments`: the speaker labels and the grouping rule).
 
 Records: a stereo file is a dialog in split `SPLIT_dialog` (speak codes from the left channel, listen codes from
 the right). A mono file is rejected ("mono audio") unless `mono_as="utterance"`: then it is one speaker's
@@ -25,10 +17,8 @@ ASR-style record (listen only, `SPLIT_asr`) when none is, rejected ("mixed speak
 follow the synthetic corpus (`train_dialog`, `train_asr`, `train_tts`), so the stage configs read them alike.
 Files with more than two channels, unreadable audio, or no or malformed alignments are rejected with a reason.
 
-Encoding (`make_encoder`): both channels of `batch_files` files at a time, zero-padded to the longest, the rows
-sharded over the local devices, through Mimi's streaming step in jitted windows (`flmjax.codec.stream_encode`):
-memory stays bounded for recordings of any length (batch `encode` attends over the whole file), and the codes are
-those a live session computes, equal to batch `encode`'s for the first 10 s.
+Encoding: both channels of `batch_files` files at a time, through the encoder `prepare_recordings` is given
+(`flmjax.data.recording_encoder.make_encoder`: Mimi's windowed streaming encode over the local devices).
 
 The work folder holds `codes/KEY.{speak,listen}.npy` ([frames, 8] int16) and `codes/KEY.json`, written last,
 which records the audio file's size and mtime and the codec's identity: codes whose marker matches are reused,
@@ -41,137 +31,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import re
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
-import jax
 import numpy as np
 
-from flmjax import codec
 from flmjax.audio import AudioError, load_audio
-from flmjax.data.records import CHANNELS, FRAME_RATE, NUM_CODEBOOKS, Segment, Word
-from flmjax.errors import UserError
+from flmjax.data.recording_encoder import Encoder
+from flmjax.data.records import CHANNELS
+from flmjax.data.word_alignments import AlignedWord, GroupingRule, RecordingError, group_segments, read_alignments
 from flmjax.files import write_atomically
 
-MAIN_SPEAKER = "SPEAKER_MAIN"
-SENTENCE_END = ".?!"
-GAP_S = 0.8
 MONO_AS = ("reject", "utterance")
 DEFAULT_SPLIT = "train"
-CLOSERS = "\"')]}»”’"
-_EPSILON = 1e-6  # seconds * 12.5 that land a hair above a frame boundary stay on it
-
-
-class RecordingError(UserError, ValueError):
-    """A recording that cannot become a record; `category` names the reason (counted in the summary)."""
-
-    def __init__(self, category: str, message: str):
-        super().__init__(message)
-        self.category = category
-
-
-@dataclasses.dataclass(frozen=True)
-class GroupingRule:
-    """How words become sentence segments, and which speaker label is the assistant's."""
-
-    gap_s: float = GAP_S
-    sentence_end: str = SENTENCE_END
-    main_speaker: str = MAIN_SPEAKER
-
-    def channel(self, speaker: str) -> str:
-        return "speak" if speaker == self.main_speaker else "listen"
-
-
-@dataclasses.dataclass(frozen=True)
-class AlignedWord:
-    text: str
-    start_s: float
-    end_s: float
-    speaker: str
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Alignments and segments.
-
-
-def read_alignments(path: str | os.PathLike) -> list[AlignedWord]:
-    """The words of an alignment file; `RecordingError` ("no alignments", "malformed alignments") naming it."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise RecordingError("no alignments", f"{path}: no alignment file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as error:
-        raise RecordingError("malformed alignments", f"{path}: not readable JSON ({error})") from None
-    items = data.get("alignments") if isinstance(data, dict) else None
-    if not isinstance(items, list):
-        raise RecordingError("malformed alignments", f"{path}: expected an object with an 'alignments' list")
-    words = []
-    for i, item in enumerate(items):
-        try:
-            text, (start, end), speaker = item
-            word = AlignedWord(str(text).strip(), float(start), float(end), str(speaker))
-        except (TypeError, ValueError):
-            raise RecordingError(
-                "malformed alignments",
-                f"{path}: alignments[{i}] is {item!r}; expected [word, [start_s, end_s], speaker]",
-            ) from None
-        if not (math.isfinite(word.start_s) and math.isfinite(word.end_s)) or not 0 <= word.start_s <= word.end_s:
-            raise RecordingError(
-                "malformed alignments",
-                f"{path}: alignments[{i}] ({word.text!r}) has times "
-                f"[{word.start_s}, {word.end_s}]; expected 0 <= start <= end",
-            )
-        if word.text:
-            words.append(word)
-    if not words:
-        raise RecordingError("no alignments", f"{path}: holds no words")
-    return words
-
-
-def ends_sentence(text: str, sentence_end: str = SENTENCE_END) -> bool:
-    stripped = text.rstrip(CLOSERS)
-    return bool(stripped) and stripped[-1] in sentence_end
-
-
-def group_segments(
-    words: Iterable[AlignedWord], num_frames: int, gap_s: float = GAP_S, sentence_end: str = SENTENCE_END
-) -> tuple[Segment, ...]:
-    """Sentence segments (frames, with words) of one channel's words; see the module docstring for the rule."""
-    groups: list[list[AlignedWord]] = []
-    current: list[AlignedWord] = []
-    current_end = 0.0
-    for word in sorted(words, key=lambda w: (w.start_s, w.end_s)):
-        if current and word.start_s - current_end > gap_s:
-            groups.append(current)
-            current = []
-        current_end = max(current_end, word.end_s) if current else word.end_s
-        current.append(word)
-        if ends_sentence(word.text, sentence_end):
-            groups.append(current)
-            current = []
-    if current:
-        groups.append(current)
-
-    segments = []
-    previous_end = 0
-    for group in groups:
-        frame_words = []
-        for word in group:
-            start = max(math.floor(word.start_s * FRAME_RATE + _EPSILON), previous_end)
-            end = min(max(math.ceil(word.end_s * FRAME_RATE - _EPSILON), start + 1), num_frames)
-            if start < end:
-                frame_words.append(Word(start, end, word.text))
-        if frame_words:
-            end = max(w.end for w in frame_words)
-            segments.append(
-                Segment(frame_words[0].start, end, " ".join(w.text for w in frame_words), tuple(frame_words))
-            )
-            previous_end = end
-    return tuple(segments)
+_DEFAULT_RULE = GroupingRule()  # frozen: one instance serves every call
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -237,8 +111,6 @@ def read_audio_manifest(path: str | os.PathLike) -> tuple[list[AudioEntry], list
 
 # ---------------------------------------------------------------------------------------------------------------
 # Encoding, with a cache of finished files.
-
-Encoder = Callable[[list[np.ndarray]], list[np.ndarray]]  # mono signals [n] at 24 kHz -> codes [8, frames]
 
 
 @dataclasses.dataclass
@@ -325,7 +197,7 @@ def prepare_recordings(
     work_dir: str | os.PathLike,
     encoder: Callable[[], Encoder],
     codec_id: str,
-    rule: GroupingRule = GroupingRule(),
+    rule: GroupingRule = _DEFAULT_RULE,
     mono_as: str = "reject",
     batch_files: int = 4,
     sample_rate: int = 24000,
@@ -437,38 +309,3 @@ def _progress_bar(total: int, enabled: bool):
     import tqdm
 
     return tqdm.tqdm(total=total, desc="encoding", unit="file", disable=not enabled, dynamic_ncols=True)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The encoder: the codec's windowed streaming encode (`flmjax.codec.stream_encode`) over the local devices.
-
-
-def make_encoder(config, params, batch_size: int = 8, chunk_frames: int = codec.DEFAULT_CHUNK_FRAMES) -> Encoder:
-    """Encodes mono 24 kHz signals with `stream_encode`, `batch_size` at a time.
-
-    Each batch is zero-padded to its longest signal and to `batch_size` rows, rounded up to a multiple of the
-    local devices, over which the rows are sharded (data parallel; params replicated). The codes are cut back
-    to each signal's frames, `ceil(n / 1920)`.
-    """
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    devices = jax.local_devices()
-    rows = -(-batch_size // len(devices)) * len(devices)
-    mesh = Mesh(np.array(devices), ("data",))
-    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
-    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
-
-    def encode_signals(signals: list[np.ndarray]) -> list[np.ndarray]:
-        out = []
-        for start in range(0, len(signals), rows):
-            chunk = signals[start : start + rows]
-            audio = np.zeros((rows, max(len(signal) for signal in chunk)), np.float32)
-            for row, signal in enumerate(chunk):
-                audio[row, : len(signal)] = signal
-            codes = codec.stream_encode(config, params, audio, chunk_frames, sharding=batch_sharding)
-            out.extend(
-                codes[row, :NUM_CODEBOOKS, : -(-len(signal) // config.frame_size)] for row, signal in enumerate(chunk)
-            )
-        return out
-
-    return encode_signals

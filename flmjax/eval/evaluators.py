@@ -19,7 +19,7 @@ import numpy as np
 from flmjax import sharding
 from flmjax.data.dataset_source import DialogSource
 from flmjax.errors import UserError
-from flmjax.eval import dialogs
+from flmjax.eval import dialogs, monologue_quality
 from flmjax.train.evaluators import EvaluatorFactory, StageContext, held_out_loss
 
 
@@ -61,7 +61,7 @@ class DuplexEval:
             ) from None
         self.records = [source[i] for i in range(min(spec.dialogs, len(source)))]
         self.frames = spec.frames or config.data.sequence_length
-        self.rule = dialogs.monologue_rule(config.data.sources.to_dict())
+        self.rule = monologue_quality.monologue_rule(config.data.sources.to_dict())
         self.sampling = dialogs.decoding(spec.text_temperature)
         temperature = spec.text_temperature
         context.say(

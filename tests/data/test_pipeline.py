@@ -172,7 +172,8 @@ def test_stage_configs_run_over_the_built_synthetic_corpus(synthetic_data, stage
 
     from flmjax import config as model_config
     from flmjax.data.pipeline import stage_pipeline
-    from flmjax.data.text import SentencePieceTokenizer, check_compatible
+    from flmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
+    from flmjax.data.text import check_compatible
 
     config = importlib.import_module(f"configs.stages.{stage}").get_config()
     config.data.data_dir = str(synthetic_data)

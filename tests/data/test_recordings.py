@@ -8,10 +8,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from flmjax.audio import read_wav, write_wav
-from flmjax.data import recordings
+from flmjax.data import recordings, word_alignments
 from flmjax.data.dataset_source import DialogSource, read_summary
-from flmjax.data.recordings import AlignedWord, RecordingError, group_segments, read_alignments
 from flmjax.data.records import Segment, Word
+from flmjax.data.word_alignments import AlignedWord, RecordingError, group_segments, read_alignments
 from launch import prepare_data
 from tests.conftest import golden_path
 
@@ -84,10 +84,10 @@ def test_words_are_sorted_by_start():
 
 
 def test_the_main_speaker_is_the_assistant_and_anyone_else_the_user():
-    rule = recordings.GroupingRule()
+    rule = word_alignments.GroupingRule()
     assert rule.channel("SPEAKER_MAIN") == "speak"
     assert {rule.channel(s) for s in ("SPEAKER_OTHER", "SPEAKER_01", "user")} == {"listen"}
-    assert recordings.GroupingRule(main_speaker="A").channel("A") == "speak"
+    assert word_alignments.GroupingRule(main_speaker="A").channel("A") == "speak"
 
 
 # ---------------------------------------------------------------------------------------------- alignments

@@ -11,6 +11,8 @@ import sentencepiece as spm
 
 from flmjax import config as flm_config
 from flmjax.data import text
+from flmjax.data.hf_tokenizer import HFTokenizer
+from flmjax.data.sentencepiece_tokenizer import SPECIAL_TOKENS, SentencePieceTokenizer, train_sentencepiece
 from launch import train_tokenizer
 
 WORDS = (
@@ -34,26 +36,26 @@ def sentences():
 
 @pytest.fixture(scope="module")
 def sp_bytes(sentences):
-    return text.train_sentencepiece(sentences, VOCAB)
+    return train_sentencepiece(sentences, VOCAB)
 
 
 @pytest.fixture(scope="module")
 def sp_tok(sp_bytes):
-    return text.SentencePieceTokenizer(sp_bytes)
+    return SentencePieceTokenizer(sp_bytes)
 
 
 # ---------------------------------------------------------------------- SentencePiece layout and codec
 def test_specials_sit_at_fixed_ids(sp_tok):
-    assert sp_tok.special_ids == dict(text.SPECIAL_TOKENS)
+    assert sp_tok.special_ids == dict(SPECIAL_TOKENS)
     assert sp_tok.wait_id == 3
     assert [sp_tok.id_to_piece(i) for i in range(4)] == ["<unk>", "<s>", "</s>", "<wait>"]
 
 
 def test_layout_matches_the_tiny_and_small_presets():
     for preset in (flm_config.tiny(), flm_config.small()):
-        assert preset.text_wait_id == text.SPECIAL_TOKENS["<wait>"]
-        assert preset.bos_token_id == text.SPECIAL_TOKENS["<s>"]
-        assert preset.eos_token_id == text.SPECIAL_TOKENS["</s>"]
+        assert preset.text_wait_id == SPECIAL_TOKENS["<wait>"]
+        assert preset.bos_token_id == SPECIAL_TOKENS["<s>"]
+        assert preset.eos_token_id == SPECIAL_TOKENS["</s>"]
 
 
 def test_vocab_size_is_the_requested_size(sp_tok):
@@ -69,13 +71,13 @@ def test_encode_decode_round_trips_ordinary_text(sp_tok):
 
 def test_encode_adds_no_bos_or_eos(sp_tok):
     ids = sp_tok.encode("the cat sat")
-    assert text.SPECIAL_TOKENS["<s>"] not in ids and text.SPECIAL_TOKENS["</s>"] not in ids
+    assert SPECIAL_TOKENS["<s>"] not in ids and SPECIAL_TOKENS["</s>"] not in ids
 
 
 def test_literal_wait_string_does_not_encode_to_wait_id(sp_tok):
     ids = sp_tok.encode("the cat <wait> sat <wait>")
     assert sp_tok.wait_id not in ids
-    assert set(ids) & set(text.SPECIAL_TOKENS.values()) <= {text.SPECIAL_TOKENS["<unk>"]}  # "<", ">" unseen
+    assert set(ids) & set(SPECIAL_TOKENS.values()) <= {SPECIAL_TOKENS["<unk>"]}  # "<", ">" unseen
 
 
 def test_decode_drops_wait_and_control_ids(sp_tok):
@@ -90,40 +92,40 @@ def test_decode_rejects_out_of_range_id(sp_tok):
 
 
 def test_training_twice_is_byte_identical(sentences, sp_bytes):
-    assert text.train_sentencepiece(sentences, VOCAB) == sp_bytes
+    assert train_sentencepiece(sentences, VOCAB) == sp_bytes
 
 
 def test_bpe_model_type_keeps_the_layout(sentences):
-    tok = text.SentencePieceTokenizer(text.train_sentencepiece(sentences, VOCAB, model_type="bpe"))
-    assert tok.special_ids == dict(text.SPECIAL_TOKENS)
+    tok = SentencePieceTokenizer(train_sentencepiece(sentences, VOCAB, model_type="bpe"))
+    assert tok.special_ids == dict(SPECIAL_TOKENS)
     assert tok.decode(tok.encode("the blue river")) == "the blue river"
 
 
 def test_extra_specials_follow_wait(sentences):
-    tok = text.SentencePieceTokenizer(text.train_sentencepiece(sentences, VOCAB, extra_specials=["<x>", "<y>"]))
-    assert tok.special_ids == {**text.SPECIAL_TOKENS, "<x>": 4, "<y>": 5}
+    tok = SentencePieceTokenizer(train_sentencepiece(sentences, VOCAB, extra_specials=["<x>", "<y>"]))
+    assert tok.special_ids == {**SPECIAL_TOKENS, "<x>": 4, "<y>": 5}
     assert 4 not in tok.encode("<x> the cat")
 
 
 def test_too_large_vocab_names_the_supported_size():
     with pytest.raises(ValueError, match=r"vocab_size 5000 is too large .* at most \d+ pieces"):
-        text.train_sentencepiece(make_sentences(50), 5000)
+        train_sentencepiece(make_sentences(50), 5000)
 
 
 def test_soft_vocab_limit_accepts_a_smaller_vocabulary():
-    tok = text.SentencePieceTokenizer(text.train_sentencepiece(make_sentences(50), 5000, hard_vocab_limit=False))
-    assert len(text.SPECIAL_TOKENS) < tok.vocab_size < 5000
+    tok = SentencePieceTokenizer(train_sentencepiece(make_sentences(50), 5000, hard_vocab_limit=False))
+    assert len(SPECIAL_TOKENS) < tok.vocab_size < 5000
     assert tok.wait_id == 3
 
 
 def test_empty_corpus_is_a_clear_error():
     with pytest.raises(ValueError, match="no text"):
-        text.train_sentencepiece(["", "  "], VOCAB)
+        train_sentencepiece(["", "  "], VOCAB)
 
 
 def test_trainer_options_cannot_move_the_specials(sentences):
     with pytest.raises(ValueError, match="pad_id"):
-        text.train_sentencepiece(sentences, VOCAB, pad_id=0)
+        train_sentencepiece(sentences, VOCAB, pad_id=0)
 
 
 def test_model_with_user_defined_wait_is_rejected(sentences, tmp_path):
@@ -142,15 +144,15 @@ def test_model_with_user_defined_wait_is_rejected(sentences, tmp_path):
         )
     assert spm.SentencePieceProcessor(model_file=str(model)).encode("<wait>")[-1] == 3
     with pytest.raises(ValueError, match="not a control symbol"):
-        text.SentencePieceTokenizer(model)
+        SentencePieceTokenizer(model)
 
 
 def test_model_file_and_bytes_load_alike(sp_bytes, tmp_path):
     path = tmp_path / "tok.model"
     path.write_bytes(sp_bytes)
-    from_file = text.SentencePieceTokenizer(str(path))
+    from_file = SentencePieceTokenizer(str(path))
     assert from_file.model_bytes == sp_bytes
-    assert from_file.encode("a big red dog") == text.SentencePieceTokenizer(sp_bytes).encode("a big red dog")
+    assert from_file.encode("a big red dog") == SentencePieceTokenizer(sp_bytes).encode("a big red dog")
 
 
 def test_sentencepiece_tokenizer_pickles(sp_tok):
@@ -227,7 +229,7 @@ def hf_checkpoint(tokenizers_lib, sentences, tmp_path_factory):
 
 def test_hf_from_checkpoint_takes_wait_id_from_config(hf_checkpoint):
     folder, tok, config = hf_checkpoint
-    hf = text.HFTokenizer.from_checkpoint(folder)
+    hf = HFTokenizer.from_checkpoint(folder)
     assert hf.wait_id == config.text_wait_id == tok.token_to_id("<wait>")
     assert hf.id_to_piece(hf.wait_id) == "<wait>"
     assert hf.special_ids["<wait>"] == hf.wait_id
@@ -235,25 +237,25 @@ def test_hf_from_checkpoint_takes_wait_id_from_config(hf_checkpoint):
 
 def test_hf_vocab_size_counts_added_tokens(hf_checkpoint):
     folder, tok, _ = hf_checkpoint
-    hf = text.HFTokenizer.from_checkpoint(folder)
+    hf = HFTokenizer.from_checkpoint(folder)
     assert hf.vocab_size == tok.get_vocab_size(with_added_tokens=False) + 3
 
 
 def test_hf_encode_decode_round_trips_ordinary_text(hf_checkpoint):
-    hf = text.HFTokenizer.from_checkpoint(hf_checkpoint[0])
+    hf = HFTokenizer.from_checkpoint(hf_checkpoint[0])
     for sentence in make_sentences(20, seed=2):
         assert hf.decode(hf.encode(sentence)) == sentence
 
 
 def test_hf_literal_wait_string_does_not_encode_to_wait_id(hf_checkpoint):
-    hf = text.HFTokenizer.from_checkpoint(hf_checkpoint[0])
+    hf = HFTokenizer.from_checkpoint(hf_checkpoint[0])
     ids = hf.encode("the cat <wait> sat <|endoftext|>")
     assert hf.wait_id not in ids and set(ids).isdisjoint(hf.special_ids.values())
     assert hf.decode(ids) == "the cat <wait> sat <|endoftext|>"
 
 
 def test_hf_decode_drops_wait_ids(hf_checkpoint):
-    hf = text.HFTokenizer.from_checkpoint(hf_checkpoint[0])
+    hf = HFTokenizer.from_checkpoint(hf_checkpoint[0])
     ids = hf.encode("hello world")
     assert hf.decode([hf.wait_id, *ids, hf.wait_id]) == "hello world"
 
@@ -262,21 +264,21 @@ def test_hf_explicit_wait_id_must_be_an_added_token(hf_checkpoint):
     folder, tok, _ = hf_checkpoint
     ordinary = tok.encode("the", add_special_tokens=False).ids[0]
     with pytest.raises(ValueError, match="not an added token"):
-        text.HFTokenizer(folder / "tokenizer.json", wait_id=ordinary)
+        HFTokenizer(folder / "tokenizer.json", wait_id=ordinary)
 
 
 def test_hf_wait_id_beyond_the_file_is_reserved(tokenizers_lib, sentences, tmp_path):
     tok = build_hf_tokenizer(tokenizers_lib, sentences, added=())  # a plain tokenizer without FLM's tokens
     tok.save(str(tmp_path / "tokenizer.json"))
     size = tok.get_vocab_size(with_added_tokens=True)
-    hf = text.HFTokenizer(tmp_path / "tokenizer.json", wait_id=size)
+    hf = HFTokenizer(tmp_path / "tokenizer.json", wait_id=size)
     assert hf.vocab_size == size + 1
     assert hf.id_to_piece(size) == "<wait>"
     assert hf.decode([size, *hf.encode("a red sun"), size]) == "a red sun"
 
 
 def test_hf_tokenizer_pickles(hf_checkpoint):
-    hf = text.HFTokenizer.from_checkpoint(hf_checkpoint[0])
+    hf = HFTokenizer.from_checkpoint(hf_checkpoint[0])
     copy = pickle.loads(pickle.dumps(hf))
     assert copy.encode("the <wait> dog") == hf.encode("the <wait> dog")
     assert copy.wait_id not in copy.encode("the <wait> dog")
@@ -284,7 +286,7 @@ def test_hf_tokenizer_pickles(hf_checkpoint):
 
 def test_hf_checkpoint_config_is_compatible(hf_checkpoint):
     folder = hf_checkpoint[0]
-    hf = text.HFTokenizer.from_checkpoint(folder)
+    hf = HFTokenizer.from_checkpoint(folder)
     assert isinstance(hf, text.Tokenizer)
     text.check_compatible(hf, flm_config.ModelConfig.from_official(folder))
 
@@ -293,21 +295,21 @@ def test_hf_backend_without_tokenizers_names_the_extra(monkeypatch, tmp_path):
     (tmp_path / "tokenizer.json").write_text("{}")
     monkeypatch.setitem(sys.modules, "tokenizers", None)  # makes `import tokenizers` fail
     with pytest.raises(ImportError, match=r"flmjax\[hf\]"):
-        text.HFTokenizer(tmp_path / "tokenizer.json", wait_id=0)
+        HFTokenizer(tmp_path / "tokenizer.json", wait_id=0)
 
 
 # ---------------------------------------------------------------------- load_tokenizer
 def test_load_tokenizer_reads_a_sentencepiece_model(sp_bytes, tmp_path):
     (tmp_path / "tok.model").write_bytes(sp_bytes)
     tok = text.load_tokenizer(tmp_path / "tok.model")
-    assert isinstance(tok, text.SentencePieceTokenizer) and tok.wait_id == 3
+    assert isinstance(tok, SentencePieceTokenizer) and tok.wait_id == 3
 
 
 def test_load_tokenizer_reads_a_checkpoint_folder_or_its_tokenizer_json(hf_checkpoint):
     folder, _, config = hf_checkpoint
     for path in (folder, folder / "tokenizer.json"):
         tok = text.load_tokenizer(path)
-        assert isinstance(tok, text.HFTokenizer) and tok.wait_id == config.text_wait_id
+        assert isinstance(tok, HFTokenizer) and tok.wait_id == config.text_wait_id
 
 
 def test_load_tokenizer_rejects_an_unknown_kind(tmp_path):
@@ -330,7 +332,7 @@ def test_cli_writes_a_model_with_the_specials(corpus_files, tmp_path, capsys):
     out = tmp_path / "tok.model"
     train_tokenizer.main(["--input", ",".join(map(str, corpus_files)), "--vocab_size", str(VOCAB), "--out", str(out)])
     tok = text.load_tokenizer(out)
-    assert tok.vocab_size == VOCAB and tok.special_ids == dict(text.SPECIAL_TOKENS)
+    assert tok.vocab_size == VOCAB and tok.special_ids == dict(SPECIAL_TOKENS)
     printed = capsys.readouterr().out
     assert "300 sentences" in printed and f"vocab size {VOCAB}" in printed and "<wait>=3" in printed
 

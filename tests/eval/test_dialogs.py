@@ -9,10 +9,10 @@ import pytest
 
 from flmjax import config as config_lib
 from flmjax import infer, model
-from flmjax.data import synthetic, text
+from flmjax.data import sentencepiece_tokenizer, synthetic
 from flmjax.data.examples import SourceRule
 from flmjax.data.records import make_record
-from flmjax.eval import dialogs, quality
+from flmjax.eval import dialog_scoring, dialogs, monologue_quality, quality
 
 SILENCE = synthetic.SILENCE_FRAME
 WAIT = 3
@@ -49,11 +49,11 @@ def test_dialog_metrics_on_constructed_tokens():
         listen_codes=_codes(T, [*range(5, 20), *range(40, 60)], "user"),
         listen_segments=[dict(start=5, end=20, text="a b c"), dict(start=40, end=60, text="d e")],
     )
-    user = dialogs.user_activity(record)
+    user = dialog_scoring.user_activity(record)
     assert np.flatnonzero(user).tolist() == [*range(5, 20), *range(40, 60)]
     text_ids = np.full(T, WAIT)
     text_ids[23:27] = [10, 11, 12, 13]  # the monologue leads the speech by 2 frames
-    scores = dialogs.dialog_metrics(user, text_ids, record.speak_codes, wait_id=WAIT, silence_codes=SILENCE)
+    scores = dialog_scoring.dialog_metrics(user, text_ids, record.speak_codes, wait_id=WAIT, silence_codes=SILENCE)
     speaking, thinking = scores["speaking"], scores["thinking"]
     assert speaking["n_user_turns"] == 2 and speaking["turn_over_rate"] == 1.0
     assert speaking["turn_latencies_frames"] == [5, 5]
@@ -62,11 +62,11 @@ def test_dialog_metrics_on_constructed_tokens():
     assert speaking["active_fraction"] == pytest.approx(33 / T)
     assert thinking["active_fraction"] == pytest.approx(4 / T) and thinking["n_model_onsets"] == 1
     # the reference tokens of the record are its own speak codes: the same figures
-    _, ref_codes = dialogs.reference_tokens(record, T, WAIT)
-    ref = dialogs.dialog_metrics(user, text_ids, ref_codes, wait_id=WAIT, silence_codes=SILENCE)
+    _, ref_codes = dialog_scoring.reference_tokens(record, T, WAIT)
+    ref = dialog_scoring.dialog_metrics(user, text_ids, ref_codes, wait_id=WAIT, silence_codes=SILENCE)
     assert ref["speaking"]["turn_latencies_frames"] == [5, 5]
     # a model that never stops: no stop, latency capped at the interruption's end
-    always = dialogs.dialog_metrics(user, text_ids, _codes(T, range(25, T)), wait_id=WAIT, silence_codes=SILENCE)
+    always = dialog_scoring.dialog_metrics(user, text_ids, _codes(T, range(25, T)), wait_id=WAIT, silence_codes=SILENCE)
     assert always["speaking"]["interruption_stop_rate"] == 0.0
     assert always["speaking"]["stop_latencies_frames"] == [20]
 
@@ -91,7 +91,7 @@ def test_pooling_weights_by_turns_not_dialogs():
             }
         }
 
-    pooled = dialogs.pool_metrics(
+    pooled = dialog_scoring.pool_metrics(
         [scores(1.0, 1, [0.4], [(True, 0.1)], 2, 1), scores(0.0, 2, [], [(False, 0.5), (True, 0.3)], 2, 0)],
         views=("speaking",),
     )
@@ -104,14 +104,14 @@ def test_pooling_weights_by_turns_not_dialogs():
 
 
 def test_monologue_rule_follows_the_stage():
-    assert dialogs.monologue_rule(
+    assert monologue_quality.monologue_rule(
         {
             "asr": {"task": "asr", "placement": "trailing", "trail_frames": 1},
             "tts": {"task": "tts", "placement": "leading", "lead_frames": 2},
         }
     ) == SourceRule("dialog", "leading", 2, 0)
     assert (
-        dialogs.monologue_rule(
+        monologue_quality.monologue_rule(
             {
                 "dialog": {"task": "dialog", "placement": "trailing", "trail_frames": 1},
                 "tts": {"task": "tts", "placement": "leading"},
@@ -119,17 +119,17 @@ def test_monologue_rule_follows_the_stage():
         ).placement
         == "trailing"
     )
-    assert dialogs.monologue_rule({}) is None
+    assert monologue_quality.monologue_rule({}) is None
 
 
 def test_crop_record_keeps_whole_words():
     example = synthetic.make_example(3, seed=1, max_frames=120, kind_weights={"dialog": 1.0})
     record = example.record
-    cropped = dialogs.crop_record(record, 50)
+    cropped = monologue_quality.crop_record(record, 50)
     assert cropped.num_frames == 50 and cropped.listen_codes.shape == (50, 8)
     for segment in cropped.speak_segments + cropped.listen_segments:
         assert segment.end <= 50 and len(segment.text.split()) == len(segment.words)
-    assert dialogs.crop_record(record, 10_000) is record
+    assert monologue_quality.crop_record(record, 10_000) is record
 
 
 @functools.lru_cache(maxsize=1)
@@ -183,7 +183,9 @@ def test_sampled_sessions_do_not_depend_on_their_neighbours():
 def _synthetic_dialogs():
     examples = [e for e in synthetic.generate_examples(40, seed=3, max_frames=90, kind_weights={"dialog": 1.0})]
     sentences = [s.text for e in examples for c in ("speak", "listen") for s in e.record.segments(c)]
-    tokenizer = text.SentencePieceTokenizer(text.train_sentencepiece(sentences, 400, hard_vocab_limit=False))
+    tokenizer = sentencepiece_tokenizer.SentencePieceTokenizer(
+        sentencepiece_tokenizer.train_sentencepiece(sentences, 400, hard_vocab_limit=False)
+    )
     return [e.record for e in examples[:3]], tokenizer
 
 
@@ -210,7 +212,7 @@ def test_evaluate_dialogs_end_to_end(placement):
     assert [d["model"]["speaking"]["n_user_turns"] for d in result.dialogs] == expected_turns
     assert [d["num_frames"] for d in result.dialogs] == frames
     for figures in (metrics, reference):
-        for view in dialogs.VIEWS:
+        for view in dialog_scoring.VIEWS:
             assert figures[f"{view}/n_user_turns"] == sum(expected_turns)
             for key in (
                 "turn_over_rate",
@@ -224,7 +226,7 @@ def test_evaluate_dialogs_end_to_end(placement):
             for key in ("turn_latency_s", "stop_latency_s", "interruption_response_latency_s"):
                 value = figures[f"{view}/{key}"]
                 assert value is None or 0.0 <= value <= 2.0, (view, key, value)
-            assert set(f"{view}/{k}" for k in dialogs.SUMMARY_KEYS) <= set(figures)
+            assert set(f"{view}/{k}" for k in dialog_scoring.SUMMARY_KEYS) <= set(figures)
     # The corpus itself takes turns: its model channel speaks in every dialog and answers some turns.
     assert reference["speaking/turn_over_rate"] > 0 and 0 < reference["speaking/active_fraction"] < 1
     assert reference["speaking/turn_latency_s"] is not None
@@ -241,7 +243,9 @@ def test_evaluate_dialogs_end_to_end(placement):
         assert "code_accuracy" not in metrics
     else:
         assert 0.0 <= metrics["code_accuracy"] <= 1.0 and "wer" not in metrics
-        speak_frames = sum(int(dialogs.segment_activity(r.speak_segments, n).sum()) for r, n in zip(records, frames))
+        speak_frames = sum(
+            int(dialog_scoring.segment_activity(r.speak_segments, n).sum()) for r, n in zip(records, frames)
+        )
         assert metrics["quality_frames"] == speak_frames > 0
 
 
@@ -251,7 +255,7 @@ def test_reference_text_is_the_assistants_sentences():
     config, params = _tiny()
     records, tokenizer = _synthetic_dialogs()
     record = records[0]
-    _, details = dialogs.monologue_quality(
+    _, details = monologue_quality.monologue_quality(
         config, params, [record], tokenizer, SourceRule("dialog", "leading", lead_frames=2)
     )
     transcript = " ".join(s.text for s in record.speak_segments)

@@ -334,12 +334,12 @@ def speech_accuracy(params, config, data_dir, batches=4):
     left out: it is one fixed frame and would flatter the model)."""
     import importlib
 
-    from flmjax.data import pipeline, synthetic, text
+    from flmjax.data import pipeline, sentencepiece_tokenizer, synthetic
     from flmjax.data.examples import StreamIds
     from flmjax.train import loss as loss_lib
 
     stage = importlib.import_module("configs.stages.stage2_post_train_leading").get_config()
-    tokenizer = text.SentencePieceTokenizer(str(data_dir / "tokenizer.model"))
+    tokenizer = sentencepiece_tokenizer.SentencePieceTokenizer(str(data_dir / "tokenizer.model"))
     source = pipeline.weighted_source(str(data_dir), "tts", stage.data.sources.tts)
     data = pipeline.stage_dataset([source], tokenizer, StreamIds.from_config(config), 32, 8, seed=1)
     correct = np.zeros(8)
