@@ -16,13 +16,9 @@ import pytest
 
 from flmjax import config as flm_config
 from flmjax import model, sharding
-from flmjax.checkpoints.checkpointer import (
-    CheckpointCorruptError,
-    Checkpointer,
-    CheckpointExistsError,
-    CheckpointMismatchError,
-    latest_complete_step,
-)
+from flmjax.checkpoints.checkpointer import Checkpointer
+from flmjax.checkpoints.errors import CheckpointCorruptError, CheckpointExistsError, CheckpointMismatchError
+from flmjax.checkpoints.layout import latest_complete_step
 from flmjax.data.examples import EXAMPLE_KEYS, SourceRule, StreamIds
 from flmjax.data.pipeline import WeightedSource, batch_iterator, stage_dataset
 from flmjax.data.records import make_record
