@@ -9,7 +9,7 @@ monologue tokens and `<wait>` everywhere else, so two rules hold for both backen
 - `decode` drops `<wait>` and the other special tokens and returns the text; an id outside
   `[0, vocab_size)` is an `IndexError`.
 
-SentencePiece layout (`SPECIAL_TOKENS`, the ids `flmjax.config.tiny()` and `small()` use):
+SentencePiece layout (`SPECIAL_TOKENS`, the ids `flmjax.presets.tiny()` and `small()` use):
 
     0 <unk>   1 <s>   2 </s>   3 <wait>   4.. any extra specials, in order   then the learned pieces
 
