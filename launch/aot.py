@@ -499,14 +499,15 @@ def main(argv) -> None:
 def stream_model_config(model: str, dtype: str):
     """A preset name or a released checkpoint folder -> the model config, weights and cache in `dtype`."""
     from flmjax import config as config_lib
+    from flmjax import presets
 
     if os.path.isdir(model):
         config = config_lib.ModelConfig.from_official(model)
-    elif model in config_lib.PRESETS:
-        config = config_lib.preset(model)
+    elif model in presets.PRESETS:
+        config = presets.preset(model)
     else:
         raise AotError(
-            f"--model {model!r} is neither a preset ({', '.join(sorted(config_lib.PRESETS))}) nor a "
+            f"--model {model!r} is neither a preset ({', '.join(sorted(presets.PRESETS))}) nor a "
             "released checkpoint folder"
         )
     return config.replace(dtype=dtype, param_dtype=dtype)

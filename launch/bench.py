@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import jax
 
-from flmjax import config as config_lib
+from flmjax import presets
 from launch import bench_codec, bench_data, bench_forward, bench_serve, bench_stream, bench_train, cli
 from launch.bench_common import PARAM_DTYPE_FOR, Benchmark, Settings, format_table, progress
 
@@ -118,7 +118,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             "--presets",
             type=_names,
             default=defaults.presets,
-            help=f"comma-separated model presets, of {sorted(config_lib.PRESETS)}",
+            help=f"comma-separated model presets, of {sorted(presets.PRESETS)}",
         )
         sub.add_argument(
             "--dtypes",

@@ -15,6 +15,7 @@ import numpy as np
 
 from flmjax import config as config_lib
 from flmjax import model
+from flmjax import presets as presets_lib
 
 # Compute dtype -> param dtype: bf16 compute runs on bf16 params (no f32 master copy); f32 is f32 throughout.
 PARAM_DTYPE_FOR = {"float32": "float32", "bfloat16": "bfloat16"}
@@ -42,9 +43,9 @@ class Settings:
 
     def __post_init__(self):
         problems = [
-            f"unknown preset {p!r}; expected one of {sorted(config_lib.PRESETS)}"
+            f"unknown preset {p!r}; expected one of {sorted(presets_lib.PRESETS)}"
             for p in self.presets
-            if p not in config_lib.PRESETS
+            if p not in presets_lib.PRESETS
         ]
         problems += [
             f"unknown dtype {d!r}; expected one of {sorted(PARAM_DTYPE_FOR)}"

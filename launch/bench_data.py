@@ -15,7 +15,7 @@ from typing import Any
 
 from absl import flags
 
-from flmjax import config as config_lib
+from flmjax import presets
 from flmjax.data import pipeline, sentencepiece_tokenizer
 from flmjax.data.examples import StreamIds
 from launch import cli, prepare_data
@@ -46,7 +46,7 @@ def run_data_bench(settings: Settings) -> list[dict[str, Any]]:
         config.data.data_dir, config.data.sequence_length = data_dir, settings.frames
         config.data.global_batch_size, config.seed = settings.batch, settings.seed
         tokenizer = sentencepiece_tokenizer.SentencePieceTokenizer(os.path.join(data_dir, "tokenizer.model"))
-        ids = StreamIds(tokenizer.wait_id, config_lib.preset(config.model).aud_pad_id)
+        ids = StreamIds(tokenizer.wait_id, presets.preset(config.model).aud_pad_id)
         for workers in settings.workers:
             progress(
                 f"[data] {settings.stage}: batch {settings.batch} x {settings.frames} frames, "

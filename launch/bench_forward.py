@@ -18,7 +18,7 @@ import numpy as np
 
 from flmjax import compiled as compiled_lib
 from flmjax import config as config_lib
-from flmjax import model
+from flmjax import model, presets
 from launch.bench_common import (
     PARAM_DTYPE_FOR,
     Benchmark,
@@ -83,7 +83,7 @@ def _random_inputs(config: config_lib.ModelConfig, batch: int, frames: int, seed
 
 
 def _forward_config(preset: str, dtype: str) -> config_lib.ModelConfig:
-    return config_lib.preset(preset, dtype=dtype, param_dtype=PARAM_DTYPE_FOR[dtype])
+    return presets.preset(preset, dtype=dtype, param_dtype=PARAM_DTYPE_FOR[dtype])
 
 
 def _bench_forward_case(preset: str, dtype: str, settings: Settings) -> dict[str, Any]:

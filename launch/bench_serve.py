@@ -29,8 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from flmjax import config as config_lib
-from flmjax import model
+from flmjax import model, presets
 from flmjax.convert import save_official
 from flmjax.streams import FRAME_S
 from launch.bench_common import Benchmark, Column, Settings, fixed, progress
@@ -158,7 +157,7 @@ def _serve_case(checkpoint: str, slots: int, settings: Settings, scratch: str) -
 
 def run_serve_bench(settings: Settings) -> list[dict[str, Any]]:
     """Live conversations over loopback: tick p50/p99, late ticks, underruns, server CPU per served second."""
-    config = config_lib.preset(settings.presets[0])
+    config = presets.preset(settings.presets[0])
     with tempfile.TemporaryDirectory(prefix="flmjax_bench_serve_") as scratch:
         checkpoint = os.path.join(scratch, "model")
         save_official(checkpoint, config, model.init_params(config, jax.random.key(settings.seed)), dtype="float32")

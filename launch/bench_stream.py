@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flmjax import config as config_lib
-from flmjax import hardware, model
+from flmjax import hardware, model, presets
 from flmjax.infer.sessions import Scheduler
 from flmjax.streams import FRAME_S
 from launch.bench_common import (
@@ -96,7 +96,7 @@ def measured_read_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
 
 
 def _bench_case(preset: str, dtype: str, batch: int, settings: Settings, bandwidth: float) -> dict[str, Any]:
-    config = config_lib.preset(preset, dtype=dtype, param_dtype=PARAM_DTYPE_FOR[dtype])
+    config = presets.preset(preset, dtype=dtype, param_dtype=PARAM_DTYPE_FOR[dtype])
     params = jax.block_until_ready(random_params(config, settings.seed))
     progress(f"stream {preset} {dtype} batch {batch}: cache {settings.frames} frames, 1 + {settings.steps} steps")
     scheduler = Scheduler(config, params, slots=batch, max_frames=settings.frames)
@@ -136,7 +136,7 @@ def _bench_case(preset: str, dtype: str, batch: int, settings: Settings, bandwid
 
 def analytic_7b_bounds() -> list[dict[str, Any]]:
     """Per-frame bandwidth bound of the released-size model (bf16 weights and cache) on TPU v5e and H100."""
-    config = config_lib.preset("flm_audio_7b", dtype="bfloat16", param_dtype="bfloat16")
+    config = presets.preset("flm_audio_7b", dtype="bfloat16", param_dtype="bfloat16")
     params = model.abstract_params(config)
     rows = []
     for chip, bandwidth in HBM_BANDWIDTH.items():

@@ -37,7 +37,7 @@ import jax
 import numpy as np
 
 from flmjax import config as config_lib
-from flmjax import model, sharding
+from flmjax import model, presets, sharding
 from flmjax.train import loss as loss_lib
 from flmjax.train import metrics
 from flmjax.train import optimizer as optimizer_lib
@@ -61,7 +61,7 @@ def _tokens_per_frame(config: config_lib.ModelConfig) -> int:
 
 
 def _train_config(preset: str, dtype: str) -> config_lib.ModelConfig:
-    return config_lib.preset(preset, dtype=dtype, param_dtype=TRAIN_PARAM_DTYPE_FOR[dtype])
+    return presets.preset(preset, dtype=dtype, param_dtype=TRAIN_PARAM_DTYPE_FOR[dtype])
 
 
 def _random_train_batch(config: config_lib.ModelConfig, batch: int, frames: int, seed: int) -> dict[str, np.ndarray]:

@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flmjax import config as flm_config
-from flmjax import model
+from flmjax import model, presets
 from flmjax.errors import UserError
 from launch import cli
 
@@ -32,14 +31,14 @@ def main(argv=None) -> None:
     parser = cli.ArgumentParser(
         prog="python -m launch.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="tiny", choices=sorted(flm_config.PRESETS))
+    parser.add_argument("--preset", default="tiny", choices=sorted(presets.PRESETS))
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.frames < 1:
         raise UserError(f"--frames {args.frames}: must be at least 1")
 
-    config = flm_config.preset(args.preset)
+    config = presets.preset(args.preset)
     start = time.perf_counter()
     params = jax.jit(functools.partial(model.init_params, config))(jax.random.key(args.seed))
     print(

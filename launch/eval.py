@@ -48,8 +48,7 @@ from typing import Any, Sequence
 
 import jax
 
-from flmjax import checkpoints, codec, model
-from flmjax import config as config_lib
+from flmjax import checkpoints, codec, model, presets
 from flmjax.data import text
 from flmjax.data.dataset_source import DialogSource
 from flmjax.data.examples import SourceRule
@@ -151,7 +150,7 @@ def run_tokens(args) -> int:
         models.append(("trained", config, params, stage_config, description))
     if args.untrained:
         try:
-            config = config_lib.preset(args.untrained)
+            config = presets.preset(args.untrained)
         except (KeyError, ValueError) as error:
             raise EvalError(f"--untrained: {error}") from None
         params = model.init_params(config, jax.random.key(args.seed))

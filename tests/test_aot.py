@@ -60,7 +60,7 @@ def test_train_report_holds_the_compilers_figures(train_report):
 
 
 def test_train_report_estimates_from_the_formula_and_the_chip(train_report):
-    from flmjax.config import preset
+    from flmjax.presets import preset
     from flmjax.train.step import model_flops_per_frame
 
     r = train_report
@@ -140,7 +140,7 @@ def test_sweep_ranks_the_variants_that_fit_by_estimated_mfu(v5e):
 
 # ---------------------------------------------------------------------- stream
 def test_stream_report_compiles_the_sharded_step_and_its_bound(v5e):
-    from flmjax.config import tiny
+    from flmjax.presets import tiny
     from launch import aot
 
     config = tiny(dtype="bfloat16", param_dtype="bfloat16")
@@ -162,8 +162,8 @@ def test_stream_step_compiles_for_params_in_the_layouts_place_stream_params_give
     import jax.numpy as jnp
 
     from flmjax import model, sharding
-    from flmjax.config import tiny
     from flmjax.infer import stream as stream_lib
+    from flmjax.presets import tiny
 
     config = tiny(dtype="bfloat16", param_dtype="bfloat16")
     mesh = sharding.make_mesh({"data": 2, "tensor": 2}, v5e)
@@ -193,7 +193,7 @@ def test_stream_step_compiles_for_params_in_the_layouts_place_stream_params_give
 
 
 def test_default_stream_mesh_is_the_widest_tensor_size_the_model_divides_into(v5e):
-    from flmjax.config import tiny
+    from flmjax.presets import tiny
     from launch import aot
 
     assert aot.default_stream_mesh(tiny(), v5e) == {"data": 2, "tensor": 2}  # tiny has 2 kv heads

@@ -224,11 +224,11 @@ def test_train_rates_follow_from_the_median_step(train_report):
 
 
 def test_train_flop_formula_is_within_10_percent_of_xla_unrolled(train_report):
-    from flmjax import config as config_lib
+    from flmjax import presets
     from flmjax.train import step as step_lib
 
     for row in train_report["rows"]:
-        formula = step_lib.model_flops_per_frame(config_lib.tiny(), TRAIN_FRAMES) * TRAIN_BATCH * TRAIN_FRAMES
+        formula = step_lib.model_flops_per_frame(presets.tiny(), TRAIN_FRAMES) * TRAIN_BATCH * TRAIN_FRAMES
         assert row["flops_formula"] == pytest.approx(formula, rel=1e-9)
         assert row["flops_formula_over_xla"] == pytest.approx(row["flops_formula"] / row["flops_xla_unrolled"])
         assert 0.9 <= row["flops_formula_over_xla"] <= 1.1
@@ -289,10 +289,10 @@ def stream_report(tmp_path_factory):
 
 
 def test_stream_rows_follow_from_their_times_and_sizes(stream_report):
-    from flmjax import config as flm_config
+    from flmjax import presets
     from launch import bench_stream
 
-    config = flm_config.preset("tiny")
+    config = presets.preset("tiny")
     rows = stream_report["rows"]
     assert [row["batch"] for row in rows] == [1, 2]
     for row in rows:
@@ -307,11 +307,10 @@ def test_stream_rows_follow_from_their_times_and_sizes(stream_report):
 
 
 def test_stream_weight_bytes_count_embedding_rows_not_tables():
-    from flmjax import config as flm_config
-    from flmjax import model
+    from flmjax import model, presets
     from launch import bench_stream
 
-    config = flm_config.preset("tiny")
+    config = presets.preset("tiny")
     params = model.abstract_params(config)
     total = sum(leaf.size * 4 for leaf in jax.tree.leaves(params))
     width, depth_width = config.hidden_size, config.depth_dim

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from flmjax import config as flm_config
+from flmjax import presets
 from flmjax.config import ConfigError, ModelConfig
 from tests.conftest import GOLDEN_MODELS, golden_path
 
@@ -36,7 +36,7 @@ def test_official_round_trip_is_lossless(name):
 
 
 def test_to_official_writes_every_field_the_released_loader_needs():
-    written = flm_config.tiny().to_official()
+    written = presets.tiny().to_official()
     required = (
         "vocab_size aud_vocab_size aud_channel hidden_size intermediate_size num_hidden_layers "
         "num_attention_heads num_key_value_heads head_dim hidden_act max_position_embeddings rms_norm_eps "
@@ -60,7 +60,7 @@ def test_to_official_writes_every_field_the_released_loader_needs():
 
 
 def test_execution_settings_stay_out_of_config_json_and_can_be_set_on_import():
-    config = flm_config.tiny(dtype="bfloat16", scan_layers=False, remat_policy="full")
+    config = presets.tiny(dtype="bfloat16", scan_layers=False, remat_policy="full")
     written = config.to_official()
     assert not {"dtype", "param_dtype", "scan_layers", "remat_policy"} & set(written)
     reread = ModelConfig.from_official(written, **config.execution_settings())
@@ -68,7 +68,7 @@ def test_execution_settings_stay_out_of_config_json_and_can_be_set_on_import():
 
 
 def test_from_official_names_missing_fields():
-    official = flm_config.tiny().to_official()
+    official = presets.tiny().to_official()
     del official["num_key_value_heads"]
     del official["aud_depthgpt"]["use_cmlp"]
     with pytest.raises(ConfigError, match=r"num_key_value_heads.*aud_depthgpt\.use_cmlp"):
@@ -76,15 +76,15 @@ def test_from_official_names_missing_fields():
 
 
 def test_mrope_scaling_is_accepted_as_plain_rope_and_kept():
-    official = flm_config.tiny().to_official()
+    official = presets.tiny().to_official()
     official["rope_scaling"] = {"type": "mrope", "mrope_section": [2, 3, 3]}
     config = ModelConfig.from_official(official)
     assert config.to_official()["rope_scaling"] == official["rope_scaling"]
 
 
 def test_presets_build_and_have_the_sizes_they_promise():
-    assert flm_config.preset("tiny").hidden_size == 64
-    big = flm_config.preset("flm_audio_7b")
+    assert presets.preset("tiny").hidden_size == 64
+    big = presets.preset("flm_audio_7b")
     assert (big.hidden_size, big.vocab_size, big.aud_vocab_size, big.depth_dim, big.depth_layers) == (
         3584,
         151668,
@@ -93,7 +93,7 @@ def test_presets_build_and_have_the_sizes_they_promise():
         6,
     )
     with pytest.raises(ConfigError, match="unknown model preset 'huge'"):
-        flm_config.preset("huge")
+        presets.preset("huge")
 
 
 def test_7b_preset_reproduces_the_released_depth_parameter_count():
@@ -103,7 +103,7 @@ def test_7b_preset_reproduces_the_released_depth_parameter_count():
 
     from flmjax import model
 
-    shapes = model.abstract_params(flm_config.flm_audio_7b())
+    shapes = model.abstract_params(presets.flm_audio_7b())
     depth = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes["depth"]))
     assert round(depth / 1e6, 2) == 490.69
 
@@ -132,17 +132,17 @@ def test_7b_preset_reproduces_the_released_depth_parameter_count():
 )
 def test_invalid_configs_are_rejected_with_a_message_naming_the_problem(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        flm_config.tiny(**overrides)
+        presets.tiny(**overrides)
 
 
 def test_all_problems_are_reported_together():
     with pytest.raises(ConfigError) as error:
-        flm_config.tiny(hidden_act="mish", text_wait_id=5000)
+        presets.tiny(hidden_act="mish", text_wait_id=5000)
     assert "mish" in str(error.value) and "5000" in str(error.value)
 
 
 def test_from_official_rejects_a_foreign_model_type():
-    official = flm_config.tiny().to_official()
+    official = presets.tiny().to_official()
     official["model_type"] = "qwen2"
     with pytest.raises(ConfigError, match="model_type is 'qwen2', expected 'FLMAudio'"):
         ModelConfig.from_official(official)
@@ -150,8 +150,8 @@ def test_from_official_rejects_a_foreign_model_type():
 
 def test_unknown_execution_settings_are_rejected():
     with pytest.raises(ConfigError, match="unknown execution settings \\['dtpye'\\]"):
-        ModelConfig.from_official(flm_config.tiny().to_official(), dtpye="bfloat16")
+        ModelConfig.from_official(presets.tiny().to_official(), dtpye="bfloat16")
 
 
 def test_config_is_hashable_for_jit_static_arguments():
-    assert hash(flm_config.tiny()) == hash(flm_config.tiny())
+    assert hash(presets.tiny()) == hash(presets.tiny())

@@ -139,11 +139,10 @@ def test_cli_errors(data_dir, tmp_path, capsys):
 def test_a_tokenizer_that_does_not_fit_the_model_is_one_error_line(data_dir, tmp_path):
     import jax
 
-    from flmjax import config as flm_config
-    from flmjax import model
+    from flmjax import model, presets
     from flmjax.convert import save_official
 
-    config = dataclasses.replace(flm_config.preset("tiny"), text_wait_id=5)  # the data's tokenizer says 3
+    config = dataclasses.replace(presets.preset("tiny"), text_wait_id=5)  # the data's tokenizer says 3
     save_official(tmp_path / "ckpt", config, model.init_params(config, jax.random.key(0)), dtype="float32")
     done = subprocess.run(
         [

@@ -8,8 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from flmjax import codec, model
-from flmjax import config as flm_config
+from flmjax import codec, model, presets
 from flmjax.audio import load_audio, read_wav, resample, write_wav
 from flmjax.convert import save_official
 from flmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer, train_sentencepiece
@@ -153,7 +152,7 @@ def test_cli_writes_the_monologue_with_a_tokenizer(tmp_path):
     (tmp_path / "tok.model").write_bytes(tokenizer_bytes())
     tokenizer = SentencePieceTokenizer(tokenizer_bytes())
     config = dataclasses.replace(
-        flm_config.preset("tiny"), vocab_size=tokenizer.vocab_size, text_wait_id=tokenizer.wait_id
+        presets.preset("tiny"), vocab_size=tokenizer.vocab_size, text_wait_id=tokenizer.wait_id
     )
     save_official(tmp_path / "ckpt", config, model.init_params(config, jax.random.key(0)), dtype="float32")
     np.save(tmp_path / "user.npy", np.random.default_rng(1).integers(0, 2048, (1, 8, 20)))

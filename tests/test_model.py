@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from flmjax import config as flm_config
-from flmjax import model
+from flmjax import model, presets
 from tests.conftest import golden_model
 
 TOLERANCE = 1e-4
@@ -112,7 +112,7 @@ def test_depth_steps_with_kv_cache_match_released_prefix_logits(golden):
 )
 def test_depth_steps_equal_teacher_forced_pass_for_every_variant(switches):
     per_position, swiglu, rmsnorm, bias = switches
-    config = flm_config.tiny(
+    config = presets.tiny(
         depth_per_position_mlp=per_position, depth_swiglu=swiglu, depth_rmsnorm=rmsnorm, depth_bias=bias
     )
     params = model.init_params(config, jax.random.key(3))
@@ -143,7 +143,7 @@ def test_depth_over_batch_and_time_matches_released(golden):
 
 
 def test_depth_rejects_a_prefix_of_all_codebooks():
-    config = flm_config.tiny()
+    config = presets.tiny()
     params = model.init_params(config, jax.random.key(0))
     with pytest.raises(ValueError, match="audio_prefix holds 8 codebooks"):
         model.depth_forward(config, params, jnp.zeros((2, config.hidden_size)), jnp.zeros((2, 8), jnp.int32))
@@ -160,7 +160,7 @@ def random_inputs(config, batch, frames, seed=0):
 
 @pytest.mark.parametrize("remat_policy", ["none", "full"])
 def test_scanned_and_unrolled_stacks_give_the_same_logits(remat_policy):
-    scanned_config = flm_config.tiny(num_hidden_layers=3, remat_policy=remat_policy)
+    scanned_config = presets.tiny(num_hidden_layers=3, remat_policy=remat_policy)
     unrolled_config = scanned_config.replace(scan_layers=False)
     params = model.init_params(scanned_config, jax.random.key(1))
     unrolled_params = model.unstack_layers(params, scanned_config.num_hidden_layers)
@@ -174,7 +174,7 @@ def test_scanned_and_unrolled_stacks_give_the_same_logits(remat_policy):
 
 
 def test_unrolled_init_creates_one_param_group_per_layer():
-    config = flm_config.tiny(num_hidden_layers=3, scan_layers=False)
+    config = presets.tiny(num_hidden_layers=3, scan_layers=False)
     params = model.init_params(config, jax.random.key(0))
     assert sorted(k for k in params["temporal"] if k.startswith("layers")) == ["layers_0", "layers_1", "layers_2"]
     assert params["temporal"]["layers_0"]["attn"]["q_kernel"].shape == (64, 4, 16)
@@ -182,7 +182,7 @@ def test_unrolled_init_creates_one_param_group_per_layer():
 
 @pytest.mark.slow
 def test_remat_policies_do_not_change_gradients():
-    config = flm_config.tiny()
+    config = presets.tiny()
     params = model.init_params(config, jax.random.key(2))
     batch = random_inputs(config, 2, 6)
 
@@ -201,7 +201,7 @@ def test_remat_policies_do_not_change_gradients():
 
 def test_cache_rows_are_independent_sessions():
     """Rows at different lengths attend only to their own past: a row's logits do not depend on the others."""
-    config = flm_config.tiny()
+    config = presets.tiny()
     params = model.init_params(config, jax.random.key(3))
     text, speak, listen = random_inputs(config, 2, 7)
     cache = model.init_cache(config, batch_size=2, max_frames=8)
@@ -216,7 +216,7 @@ def test_cache_rows_are_independent_sessions():
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_low_precision_compute_stays_close_to_float32(dtype):
-    config = flm_config.tiny()
+    config = presets.tiny()
     params = model.init_params(config, jax.random.key(4))
     batch = random_inputs(config, 2, 8)
     reference, _ = model.forward(config, params, *batch)
@@ -230,13 +230,13 @@ def test_low_precision_compute_stays_close_to_float32(dtype):
 
 
 def test_param_dtype_sets_every_param_dtype():
-    config = flm_config.tiny(param_dtype="bfloat16")
+    config = presets.tiny(param_dtype="bfloat16")
     dtypes = {leaf.dtype for leaf in jax.tree.leaves(model.abstract_params(config))}
     assert dtypes == {jnp.dtype("bfloat16")}
 
 
 def test_every_param_has_logical_axis_names():
-    config = flm_config.tiny(
+    config = presets.tiny(
         depth_per_position_mlp=False,
         depth_swiglu=False,
         depth_rmsnorm=False,
@@ -270,7 +270,7 @@ def test_every_param_has_logical_axis_names():
 def test_chunked_attention_gives_the_dense_logits_and_gradients(chunk):
     """Blocks of `chunk` queries (the last one shorter where 16 frames do not divide) attend only to their
     keys so far and are rematerialised: the same numbers as the dense pass, up to float32 summation order."""
-    config = flm_config.tiny(num_hidden_layers=2)
+    config = presets.tiny(num_hidden_layers=2)
     chunked = config.replace(attention_chunk=chunk)
     params = model.init_params(config, jax.random.key(4))
     batch = random_inputs(config, 2, 16, seed=4)
@@ -298,13 +298,13 @@ def test_chunked_attention_matches_the_released_logits(golden):
 
 def test_attention_chunk_and_scan_unroll_are_checked():
     with pytest.raises(flm_config.ConfigError, match="attention_chunk"):
-        flm_config.tiny(attention_chunk=-1)
+        presets.tiny(attention_chunk=-1)
     with pytest.raises(flm_config.ConfigError, match="scan_unroll must be a positive divisor of num_hidden_layers"):
-        flm_config.tiny(num_hidden_layers=3, scan_unroll=2)
+        presets.tiny(num_hidden_layers=3, scan_unroll=2)
 
 
 def test_unrolling_the_layer_loop_changes_no_number():
-    config = flm_config.tiny(num_hidden_layers=4)
+    config = presets.tiny(num_hidden_layers=4)
     params = model.init_params(config, jax.random.key(5))
     batch = random_inputs(config, 2, 6, seed=5)
     logits, _ = model.forward(config, params, *batch)

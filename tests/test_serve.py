@@ -16,8 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from flmjax import codec, model
-from flmjax import config as flm_config
+from flmjax import codec, model, presets
 from flmjax.convert import save_official
 from flmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer, train_sentencepiece
 from flmjax.infer import audio as audio_sessions
@@ -60,7 +59,7 @@ def served(tmp_path_factory):
     (folder / "tok.model").write_bytes(tokenizer_bytes())
     tokenizer = SentencePieceTokenizer(tokenizer_bytes())
     config = dataclasses.replace(
-        flm_config.preset("tiny"), vocab_size=tokenizer.vocab_size, text_wait_id=tokenizer.wait_id
+        presets.preset("tiny"), vocab_size=tokenizer.vocab_size, text_wait_id=tokenizer.wait_id
     )
     save_official(folder / "ckpt", config, model.init_params(config, jax.random.key(0)), dtype="float32")
     port = free_port()
@@ -349,7 +348,7 @@ def test_text_pieces_add_up_to_the_monologue():
 def test_live_sessions_hear_the_same_whatever_arrives_when():
     """Frame-clock level, no network: a session fed its audio in odd chunks at odd times beside another gives
     exactly the tokens it gives alone, fed all at once; a late frame is an underrun heard as silence."""
-    config = flm_config.preset("tiny")
+    config = presets.preset("tiny")
     params = model.init_params(config, jax.random.key(2))
     mimi_config, mimi_params = codec.load_codec(golden_path("mimi_small"))
 

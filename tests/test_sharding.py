@@ -9,8 +9,7 @@ import pytest
 from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
-from flmjax import config as model_config
-from flmjax import model
+from flmjax import model, presets
 from flmjax.sharding import (
     DEFAULT_RULES,
     ShardingError,
@@ -23,7 +22,7 @@ from flmjax.sharding import (
     param_shardings,
 )
 
-CONFIG = model_config.tiny()
+CONFIG = presets.tiny()
 BATCH, FRAMES = 4, 8
 
 
@@ -237,12 +236,12 @@ def test_param_shardings_name_the_released_odd_depth_mlp_width_when_rules_shard_
     """int(8 D / 3) is 85 for tiny (2730 for the 7B): why DEFAULT_RULES keeps depth_mlp replicated."""
     rules = tuple((name, "tensor" if name == "depth_mlp" else axes) for name, axes in DEFAULT_RULES)
     with pytest.raises(ShardingError, match=r"depth/blocks/mlp/gate_kernel .* \(size 85\) is not divisible"):
-        param_shardings(model_config.tiny(), make_mesh((2, 2, 2)), rules)
+        param_shardings(presets.tiny(), make_mesh((2, 2, 2)), rules)
 
 
 def test_param_shardings_fit_when_the_tensor_axis_is_one():
     rules = tuple((name, "tensor" if name == "depth_mlp" else axes) for name, axes in DEFAULT_RULES)
-    shardings = param_shardings(model_config.tiny(), make_mesh((2, 4, 1)), rules)
+    shardings = param_shardings(presets.tiny(), make_mesh((2, 4, 1)), rules)
     assert shardings["depth"]["blocks"]["mlp"]["gate_kernel"].spec == P(None, None, "fsdp", "tensor")
 
 

@@ -56,7 +56,7 @@ def base_config(stage: str, previous_stage: str | None, model: str = "tiny") -> 
     config = ml_collections.ConfigDict()
     config.stage = stage
     config.previous_stage = previous_stage or ""  # whose final checkpoint this stage starts from
-    config.model = model  # a flmjax.config preset name
+    config.model = model  # a flmjax.presets preset name
     config.model_overrides = ml_collections.ConfigDict(
         dict(dtype="float32", param_dtype="float32", remat_policy="none", scan_layers=True, attention_chunk=0)
     )

@@ -1,34 +1,19 @@
-"""Training checkpoints of one workdir: orbax `CheckpointManager` with params, optimizer state, step, config and
-data-iterator state, restorable onto any mesh.
+"""Training checkpoints of one workdir: the `Checkpointer`, an orbax `CheckpointManager` that saves and restores
+params, optimizer state, step, config and data-iterator state, restorable onto any mesh.
 
-Layout (`WORKDIR/checkpoints/<step>/`, one orbax composite checkpoint per step; `set_aside` moves a damaged one
-to `WORKDIR/checkpoints_damaged/<step>`):
-
-    _CHECKPOINT_METADATA          orbax: item handlers, commit time
-    params/                       StandardSave (OCDBT + zarr) of the param tree
-    opt_state/                    StandardSave of the optax state (absent in an imported checkpoint)
-    meta/metadata                 JSON: {"format", "step", "model": {"official", "execution"}, "stage_config"}
-    data_iter/process_I-of-N.json grain iterator state, one file per process (optional)
-
-orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it when every item is written, so an
-interrupted (async) save never shows up as a step; a step also counts only when its `meta` item is there.
+Where the steps lie on disk and which count is `flmjax.checkpoints.layout`; what a failed save or restore raises
+is `flmjax.checkpoints.errors`. No failed operation deletes or rewrites a saved step.
 
     ckpt = Checkpointer(workdir, max_to_keep=3)
     ckpt.save(step, state, model_config, data_iterator=it, stage_config=cfg)   # async; returns at once
     state = ckpt.restore(abstract_state=abstract, data_iterator=it)           # leaves: ShapeDtypeStruct(sharding=)
     ckpt.close()                                                              # waits for the last save
-
-Errors: `CheckpointMismatchError` (the checkpoint's tree or shapes differ from what the caller restores into;
-checked from the stored metadata before any array is read), `CheckpointCorruptError` (an item is missing or
-unreadable), `CheckpointExistsError` (a step that is already on disk). No failed operation deletes or rewrites a
-saved step.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any, Mapping
 
 import grain
@@ -36,96 +21,33 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from flmjax import model
+from flmjax.checkpoints.errors import (
+    SHAPE_FIELDS,
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointExistsError,
+    CheckpointMismatchError,
+    NoCheckpointError,
+    first_line,
+    flat_shapes,
+    quiet_abandoned_reads,
+    shape_differences,
+)
+from flmjax.checkpoints.layout import (
+    ARRAY_ITEMS,
+    DAMAGED_DIR,
+    DATA_ITER,
+    FORMAT_VERSION,
+    META,
+    META_FILE,
+    OPT_STATE,
+    PARAMS,
+    checkpoint_dir,
+    is_complete,
+)
 from flmjax.config import ModelConfig
-from flmjax.errors import UserError
-
-CHECKPOINT_DIR = "checkpoints"
-DAMAGED_DIR = "checkpoints_damaged"  # where `set_aside` keeps damaged steps: out of orbax's sight, not deleted
-FORMAT_VERSION = 1
-PARAMS, OPT_STATE, META, DATA_ITER = "params", "opt_state", "meta", "data_iter"
-ARRAY_ITEMS = (PARAMS, OPT_STATE)
-META_FILE = "metadata"  # what orbax's JsonSave names its file inside the item folder
 
 State = dict[str, Any]
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint that cannot be saved or restored as asked."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """The checkpoint's arrays do not fit the tree they are restored into; the message lists every difference."""
-
-
-class CheckpointCorruptError(CheckpointError):
-    """A checkpoint item that is missing or unreadable; the message names the step and the item."""
-
-
-class CheckpointExistsError(CheckpointError):
-    """A save of a step that is already on disk (it is never overwritten)."""
-
-
-class NoCheckpointError(CheckpointError):
-    """No (complete) checkpoint where one was asked for."""
-
-
-def checkpoint_dir(workdir: str | os.PathLike) -> str:
-    return os.path.join(os.fspath(workdir), CHECKPOINT_DIR)
-
-
-def _is_complete(step_dir: str) -> bool:
-    return os.path.isfile(os.path.join(step_dir, META, META_FILE))
-
-
-def complete_steps(workdir: str | os.PathLike) -> list[int]:
-    """The steps under WORKDIR/checkpoints that orbax finalized and that hold their meta item, ascending."""
-    directory = checkpoint_dir(workdir)
-    if not os.path.isdir(directory):
-        return []
-    return sorted(
-        step for step in ocp.path.step.checkpoint_steps(directory) if _is_complete(os.path.join(directory, str(step)))
-    )
-
-
-def latest_complete_step(workdir: str | os.PathLike) -> int | None:
-    """The newest complete step of a workdir, or None; unfinished (tmp) saves are never counted."""
-    steps = complete_steps(workdir)
-    return steps[-1] if steps else None
-
-
-# ---------------------------------------------------------------------- trees
-def _key_name(key) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-    """'a/b/c' -> shape for every array leaf of a tree of arrays, ShapeDtypeStructs or orbax ArrayMetadata."""
-    return {
-        "/".join(_key_name(k) for k in path): tuple(leaf.shape)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-    }
-
-
-def shape_differences(saved: Mapping[str, tuple], expected: Mapping[str, tuple], prefix: str = "") -> list[str]:
-    """One line per path missing on either side or with a different shape."""
-    lines = [
-        f"{prefix}{path}: in the checkpoint {list(saved[path])}, not expected"
-        for path in sorted(set(saved) - set(expected))
-    ]
-    lines += [
-        f"{prefix}{path}: expected {list(expected[path])}, not in the checkpoint"
-        for path in sorted(set(expected) - set(saved))
-    ]
-    lines += [
-        f"{prefix}{path}: saved {list(saved[path])}, expected {list(expected[path])}"
-        for path in sorted(set(saved) & set(expected))
-        if tuple(saved[path]) != tuple(expected[path])
-    ]
-    return lines
 
 
 def _as_abstract(leaf: Any) -> jax.ShapeDtypeStruct:
@@ -149,47 +71,6 @@ def _stage_config_dict(stage_config: Any) -> dict | None:
     return json.loads(json.dumps(dict(stage_config)))
 
 
-def _first_line(error: BaseException) -> str:
-    """The first line of the innermost cause (tensorstore's names the array and the file; the outer ones don't)."""
-    seen = set()
-    while (error.__cause__ or error.__context__) is not None and id(error) not in seen:
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    text = str(error).strip().split(" See full TensorStore details")[0].splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
-
-
-def _is_abandoned_read_report(error: BaseException, about: Any = None) -> bool:
-    """Whether a report is one of orbax's abandoned reads speaking: its event loop closed under it, or its
-    coroutine (`about`) closed mid-read."""
-    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
-        return True
-    code = getattr(about, "cr_code", None)
-    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
-
-
-def _quiet_abandoned_reads() -> None:
-    """orbax reads a checkpoint in a private event loop that it closes as soon as one read fails; each read still in
-    flight then prints a traceback when it finishes (from tensorstore's threads: "Event loop is closed") and again
-    when it is collected, pages for a large checkpoint that bury the one error that matters. Those reports are
-    dropped (from the first restore on: they start before the failed read's error reaches the caller); every other
-    report goes where it went before."""
-    if getattr(sys.excepthook, "quiets_abandoned_reads", False):
-        return
-    report_unraisable, report_uncaught = sys.unraisablehook, sys.excepthook
-
-    def unraisable(report):
-        if not _is_abandoned_read_report(report.exc_value, report.object):
-            report_unraisable(report)
-
-    def uncaught(error_type, error, traceback):
-        if not _is_abandoned_read_report(error):
-            report_uncaught(error_type, error, traceback)
-
-    uncaught.quiets_abandoned_reads = True
-    sys.unraisablehook, sys.excepthook = unraisable, uncaught
-
-
 def _unused_path(path: str) -> str:
     """`path`, or `path-2`, `path-3`, ... : the first that does not exist."""
     candidate, number = path, 1
@@ -197,24 +78,6 @@ def _unused_path(path: str) -> str:
         number += 1
         candidate = f"{path}-{number}"
     return candidate
-
-
-# Model config fields that decide param shapes: named in a mismatch report.
-_SHAPE_FIELDS = (
-    "vocab_size",
-    "aud_vocab_size",
-    "aud_channel",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "depth_layers",
-    "depth_heads",
-    "depth_dim",
-    "scan_layers",
-)
 
 
 # ---------------------------------------------------------------------- the checkpointer
@@ -258,7 +121,7 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         """Every complete step, ascending (finalized by orbax and holding the meta item)."""
         self._manager.reload()
-        return sorted(step for step in self._manager.all_steps() if _is_complete(self._step_dir(step)))
+        return sorted(step for step in self._manager.all_steps() if is_complete(self._step_dir(step)))
 
     def latest_step(self) -> int | None:
         steps = self.all_steps()
@@ -348,7 +211,7 @@ class Checkpointer:
         try:
             self._manager.wait_until_finished()
         except BaseException:
-            self._session_steps = {step for step in self._session_steps if _is_complete(self._step_dir(step))}
+            self._session_steps = {step for step in self._session_steps if is_complete(self._step_dir(step))}
             raise
 
     def close(self) -> None:
@@ -384,7 +247,7 @@ class Checkpointer:
                 raise KeyError(f"model.{sorted(missing)[0]}")
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise CheckpointCorruptError(
-                f"checkpoint step {step} ({self._step_dir(step)}): item '{META}' is unreadable ({_first_line(error)})"
+                f"checkpoint step {step} ({self._step_dir(step)}): item '{META}' is unreadable ({first_line(error)})"
             ) from error
         if saved_step != step:
             raise CheckpointCorruptError(
@@ -401,11 +264,11 @@ class Checkpointer:
             metadata = self._manager.item_metadata(step)[item]
             if metadata is None:
                 raise ValueError("no metadata")
-            return _flat_shapes(metadata)
+            return flat_shapes(metadata)
         except Exception as error:  # noqa: BLE001 (orbax/tensorstore raise many kinds)
             raise CheckpointCorruptError(
                 f"checkpoint step {step} ({self._step_dir(step)}): the metadata of item "
-                f"'{item}' is missing or unreadable ({_first_line(error)})"
+                f"'{item}' is missing or unreadable ({first_line(error)})"
             ) from error
 
     def _check_fits(self, step: int, targets: Mapping[str, Any]) -> None:
@@ -421,10 +284,10 @@ class Checkpointer:
                 )
                 problems.append(f"item '{item}' is not in the checkpoint{hint}")
                 continue
-            problems += shape_differences(self._saved_shapes(step, item), _flat_shapes(target), f"{item}/")
+            problems += shape_differences(self._saved_shapes(step, item), flat_shapes(target), f"{item}/")
         if problems:
             config = self.read_meta(step)[0]
-            saved_with = ", ".join(f"{name}={getattr(config, name)}" for name in _SHAPE_FIELDS)
+            saved_with = ", ".join(f"{name}={getattr(config, name)}" for name in SHAPE_FIELDS)
             raise CheckpointMismatchError(
                 f"checkpoint step {step} ({self._step_dir(step)}) does not fit the state it is restored into "
                 f"({len(problems)} differences; the checkpoint's model has {saved_with}):\n  " + "\n  ".join(problems)
@@ -432,13 +295,13 @@ class Checkpointer:
 
     def _restore_item(self, step: int, item: str, args: Any) -> Any:
         """One item, with any failure to read it reported as `CheckpointCorruptError`."""
-        _quiet_abandoned_reads()
+        quiet_abandoned_reads()
         try:
             return self._manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
         except Exception as error:  # noqa: BLE001 (tensorstore raises plain Exception)
             raise CheckpointCorruptError(
                 f"checkpoint step {step} ({self._step_dir(step)}): item '{item}' could "
-                f"not be read; it is truncated or corrupt ({_first_line(error)})"
+                f"not be read; it is truncated or corrupt ({first_line(error)})"
             ) from error
 
     def restore(self, step: int | None = None, *, abstract_state: State, data_iterator: Any = None) -> State:
@@ -501,25 +364,3 @@ class Checkpointer:
         target = jax.tree.map(_as_abstract, abstract_params)
         self._check_fits(step, {PARAMS: target})
         return self._restore_item(step, PARAMS, ocp.args.StandardRestore(target))
-
-
-def restore_params_on_host(workdir: str | os.PathLike, step: int | None = None) -> tuple[ModelConfig, Any, int]:
-    """(model config, params, step) of checkpoint `step` (newest complete one by default) of `workdir`,
-    restored onto one CPU device: no training mesh, no accelerator memory (for export and inference)."""
-    steps = complete_steps(workdir)
-    if not steps:
-        raise NoCheckpointError(f"no complete checkpoint under {checkpoint_dir(workdir)}")
-    if step is not None and step not in steps:
-        raise NoCheckpointError(
-            f"no complete checkpoint for step {step} under {checkpoint_dir(workdir)}; complete steps: {steps}"
-        )
-    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    checkpointer = Checkpointer(workdir, read_only=True)
-    try:
-        config, _, step = checkpointer.read_meta(step)
-        abstract = jax.tree.map(
-            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=cpu), model.abstract_params(config)
-        )
-        return config, checkpointer.restore_params(step, abstract_params=abstract), step
-    finally:
-        checkpointer.close()

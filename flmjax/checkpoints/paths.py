@@ -9,9 +9,9 @@ A user names a checkpoint by a folder of one of four kinds:
     step folder          WORKDIR/checkpoints/<step>: that step of that workdir
 
 `resolve(path, step)` says which kind it is and where (a `CheckpointPath`); the path's methods read the model
-config, the params (on the host, or laid out on a mesh) and the stage config it was trained with. A path that is
-none of the four is `NotACheckpointError`, one line naming the path and the kinds; a workdir without the step
-asked for is `NoCheckpointError`, naming the steps there are.
+config, the params (on the host, as `restore_params_on_host` reads a workdir's, or laid out on a mesh) and the
+stage config it was trained with. A path that is none of the four is `NotACheckpointError`, one line naming the
+path and the kinds; a workdir without the step asked for is `NoCheckpointError`, naming the steps there are.
 
     checkpoint = resolve("runs/main")                      # the main job's last stage, newest step
     config, params = checkpoint.model_config(), checkpoint.params()   # params on the host CPU
@@ -25,8 +25,11 @@ from typing import Any
 
 import jax
 
+from flmjax import model
 from flmjax.checkpoints import checkpointer as checkpointer_lib
-from flmjax.checkpoints.checkpointer import CHECKPOINT_DIR, NoCheckpointError
+from flmjax.checkpoints import layout
+from flmjax.checkpoints.errors import NoCheckpointError
+from flmjax.checkpoints.layout import CHECKPOINT_DIR
 from flmjax.config import ModelConfig
 from flmjax.convert import official
 
@@ -51,7 +54,7 @@ def is_released_checkpoint(path: str | os.PathLike) -> bool:
 
 def is_training_workdir(path: str | os.PathLike) -> bool:
     """A folder with a checkpoints/ folder (complete steps or not)."""
-    return os.path.isdir(checkpointer_lib.checkpoint_dir(path))
+    return os.path.isdir(layout.checkpoint_dir(path))
 
 
 def stage_workdirs(path: str | os.PathLike) -> list[str]:
@@ -60,8 +63,7 @@ def stage_workdirs(path: str | os.PathLike) -> list[str]:
     return [
         os.path.join(path, name)
         for name in sorted(os.listdir(path))
-        if os.path.isdir(os.path.join(path, name))
-        and checkpointer_lib.latest_complete_step(os.path.join(path, name)) is not None
+        if os.path.isdir(os.path.join(path, name)) and layout.latest_complete_step(os.path.join(path, name)) is not None
     ]
 
 
@@ -71,6 +73,28 @@ def _step_folder(path: str) -> tuple[str, int] | None:
     if name.isdigit() and os.path.basename(parent) == CHECKPOINT_DIR:
         return os.path.dirname(parent), int(name)
     return None
+
+
+def restore_params_on_host(workdir: str | os.PathLike, step: int | None = None) -> tuple[ModelConfig, Any, int]:
+    """(model config, params, step) of checkpoint `step` (newest complete one by default) of `workdir`,
+    restored onto one CPU device: no training mesh, no accelerator memory (for export and inference)."""
+    steps = layout.complete_steps(workdir)
+    if not steps:
+        raise NoCheckpointError(f"no complete checkpoint under {layout.checkpoint_dir(workdir)}")
+    if step is not None and step not in steps:
+        raise NoCheckpointError(
+            f"no complete checkpoint for step {step} under {layout.checkpoint_dir(workdir)}; complete steps: {steps}"
+        )
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    checkpointer = checkpointer_lib.Checkpointer(workdir, read_only=True)
+    try:
+        config, _, step = checkpointer.read_meta(step)
+        abstract = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=cpu), model.abstract_params(config)
+        )
+        return config, checkpointer.restore_params(step, abstract_params=abstract), step
+    finally:
+        checkpointer.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +143,7 @@ class CheckpointPath:
                 return params
             return jax.device_put(params, jax.tree.map(lambda leaf: leaf.sharding, abstract_params))
         if abstract_params is None:
-            return checkpointer_lib.restore_params_on_host(self.folder, self.step)[1]
+            return restore_params_on_host(self.folder, self.step)[1]
         with checkpointer_lib.Checkpointer(self.folder, read_only=True) as checkpointer:
             return checkpointer.restore_params(self.step, abstract_params=abstract_params)
 
@@ -151,13 +175,12 @@ def resolve(path: str | os.PathLike, step: int | None = None, what: str = "check
                 given, f"it holds neither config.json, nor {CHECKPOINT_DIR}/, nor stage workdirs with checkpoints", what
             )
         workdir = stages[-1]
-    steps = checkpointer_lib.complete_steps(workdir)
+    steps = layout.complete_steps(workdir)
     if not steps:
-        raise NoCheckpointError(f"no complete checkpoint under {checkpointer_lib.checkpoint_dir(workdir)}")
+        raise NoCheckpointError(f"no complete checkpoint under {layout.checkpoint_dir(workdir)}")
     if step is not None and step not in steps:
         raise NoCheckpointError(
-            f"no complete checkpoint for step {step} under "
-            f"{checkpointer_lib.checkpoint_dir(workdir)}; complete steps: {steps}"
+            f"no complete checkpoint for step {step} under {layout.checkpoint_dir(workdir)}; complete steps: {steps}"
         )
     return CheckpointPath(given, workdir, steps[-1] if step is None else int(step))
 

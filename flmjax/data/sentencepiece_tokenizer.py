@@ -1,6 +1,6 @@
 """The SentencePiece text tokenizer, trained here with a fixed layout of special tokens, `<wait>` among them.
 
-SentencePiece layout (`SPECIAL_TOKENS`, the ids `flmjax.config.tiny()` and `small()` use):
+SentencePiece layout (`SPECIAL_TOKENS`, the ids `flmjax.presets.tiny()` and `small()` use):
 
     0 <unk>   1 <s>   2 </s>   3 <wait>   4.. any extra specials, in order   then the learned pieces
 

@@ -24,7 +24,7 @@ import jax
 
 from flmjax import checkpoints as checkpoint_lib
 from flmjax import config as model_config_lib
-from flmjax import model, sharding
+from flmjax import model, presets, sharding
 from flmjax.data import pipeline, text
 from flmjax.data.examples import StreamIds
 from flmjax.errors import UserError, one_line
@@ -53,7 +53,7 @@ def stage_model_config(config) -> model_config_lib.ModelConfig:
     overrides = dict(config.model_overrides)
     if config.init_from:
         return checkpoint_lib.resolve(config.init_from, what="init_from").model_config(**overrides)
-    return model_config_lib.preset(config.model, **overrides)
+    return presets.preset(config.model, **overrides)
 
 
 @dataclasses.dataclass(frozen=True)

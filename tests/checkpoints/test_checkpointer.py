@@ -14,22 +14,17 @@ import numpy as np
 import optax
 import pytest
 
-from flmjax import config as flm_config
-from flmjax import model, sharding
-from flmjax.checkpoints.checkpointer import (
-    CheckpointCorruptError,
-    Checkpointer,
-    CheckpointExistsError,
-    CheckpointMismatchError,
-    latest_complete_step,
-)
+from flmjax import model, presets, sharding
+from flmjax.checkpoints.checkpointer import Checkpointer
+from flmjax.checkpoints.errors import CheckpointCorruptError, CheckpointExistsError, CheckpointMismatchError
+from flmjax.checkpoints.layout import latest_complete_step
 from flmjax.data.examples import EXAMPLE_KEYS, SourceRule, StreamIds
 from flmjax.data.pipeline import WeightedSource, batch_iterator, stage_dataset
 from flmjax.data.records import make_record
 
 pytestmark = pytest.mark.xdist_group("checkpointer")  # the initialised params are a module fixture, built once
 
-CONFIG = flm_config.tiny()
+CONFIG = presets.tiny()
 CPU = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 
@@ -192,7 +187,7 @@ def test_a_checkpoint_of_another_model_config_is_refused_listing_each_param_and_
     with Checkpointer(tmp_path) as checkpointer:
         checkpointer.save(1, make_state(params, 1), CONFIG)
     before = tree_hash(tmp_path)
-    other = flm_config.tiny(intermediate_size=96)
+    other = presets.tiny(intermediate_size=96)
     other_params = model.abstract_params(other)
     abstract = {
         "step": jax.ShapeDtypeStruct((), jnp.int32),

@@ -7,14 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flmjax import config as flm_config
-from flmjax import model
+from flmjax import model, presets
 from flmjax.checkpoints import Checkpointer, NoCheckpointError, NotACheckpointError, resolve
 from flmjax.checkpoints.paths import KINDS
 from flmjax.convert import save_official
 from flmjax.errors import UserError
 
-CONFIG = flm_config.tiny()
+CONFIG = presets.tiny()
 
 
 @pytest.fixture(scope="module")

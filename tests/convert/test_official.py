@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from flmjax import config as flm_config
-from flmjax import model
+from flmjax import model, presets
 from flmjax.config import ModelConfig
 from flmjax.convert import CheckpointError, load_official, name_map, official_shapes, save_official
 
@@ -148,7 +147,7 @@ def test_folder_without_weights_is_a_clear_error(golden_dir, tmp_path):
 
 @pytest.mark.slow
 def test_export_refuses_a_non_empty_folder_and_leaves_it_untouched(tmp_path):
-    config = flm_config.tiny()
+    config = presets.tiny()
     params = model.init_params(config, jax.random.key(0))
     target = tmp_path / "out"
     target.mkdir()
@@ -161,7 +160,7 @@ def test_export_refuses_a_non_empty_folder_and_leaves_it_untouched(tmp_path):
 
 
 def test_export_with_overwrite_replaces_the_folder_whole(tmp_path):
-    config = flm_config.tiny()
+    config = presets.tiny()
     target = tmp_path / "out"
     save_official(target, config, model.init_params(config, jax.random.key(0)), dtype="float32")
     (target / "model-00002-of-00002.safetensors").write_text("a shard of an older export")
@@ -174,7 +173,7 @@ def test_export_with_overwrite_replaces_the_folder_whole(tmp_path):
 
 
 def test_export_rejects_params_that_do_not_match_the_config(tmp_path):
-    config = flm_config.tiny()
+    config = presets.tiny()
     params = model.init_params(config.replace(intermediate_size=96), jax.random.key(0))
     with pytest.raises(CheckpointError, match="wrong shape temporal/layers/mlp/gate_kernel: expected"):
         save_official(tmp_path / "out", config, params)
@@ -187,7 +186,7 @@ DEPTH_SWITCHES = list(itertools.product([False, True], repeat=4))
 @pytest.mark.slow
 @pytest.mark.parametrize("per_position, swiglu, rmsnorm, bias", DEPTH_SWITCHES)
 def test_every_depth_variant_round_trips_through_the_released_format(per_position, swiglu, rmsnorm, bias, tmp_path):
-    config = flm_config.tiny(
+    config = presets.tiny(
         depth_per_position_mlp=per_position,
         depth_swiglu=swiglu,
         depth_rmsnorm=rmsnorm,
@@ -211,7 +210,7 @@ def test_every_depth_variant_round_trips_through_the_released_format(per_positio
 
 @pytest.mark.parametrize("per_position, swiglu, rmsnorm, bias", DEPTH_SWITCHES)
 def test_every_depth_variant_is_causal_over_codebooks(per_position, swiglu, rmsnorm, bias):
-    config = flm_config.tiny(
+    config = presets.tiny(
         depth_per_position_mlp=per_position, depth_swiglu=swiglu, depth_rmsnorm=rmsnorm, depth_bias=bias
     )
     params = model.init_params(config, jax.random.key(6))
@@ -227,7 +226,7 @@ def test_every_depth_variant_is_causal_over_codebooks(per_position, swiglu, rmsn
 
 
 def test_name_map_is_one_table_used_both_ways():
-    config = flm_config.tiny(depth_per_position_mlp=True, attention_bias=True, disable_att_o_bias=False)
+    config = presets.tiny(depth_per_position_mlp=True, attention_bias=True, disable_att_o_bias=False)
     params = model.init_params(config, jax.random.key(7))
     official_names = []
     for entry in name_map(config):

@@ -170,7 +170,7 @@ def synthetic_data(tmp_path_factory):
 def test_stage_configs_run_over_the_built_synthetic_corpus(synthetic_data, stage):
     import importlib
 
-    from flmjax import config as model_config
+    from flmjax import presets
     from flmjax.data.pipeline import stage_pipeline
     from flmjax.data.sentencepiece_tokenizer import SentencePieceTokenizer
     from flmjax.data.text import check_compatible
@@ -179,7 +179,7 @@ def test_stage_configs_run_over_the_built_synthetic_corpus(synthetic_data, stage
     config.data.data_dir = str(synthetic_data)
     config.data.sequence_length = 64
     tokenizer = SentencePieceTokenizer(str(synthetic_data / "tokenizer.model"))
-    model = model_config.tiny()
+    model = presets.tiny()
     check_compatible(tokenizer, model)
     batches = take(batch_iterator(stage_pipeline(config, tokenizer, StreamIds.from_config(model))), 4)
     for batch in batches:

@@ -10,6 +10,7 @@ import pytest
 import sentencepiece as spm
 
 from flmjax import config as flm_config
+from flmjax import presets
 from flmjax.data import text
 from flmjax.data.hf_tokenizer import HFTokenizer
 from flmjax.data.sentencepiece_tokenizer import SPECIAL_TOKENS, SentencePieceTokenizer, train_sentencepiece
@@ -52,7 +53,7 @@ def test_specials_sit_at_fixed_ids(sp_tok):
 
 
 def test_layout_matches_the_tiny_and_small_presets():
-    for preset in (flm_config.tiny(), flm_config.small()):
+    for preset in (presets.tiny(), presets.small()):
         assert preset.text_wait_id == SPECIAL_TOKENS["<wait>"]
         assert preset.bos_token_id == SPECIAL_TOKENS["<s>"]
         assert preset.eos_token_id == SPECIAL_TOKENS["</s>"]
@@ -167,18 +168,18 @@ def test_sentencepiece_tokenizer_satisfies_the_protocol(sp_tok):
 
 # ---------------------------------------------------------------------- check_compatible
 def test_check_compatible_passes_a_matching_or_padded_config(sp_tok):
-    text.check_compatible(sp_tok, flm_config.tiny(vocab_size=VOCAB))
-    text.check_compatible(sp_tok, flm_config.tiny(vocab_size=128))  # padded model vocabulary
+    text.check_compatible(sp_tok, presets.tiny(vocab_size=VOCAB))
+    text.check_compatible(sp_tok, presets.tiny(vocab_size=128))  # padded model vocabulary
 
 
 def test_check_compatible_names_a_too_small_model_vocab(sp_tok):
     with pytest.raises(flm_config.ConfigError, match=rf"{VOCAB} ids .* only {VOCAB - 1}"):
-        text.check_compatible(sp_tok, flm_config.tiny(vocab_size=VOCAB - 1))
+        text.check_compatible(sp_tok, presets.tiny(vocab_size=VOCAB - 1))
 
 
 def test_check_compatible_names_a_wait_id_mismatch(sp_tok):
     with pytest.raises(text.TokenizerMismatchError, match=r"<wait> id is 3 .* text_wait_token_id is 5"):
-        text.check_compatible(sp_tok, flm_config.tiny(vocab_size=VOCAB, text_wait_id=5))
+        text.check_compatible(sp_tok, presets.tiny(vocab_size=VOCAB, text_wait_id=5))
 
 
 # ---------------------------------------------------------------------- Hugging Face backend
@@ -220,9 +221,7 @@ def hf_checkpoint(tokenizers_lib, sentences, tmp_path_factory):
     folder = tmp_path_factory.mktemp("hf_checkpoint")
     tok = build_hf_tokenizer(tokenizers_lib, sentences)
     tok.save(str(folder / "tokenizer.json"))
-    config = flm_config.tiny(
-        vocab_size=tok.get_vocab_size(with_added_tokens=True), text_wait_id=tok.token_to_id("<wait>")
-    )
+    config = presets.tiny(vocab_size=tok.get_vocab_size(with_added_tokens=True), text_wait_id=tok.token_to_id("<wait>"))
     (folder / "config.json").write_text(json.dumps(config.to_official()))
     return folder, tok, config
 

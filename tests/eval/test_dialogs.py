@@ -7,8 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from flmjax import config as config_lib
-from flmjax import infer, model
+from flmjax import infer, model, presets
 from flmjax.data import sentencepiece_tokenizer, synthetic
 from flmjax.data.examples import SourceRule
 from flmjax.data.records import make_record
@@ -134,7 +133,7 @@ def test_crop_record_keeps_whole_words():
 
 @functools.lru_cache(maxsize=1)
 def _tiny():
-    config = config_lib.tiny()
+    config = presets.tiny()
     return config, model.init_params(config, jax.random.key(0))
 
 

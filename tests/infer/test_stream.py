@@ -6,8 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from flmjax import config as flm_config
-from flmjax import model
+from flmjax import model, presets
 from flmjax.infer import (
     ContextLimitError,
     SamplingConfig,
@@ -92,7 +91,7 @@ def test_stream_reproduces_released_generator(golden, mode):
 # ---------------------------------------------------------------------- batching and reset (tiny random model)
 @pytest.fixture(scope="module")
 def tiny():
-    config = flm_config.preset("tiny")
+    config = presets.preset("tiny")
     return config, model.init_params(config, jax.random.key(1))
 
 
@@ -184,7 +183,7 @@ def test_sliding_window_attends_to_the_last_max_frames():
     With one temporal layer a frame's cached key and value depend on that frame alone, and RoPE scores depend
     on position differences only, so step s must equal a plain causal pass over frames s-window+1 .. s.
     """
-    config = dataclasses.replace(flm_config.preset("tiny"), num_hidden_layers=1)
+    config = dataclasses.replace(presets.preset("tiny"), num_hidden_layers=1)
     params = model.init_params(config, jax.random.key(2))
     window, steps = 4, 9
     users = user_streams(config, 1, steps, seed=3)

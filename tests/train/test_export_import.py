@@ -9,8 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from flmjax import config as flm_config
-from flmjax import model
+from flmjax import model, presets
 from flmjax.checkpoints.checkpointer import Checkpointer
 from flmjax.convert import load_official, save_official
 from launch import cli
@@ -18,7 +17,7 @@ from launch import export as export_cli
 from launch import import_official as import_cli
 from tests.helpers import assert_one_line_error, run_module, tree_hash
 
-CONFIG = flm_config.tiny()
+CONFIG = presets.tiny()
 CPU = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 

@@ -8,13 +8,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from flmjax import config as model_config
-from flmjax import model
+from flmjax import model, presets
 from flmjax.sharding import activation_rules, batch_sharding, make_mesh, param_shardings
 from flmjax.train import loss as loss_lib
 from flmjax.train.loss import LossConfig, LossConfigError
 
-CONFIG = model_config.tiny()
+CONFIG = presets.tiny()
 C = CONFIG.aud_channel
 WAIT, EMP = CONFIG.text_wait_id, CONFIG.aud_emp_id
 

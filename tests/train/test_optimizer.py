@@ -8,8 +8,7 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from flmjax import config as model_config
-from flmjax import model
+from flmjax import model, presets
 from flmjax.sharding import make_mesh, param_shardings
 from flmjax.train.optimizer import (
     PARAM_GROUPS,
@@ -23,7 +22,7 @@ from flmjax.train.optimizer import (
     weight_decay_mask,
 )
 
-CONFIG = model_config.tiny()
+CONFIG = presets.tiny()
 GROUP_KEYS = {"embeddings": "embedder", "temporal": "temporal", "text_head": "text_head", "depth": "depth"}
 
 

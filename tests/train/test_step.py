@@ -4,13 +4,12 @@ import jax
 import numpy as np
 import pytest
 
-from flmjax import config as model_config
-from flmjax import sharding
+from flmjax import presets, sharding
 from flmjax.train import loss as loss_lib
 from flmjax.train import optimizer as optimizer_lib
 from flmjax.train import step as step_lib
 
-CONFIG = model_config.tiny()
+CONFIG = presets.tiny()
 LENGTH = 8
 LEARNING_RATE = 1e-2
 
