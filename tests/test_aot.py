@@ -38,9 +38,9 @@ def v5e():
 
 @pytest.fixture(scope="module")
 def train_report(v5e):
-    from launch import aot
+    from launch import aot_train
 
-    return aot.train_report(tiny_stage(), v5e, progress=lambda message: None)
+    return aot_train.train_report(tiny_stage(), v5e, progress=lambda message: None)
 
 
 # ---------------------------------------------------------------------- train
@@ -82,16 +82,16 @@ def test_the_estimate_counts_every_layer_and_micro_batch_like_an_unrolled_compil
     the loops' trips, against one compile with every layer and micro-batch unrolled."""
     from flmjax.train import loop
     from flmjax.train import step as step_lib
-    from launch import aot
+    from launch import aot_compile
 
     spec = loop.stage_step(tiny_stage(), v5e)
     unrolled_config = spec.model_config.replace(scan_layers=False)
     shardings = step_lib.state_shardings(unrolled_config, spec.tx, spec.mesh)
-    unrolled = aot.compile_lowered(
+    unrolled = aot_compile.compile_lowered(
         step_lib.lower_train_step(
             unrolled_config, spec.loss_config, spec.tx, shardings, spec.mesh, 8, 64, 2, accumulation_unroll=2
         ),
-        aot.NO_WINDOWED_EINSUM,
+        aot_compile.NO_WINDOWED_EINSUM,
     )
     assert compiled_lib.hlo_summary(unrolled.compiled.as_text()).loops == []
     r = train_report
@@ -102,7 +102,7 @@ def test_the_estimate_counts_every_layer_and_micro_batch_like_an_unrolled_compil
 
 
 def test_loop_estimate_algebra():
-    from launch.aot import loop_estimate
+    from launch.aot_train import loop_estimate
 
     outside, micro, layer = 5.0, 2.0, 3.0  # O, m, T
     p1 = outside + micro + layer
@@ -113,7 +113,7 @@ def test_loop_estimate_algebra():
 
 
 def test_two_slices_put_the_slices_on_the_data_axis():
-    from launch import aot
+    from launch import aot_train
 
     devices = hardware.topology_devices("v5e:2x2", 2)
     assert hardware.slice_count(devices) == 2
@@ -121,17 +121,17 @@ def test_two_slices_put_the_slices_on_the_data_axis():
     config.unlock()
     config.mesh.data = 2
     config.lock()
-    r = aot.train_report(config, devices, estimate=False, progress=lambda message: None)
+    r = aot_train.train_report(config, devices, estimate=False, progress=lambda message: None)
     assert r["devices"] == 8 and r["slices"] == 2 and r["mesh"]["data"] == 2 and r["fits"]
     assert r["collectives"]["all-reduce"]["count"] > 0  # gradients cross the slices
 
 
 def test_sweep_ranks_the_variants_that_fit_by_estimated_mfu(v5e):
-    from launch import aot
+    from launch import aot_sweep
 
     lines = []
-    axes = aot.SweepAxes(tensor=(1, 3), remat=("none", "full"), micro_batch=(2,))
-    reports = aot.run_sweep(tiny_stage(layers=2, accumulation=1), v5e, axes, progress=lines.append)
+    axes = aot_sweep.SweepAxes(tensor=(1, 3), remat=("none", "full"), micro_batch=(2,))
+    reports = aot_sweep.run_sweep(tiny_stage(layers=2, accumulation=1), v5e, axes, progress=lines.append)
     assert [r["remat_policy"] for r in reports] in (["none", "full"], ["full", "none"])
     assert reports[0]["estimated_mfu"] >= reports[1]["estimated_mfu"] > 0
     assert all(r["accumulation_steps"] == 1 and r["fits"] for r in reports)
@@ -141,10 +141,10 @@ def test_sweep_ranks_the_variants_that_fit_by_estimated_mfu(v5e):
 # ---------------------------------------------------------------------- stream
 def test_stream_report_compiles_the_sharded_step_and_its_bound(v5e):
     from flmjax.presets import tiny
-    from launch import aot
+    from launch import aot_stream
 
     config = tiny(dtype="bfloat16", param_dtype="bfloat16")
-    r = aot.stream_report(
+    r = aot_stream.stream_report(
         config, v5e, batch=2, max_frames=128, mesh_shape={"data": 2, "tensor": 2}, progress=lambda message: None
     )
     assert r["mesh"] == {"data": 2, "fsdp": 1, "tensor": 2} and r["slots_split_over_data"] and r["fits"]
@@ -194,9 +194,9 @@ def test_stream_step_compiles_for_params_in_the_layouts_place_stream_params_give
 
 def test_default_stream_mesh_is_the_widest_tensor_size_the_model_divides_into(v5e):
     from flmjax.presets import tiny
-    from launch import aot
+    from launch import aot_stream
 
-    assert aot.default_stream_mesh(tiny(), v5e) == {"data": 2, "tensor": 2}  # tiny has 2 kv heads
+    assert aot_stream.default_stream_mesh(tiny(), v5e) == {"data": 2, "tensor": 2}  # tiny has 2 kv heads
 
 
 # ---------------------------------------------------------------------- the command line

@@ -24,7 +24,7 @@ from flmjax.infer.live import LiveSessions, TextPieces
 from flmjax.infer.sampling import SamplingConfig
 from flmjax.infer.sessions import Scheduler
 from launch import client as client_lib
-from launch import serve as serve_lib
+from launch import serve_settings
 from tests.conftest import REPO_ROOT, golden_path
 
 pytestmark = pytest.mark.xdist_group("serve")  # one server process, its tests in order
@@ -399,7 +399,7 @@ def test_live_sessions_hear_the_same_whatever_arrives_when():
 
 
 def test_settings_names_and_ranges():
-    updated = serve_lib.apply_settings(
+    updated = serve_settings.apply_settings(
         SamplingConfig(), {"temp_text": 0.7, "top_k_audio": 250, "top_p_audio": 0.0, "use_sampling": False}
     )
     assert updated.text.temperature == 0.7 and updated.audio.top_k == 250 and not updated.do_sample
@@ -409,6 +409,6 @@ def test_settings_names_and_ranges():
         ({"temp_audio": "hot"}, "temp_audio"),
         ({"nope": 1}, "nope"),
     ):
-        with pytest.raises(serve_lib.ServeError) as error:
-            serve_lib.apply_settings(SamplingConfig(), bad)
+        with pytest.raises(serve_settings.ServeError) as error:
+            serve_settings.apply_settings(SamplingConfig(), bad)
         assert error.value.key == key

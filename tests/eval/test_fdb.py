@@ -11,8 +11,7 @@ import pytest
 
 from flmjax.audio import read_wav, resample, write_wav
 from flmjax.eval import fdb_io, fdb_run
-from launch import cli
-from launch import eval as launch_eval
+from launch import cli, eval_fdb
 from tests.conftest import REPO_ROOT, golden_path
 
 RATE = 16_000
@@ -27,13 +26,13 @@ TASKS = (
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fdb")
-    launch_eval.add_fdb_arguments(parser)
+    eval_fdb.add_fdb_arguments(parser)
     return parser
 
 
 def _cli(*argv) -> int:
     """`launch.eval fdb ARGV` in this process: its exit status (a user's error: one line, 2)."""
-    return cli.run(lambda args: launch_eval.run_fdb_command(_parser().parse_args(args)), [str(a) for a in argv])
+    return cli.run(lambda args: eval_fdb.run_fdb_command(_parser().parse_args(args)), [str(a) for a in argv])
 
 
 def _write_sample(

@@ -12,8 +12,7 @@ import pytest
 
 from flmjax.audio import write_wav
 from flmjax.eval import fdb_io, fdb_score
-from launch import cli
-from launch import eval as launch_eval
+from launch import cli, eval_fdb
 
 RATE = 16_000
 
@@ -171,8 +170,8 @@ def build(tmp_path):
 
 def _run(*argv) -> int:
     parser = argparse.ArgumentParser()
-    launch_eval.add_fdb_arguments(parser)
-    return cli.run(lambda args: launch_eval.run_fdb_command(parser.parse_args(args)), [str(a) for a in argv])
+    eval_fdb.add_fdb_arguments(parser)
+    return cli.run(lambda args: eval_fdb.run_fdb_command(parser.parse_args(args)), [str(a) for a in argv])
 
 
 @pytest.fixture
