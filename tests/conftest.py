@@ -1,17 +1,10 @@
-"""Test setup: 8 fake CPU devices, fast CPU compiles, no persistent compilation cache, the golden checkpoints, and
-the order xdist hands tests out in."""
+"""Test setup: 8 fake CPU devices, no persistent compilation cache, the golden checkpoints, and the order xdist
+hands tests out in."""
 
 import os
 
-# XLA's CPU backend with LLVM at -O0: the suite is mostly compiling tiny programs, and this compiles them in about
-# half the time (a 4-step `launch.train` run: 25 s -> 15 s; the model, Mimi and conversion golden tests: about 3x
-# faster), with the same results (every golden test passes under it). The libtpu compiles of `launch.aot` do not
-# read XLA_FLAGS. The notebooks run without it: their run times are a user's.
-FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0"
 # Must happen before jax is imported anywhere.
-os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8", FAST_COMPILE_FLAGS]
-).strip()
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # libtpu (the TPU compiler the launch.aot tests use) takes a lockfile; the xdist workers and the CLIs they start
 # may each load it.
