@@ -75,9 +75,8 @@ def _step_folder(path: str) -> tuple[str, int] | None:
     return None
 
 
-def restore_params_on_host(workdir: str | os.PathLike, step: int | None = None) -> tuple[ModelConfig, Any, int]:
-    """(model config, params, step) of checkpoint `step` (newest complete one by default) of `workdir`,
-    restored onto one CPU device: no training mesh, no accelerator memory (for export and inference)."""
+def _complete_step(workdir: str | os.PathLike, step: int | None) -> int:
+    """`step` (the newest by default) if it is a complete checkpoint of `workdir`; NoCheckpointError otherwise."""
     steps = layout.complete_steps(workdir)
     if not steps:
         raise NoCheckpointError(f"no complete checkpoint under {layout.checkpoint_dir(workdir)}")
@@ -85,6 +84,13 @@ def restore_params_on_host(workdir: str | os.PathLike, step: int | None = None) 
         raise NoCheckpointError(
             f"no complete checkpoint for step {step} under {layout.checkpoint_dir(workdir)}; complete steps: {steps}"
         )
+    return steps[-1] if step is None else int(step)
+
+
+def restore_params_on_host(workdir: str | os.PathLike, step: int | None = None) -> tuple[ModelConfig, Any, int]:
+    """(model config, params, step) of checkpoint `step` (newest complete one by default) of `workdir`,
+    restored onto one CPU device: no training mesh, no accelerator memory (for export and inference)."""
+    step = _complete_step(workdir, step)
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     checkpointer = checkpointer_lib.Checkpointer(workdir, read_only=True)
     try:
@@ -175,14 +181,7 @@ def resolve(path: str | os.PathLike, step: int | None = None, what: str = "check
                 given, f"it holds neither config.json, nor {CHECKPOINT_DIR}/, nor stage workdirs with checkpoints", what
             )
         workdir = stages[-1]
-    steps = layout.complete_steps(workdir)
-    if not steps:
-        raise NoCheckpointError(f"no complete checkpoint under {layout.checkpoint_dir(workdir)}")
-    if step is not None and step not in steps:
-        raise NoCheckpointError(
-            f"no complete checkpoint for step {step} under {layout.checkpoint_dir(workdir)}; complete steps: {steps}"
-        )
-    return CheckpointPath(given, workdir, steps[-1] if step is None else int(step))
+    return CheckpointPath(given, workdir, _complete_step(workdir, step))
 
 
 def load_model(path: str | os.PathLike, step: int | None = None) -> tuple[ModelConfig, Any, str]:
