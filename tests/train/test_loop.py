@@ -88,20 +88,13 @@ def final_params(workdir, step=None):
 def test_killed_run_resumes_with_identical_losses_and_params(data_dir, tmp_path):
     steps = 36
     straight = tmp_path / "straight"
-    run_train(
-        stage_flags(data_dir, straight, steps, "--config.train.save_every=12"),
-        tmp_path / "straight.log",
-    )
+    run_train(stage_flags(data_dir, straight, steps, "--config.train.save_every=12"), tmp_path / "straight.log")
 
     resumed = tmp_path / "resumed"
     flags = stage_flags(data_dir, resumed, steps, "--config.train.save_every=12")
     with open(tmp_path / "killed.log", "w") as log:
         process = subprocess.Popen(
-            train_command(flags),
-            cwd=REPO_ROOT,
-            env=environment(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            train_command(flags), cwd=REPO_ROOT, env=environment(), stdout=log, stderr=subprocess.STDOUT
         )
         deadline = time.time() + 300
         while checkpoint_lib.latest_complete_step(resumed) is None and time.time() < deadline:
