@@ -530,13 +530,13 @@ def parse_mesh(text: str) -> dict[str, int]:
 def default_stream_mesh(config, devices) -> dict[str, int]:
     """The widest tensor-parallel size the model divides into (fewer weights per chip), data over the rest."""
     from flmjax import sharding
-    from flmjax.infer import stream
+    from flmjax.infer import stream_sharding
 
     count = len(devices)
     for tensor in sorted((t for t in range(1, count + 1) if count % t == 0), reverse=True):
         mesh = sharding.make_mesh({"data": count // tensor, "tensor": tensor}, devices)
         try:
-            stream.stream_param_shardings(config, mesh, count // tensor)
+            stream_sharding.stream_param_shardings(config, mesh, count // tensor)
         except sharding.ShardingError:
             continue
         return {"data": count // tensor, "tensor": tensor}
@@ -686,10 +686,10 @@ def run_stream() -> int:
         raise AotError(f"--batch ({FLAGS.batch}) and --max_frames ({FLAGS.max_frames}) must be positive")
     mesh_shape = parse_mesh(FLAGS.mesh) if FLAGS.mesh else default_stream_mesh(config, devices)
     from flmjax import sharding
-    from flmjax.infer import stream
+    from flmjax.infer import stream_sharding
 
     mesh = sharding.make_mesh(mesh_shape, devices)  # a mesh that does not match the devices fails here
-    stream.stream_param_shardings(config, mesh, batches[0])  # and a model that does not divide over it here
+    stream_sharding.stream_param_shardings(config, mesh, batches[0])  # and a model that does not divide over it here
     reports = [
         {
             "topology": FLAGS.topology,
