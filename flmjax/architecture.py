@@ -189,10 +189,7 @@ class DepthBlock(nn.Module):
         cfg, dtypes = self.config, _module_dtypes(self.config)
         attention = FusedAttention(cfg.depth_heads, cfg.depth_bias, cfg.initializer_range, name="attn", **dtypes)
         normed = depth_norm(cfg, "attn_norm")(x)
-        if cache is None:
-            attended = attention(normed)
-        else:
-            attended, cache = attention(normed, position, cache)
+        attended, cache = attention(normed, position, cache)
         x = x + attended
         mlp = FeedForward(
             hidden_dim=cfg.depth_mlp_dim,
@@ -217,7 +214,8 @@ class DepthTransformer(ConfiguredModule):
     def __call__(
         self, hidden: jax.Array, tokens: jax.Array, position: jax.Array | None = None, cache: dict | None = None
     ):
-        """Teacher-forced: hidden [N,H], tokens [N,n] (`aud_emp` then codebooks 0..n-2) -> float32 logits [N,n,A].
+        """Teacher-forced: hidden [N,H], tokens [N,n] (`aud_emp` then codebooks 0..n-2) -> (float32 logits [N,n,A],
+        None).
 
         One step (`position` j, a scalar, and `cache` {"k","v": [depth_layers, N, C, heads, head_dim]}):
         tokens [N,1] (the token at position j) -> (float32 logits [N,1,A] of codebook j, updated cache). The same
@@ -268,7 +266,7 @@ class DepthTransformer(ConfiguredModule):
         x = depth_norm(cfg, "final_norm")(x)
         logits = jnp.einsum("npd,pda->npa", x, at_positions(heads).astype(dtype)).astype(jnp.float32)
         logits = nn.with_logical_constraint(logits, ("depth_batch", None, None))
-        return logits if position is None else (logits, cache)
+        return logits, cache
 
 
 class FLMAudio(nn.Module):
@@ -296,7 +294,7 @@ class FLMAudio(nn.Module):
         return self.text_head(hidden)
 
     def depth_logits(self, hidden, tokens):
-        return self.depth(hidden, tokens)
+        return self.depth(hidden, tokens)[0]
 
     def depth_step(self, hidden, token, position, cache):
         return self.depth(hidden, token[:, None], position, cache)
@@ -305,4 +303,4 @@ class FLMAudio(nn.Module):
         """Touches every submodule once, so that `init` creates every parameter."""
         text_logits, hidden, _ = self(text_ids, speak_ids, listen_ids, positions)
         tokens = jnp.full(hidden.shape[:1] + (self.config.aud_channel,), self.config.aud_emp_id, jnp.int32)
-        return text_logits, self.depth(hidden[:, 0], tokens)
+        return text_logits, self.depth(hidden[:, 0], tokens)[0]
