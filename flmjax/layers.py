@@ -295,7 +295,7 @@ class FeedForward(nn.Module):
 class FusedAttention(nn.Module):
     """GPT-style causal self-attention (one fused `qkv` projection, no RoPE) of the depth transformer.
 
-    x: [batch, positions, depth_embed] -> [batch, positions, depth_embed].
+    x: [batch, positions, depth_embed] -> ([batch, positions, depth_embed], cache or None), as `Attention`.
     """
 
     num_heads: int
@@ -306,7 +306,7 @@ class FusedAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, position: jax.Array | None = None, cache: dict | None = None):
-        """Without a cache: causal attention over x's positions; returns the output.
+        """Without a cache: causal attention over x's positions; returns (output, None).
 
         With `cache` {"k","v": [batch, positions, heads, head_dim]} and `position` (a scalar): x is the one new
         position [batch, 1, depth_embed]; its key and value are written at `position` and it attends to the
@@ -345,4 +345,4 @@ class FusedAttention(nn.Module):
         out = jnp.einsum("bphd,hde->bpe", attended, out_kernel.astype(self.dtype))
         if self.use_bias:
             out = out + declare(self, "out_bias", (width,), ("depth_embed",)).astype(self.dtype)
-        return out if cache is None else (out, cache)
+        return out, cache

@@ -155,10 +155,10 @@ def run_stream() -> int:
         raise AotError(f"--batch ({FLAGS.batch}) and --max_frames ({FLAGS.max_frames}) must be positive")
     mesh_shape = parse_mesh(FLAGS.mesh) if FLAGS.mesh else default_stream_mesh(config, devices)
     from flmjax import sharding
-    from flmjax.infer import stream
+    from flmjax.infer import stream_sharding
 
     mesh = sharding.make_mesh(mesh_shape, devices)  # a mesh that does not match the devices fails here
-    stream.stream_param_shardings(config, mesh, batches[0])  # and a model that does not divide over it here
+    stream_sharding.stream_param_shardings(config, mesh, batches[0])  # and a model that does not divide over it here
     reports = [
         {
             "topology": FLAGS.topology,

@@ -47,13 +47,13 @@ def parse_mesh(text: str) -> dict[str, int]:
 def default_stream_mesh(config, devices) -> dict[str, int]:
     """The widest tensor-parallel size the model divides into (fewer weights per chip), data over the rest."""
     from flmjax import sharding
-    from flmjax.infer import stream
+    from flmjax.infer import stream_sharding
 
     count = len(devices)
     for tensor in sorted((t for t in range(1, count + 1) if count % t == 0), reverse=True):
         mesh = sharding.make_mesh({"data": count // tensor, "tensor": tensor}, devices)
         try:
-            stream.stream_param_shardings(config, mesh, count // tensor)
+            stream_sharding.stream_param_shardings(config, mesh, count // tensor)
         except sharding.ShardingError:
             continue
         return {"data": count // tensor, "tensor": tensor}

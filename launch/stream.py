@@ -50,7 +50,7 @@ from flmjax.data import text as text_lib
 from flmjax.errors import UserError, read_each
 from flmjax.infer import SamplingConfig, sessions
 from flmjax.infer import audio as audio_sessions
-from flmjax.infer.stream import codebook_size
+from flmjax.infer.stream_state import codebook_size
 from flmjax.streams import FRAME_S
 from launch import cli
 

@@ -162,7 +162,10 @@ def test_stream_step_compiles_for_params_in_the_layouts_place_stream_params_give
     import jax.numpy as jnp
 
     from flmjax import model, sharding
+    from flmjax.infer import SamplingConfig
     from flmjax.infer import stream as stream_lib
+    from flmjax.infer.stream_sharding import stream_rules, stream_state_shardings
+    from flmjax.infer.stream_state import fresh_state
     from flmjax.presets import tiny
 
     config = tiny(dtype="bfloat16", param_dtype="bfloat16")
@@ -172,9 +175,9 @@ def test_stream_step_compiles_for_params_in_the_layouts_place_stream_params_give
     formats = chosen.input_formats[0][0]
     row_major = stream_lib.lower_stream_step(config, mesh, batch, frames).compile().input_formats[0][0]
     assert any(a.layout != b.layout for a, b in zip(jax.tree.leaves(formats), jax.tree.leaves(row_major)))
-    rules = stream_lib.stream_rules(mesh, batch)
-    fresh = jax.eval_shape(lambda: stream_lib._fresh_state(config, stream_lib.SamplingConfig(), batch, frames, False))
-    state_shardings = stream_lib.stream_state_shardings(fresh.replace(mesh=mesh)).replace(mesh=None)
+    rules = stream_rules(mesh, batch)
+    fresh = jax.eval_shape(lambda: fresh_state(config, SamplingConfig(), batch, frames, False))
+    state_shardings = stream_state_shardings(fresh.replace(mesh=mesh)).replace(mesh=None)
     state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), fresh, state_shardings)
     params = jax.tree.map(
         lambda p, f: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=f), model.abstract_params(config), formats

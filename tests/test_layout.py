@@ -86,7 +86,7 @@ def test_the_package_has_every_stage_and_the_checkpoints_base():
     [
         ("flmjax.train.loop", "from flmjax.eval import dialogs\n", True),  # a later stage
         ("flmjax.infer.stream", "from flmjax.train import checkpoint\n", True),  # a sibling
-        ("flmjax.train.step", "from flmjax.infer.stream import init_stream\n", True),  # the other sibling
+        ("flmjax.train.step", "from flmjax.infer.stream_slots import init_stream\n", True),  # the other sibling
         ("flmjax.data.dataset", "import flmjax.train.loss\n", True),  # a plain import
         ("flmjax.model", "from flmjax.data import text\n", True),  # a base module importing a stage
         ("flmjax.checkpoints.paths", "from ..train import loop\n", True),  # a relative import

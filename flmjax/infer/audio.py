@@ -18,7 +18,7 @@ import numpy as np
 
 from flmjax import codec
 from flmjax.config import ModelConfig
-from flmjax.infer import stream as stream_lib
+from flmjax.infer.stream_state import codebook_size
 
 
 def voice_step(
@@ -26,7 +26,7 @@ def voice_step(
 ) -> tuple[Any, np.ndarray]:
     """One frame of the model's voice: speak codes [B, C] -> (codec state, pcm [B, 1920]); a frame holding a
     special id plays as silence (see the module docstring)."""
-    size = stream_lib.codebook_size(config)
+    size = codebook_size(config)
     silent = np.any(speak >= size, axis=1)
     state, pcm = codec.decode_step(mimi_config, mimi_params, state, np.minimum(speak, size - 1)[:, :, None])
     return state, np.where(silent[:, None], 0.0, np.asarray(pcm)[:, 0])

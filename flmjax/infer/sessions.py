@@ -30,8 +30,10 @@ import numpy as np
 from flmjax.config import ModelConfig
 from flmjax.errors import UserError
 from flmjax.infer import stream as stream_lib
+from flmjax.infer import stream_slots
 from flmjax.infer.audio import StreamingCodec
 from flmjax.infer.sampling import SamplingConfig
+from flmjax.infer.stream_state import ContextLimitError
 from flmjax.streams import FRAME_S
 
 
@@ -87,7 +89,7 @@ class Scheduler:
         codec: StreamingCodec | None = None,
     ):
         self.config, self.params, self.codec = config, params, codec
-        self.state = stream_lib.init_stream(config, params, slots, max_frames, sampling, sliding_window, mesh)
+        self.state = stream_slots.init_stream(config, params, slots, max_frames, sampling, sliding_window, mesh)
         if mesh is not None:
             self.params = stream_lib.place_stream_params(params, self.state)
         self.slots, self.max_frames, self.sliding_window = slots, max_frames, sliding_window
@@ -114,7 +116,7 @@ class Scheduler:
             raise SlotsFull(f"all {self.slots} slots hold a session")
         slot = int(free[0])
         if sampling is not None:
-            stream_lib.slot_sampling(self.state, [sampling] + [None] * (self.slots - 1))  # fits the stream?
+            stream_slots.slot_sampling(self.state, [sampling] + [None] * (self.slots - 1))  # fits the stream?
         self.keys = self.keys.at[slot].set(key)
         self.session_step[slot], self._starting[slot], self._settings[slot] = 0, True, sampling
         return slot
@@ -136,10 +138,10 @@ class Scheduler:
         if mask.any():
             settings = None
             if any(self._settings[b] is not None for b in np.flatnonzero(self._starting)):
-                settings = stream_lib.slot_sampling(
+                settings = stream_slots.slot_sampling(
                     self.state, [self._settings[b] if self._starting[b] else None for b in range(self.slots)]
                 )
-            self.state = stream_lib.reset_slots(self.state, mask, settings)
+            self.state = stream_slots.reset_slots(self.state, mask, settings)
             self.cache_length[mask] = 0
         return ended
 
@@ -248,7 +250,7 @@ def run_sessions(
     max_frames = max(lengths) if max_frames is None else max_frames
     if max(lengths) > max_frames and not sliding_window:
         longest = int(np.argmax(lengths))
-        raise stream_lib.ContextLimitError(
+        raise ContextLimitError(
             f"session {longest} has {lengths[longest]} frames, past the context limit of {max_frames} frames "
             f"({max_frames * FRAME_S:.1f} s); use a larger max_frames or sliding_window=True"
         )

@@ -17,7 +17,7 @@ from flmjax.infer import (
     stream_step_details,
 )
 from flmjax.infer import stream as stream_lib
-from flmjax.infer.stream import codebook_size
+from flmjax.infer.stream_state import codebook_size
 from tests.conftest import golden_model
 
 TOLERANCE = 1e-4
