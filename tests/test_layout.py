@@ -98,3 +98,19 @@ def test_the_package_has_every_stage_and_the_checkpoints_base():
 )
 def test_the_checker_catches_a_backward_import(module, source, backward):
     assert bool(backward_imports(source, module)) == backward
+
+
+MAX_MODULE_LINES = 400  # issue 15: one module per job, none over ~400 lines
+
+
+def test_no_module_is_over_the_size_of_one_job():
+    """Every module of the package, the launchers and the configs stays within MAX_MODULE_LINES lines."""
+    root = PACKAGE.parent
+    paths = [path for folder in ("flmjax", "launch", "configs") for path in sorted((root / folder).rglob("*.py"))]
+    assert len(paths) > 50  # the walk found the tree
+    too_long = {
+        str(path.relative_to(root)): count
+        for path in paths
+        if (count := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not too_long, f"modules over {MAX_MODULE_LINES} lines (split them by job): {too_long}"
