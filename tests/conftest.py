@@ -1,5 +1,5 @@
-"""Test setup: 8 fake CPU devices, no persistent compilation cache, the golden checkpoints, and the order xdist
-hands tests out in."""
+"""Test setup: 8 fake CPU devices, no persistent compilation cache, the golden checkpoints, the order xdist hands
+tests out in, and compiled code released before a worker runs out of memory maps."""
 
 import os
 
@@ -16,7 +16,9 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
 
 import functools  # noqa: E402
+import gc  # noqa: E402
 import pathlib  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -58,3 +60,45 @@ def pytest_collection_modifyitems(items):
     """The xdist groups and the `slow` tests first (a stable sort: every worker collects the same order), so that
     neither worker ends the run alone on a long test."""
     items.sort(key=lambda item: not (item.get_closest_marker("slow") or item.get_closest_marker("xdist_group")))
+
+
+# Every executable XLA's CPU backend compiles keeps its machine code in memory maps of its own (about 3 each), and
+# jax's caches keep every executable alive. One xdist worker compiles thousands over the suite; at the kernel's
+# `vm.max_map_count` (65530 by default) LLVM's next allocation fails ("LLVM compilation error: Cannot allocate
+# memory") and XLA then segfaults, in a compile or a cache write: the worker crashes, and xdist may hang replacing
+# it. So a worker drops jax's caches (the executables go with them; later calls compile again) once it holds half.
+
+
+def kernel_map_limit() -> int:
+    try:
+        return int(pathlib.Path("/proc/sys/vm/max_map_count").read_text())
+    except (OSError, ValueError):
+        return 65530
+
+
+def memory_map_count() -> int:
+    """How many memory maps this process holds (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            return sum(1 for _ in maps)
+    except OSError:
+        return 0
+
+
+def release_compiled_code(limit: int) -> bool:
+    """Clear jax's caches when this process holds more than `limit` memory maps; whether it did."""
+    if "jax" not in sys.modules or memory_map_count() <= limit:
+        return False
+    sys.modules["jax"].clear_caches()
+    gc.collect()
+    return True
+
+
+MAP_LIMIT = kernel_map_limit() // 2
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    result = yield  # after the test's fixtures are torn down: what they held is free to go
+    release_compiled_code(MAP_LIMIT)
+    return result

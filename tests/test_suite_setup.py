@@ -54,3 +54,19 @@ def test_loadgroup_runs_a_group_on_one_worker(tmp_path):
     assert len(workers) == 6, result.stdout[-3000:]
     assert len(set(workers)) == 1, workers
     assert len(re.findall(r"PASSED .*test_free\.py::test_free", result.stdout)) == 6
+
+
+def test_releasing_compiled_code_frees_the_memory_maps_of_the_executables():
+    """conftest's guard against a worker running out of memory maps (vm.max_map_count) late in the suite."""
+    import jax
+    import jax.numpy as jnp
+
+    from tests.conftest import memory_map_count, release_compiled_code
+
+    for k in range(40):  # 40 executables, each with memory maps of its own
+        jax.jit(lambda x, k=k: jnp.sin(x) * k)(jnp.ones(k + 1))
+    held = memory_map_count()
+    assert not release_compiled_code(limit=held + 1_000)  # under the limit: nothing is dropped
+    assert memory_map_count() >= held - 10
+    assert release_compiled_code(limit=held // 2)
+    assert memory_map_count() < held - 40  # the executables' maps went with the caches
