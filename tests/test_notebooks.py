@@ -27,7 +27,8 @@ NOTEBOOK_TIMEOUT_S = 300  # each must also run in under 3 minutes on a laptop; C
 
 
 def kernel_environment() -> dict[str, str]:
-    """The kernel imports this checkout's code, runs JAX on CPU with 8 fake devices, and, like the tests, no persistent
+    """The kernel imports this checkout's code, runs JAX on CPU with 8 fake devices and XLA's usual optimisation (not
+    the tests' fast compiles: the notebooks' run times are what a user sees), and, like the tests, no persistent
     compilation cache (conftest.py)."""
     path = [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {

@@ -19,7 +19,7 @@ from flmjax import checkpoints as checkpoint_lib
 from flmjax import model
 from flmjax.convert import load_official
 from flmjax.train.metrics import read_metrics
-from tests.conftest import REPO_ROOT
+from tests.conftest import FAST_COMPILE_FLAGS, REPO_ROOT
 
 STAGE = "configs/stages/stage2_post_train_leading.py"
 
@@ -51,20 +51,23 @@ def stage_flags(data_dir, workdir, steps, *extra):
     ]
 
 
-def environment(devices=1):
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+def environment(devices=1, fast_compile=True):
+    """A CPU training subprocess's environment; `fast_compile=False` for runs of many steps, where XLA's optimised
+    code wins back more than its slower compile costs (at -O0 the tiny step runs about 2.5x slower)."""
+    flags = f"--xla_force_host_platform_device_count={devices}" + (f" {FAST_COMPILE_FLAGS}" if fast_compile else "")
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
 
 
 def train_command(flags):
     return [sys.executable, "-m", "launch.train", *flags]
 
 
-def run_train(flags, log_path, devices=1, check=True):
+def run_train(flags, log_path, devices=1, check=True, fast_compile=True):
     with open(log_path, "w") as log:
         result = subprocess.run(
             train_command(flags),
             cwd=REPO_ROOT,
-            env=environment(devices),
+            env=environment(devices, fast_compile),
             stdout=log,
             stderr=subprocess.STDOUT,
             timeout=600,
@@ -88,13 +91,22 @@ def final_params(workdir, step=None):
 def test_killed_run_resumes_with_identical_losses_and_params(data_dir, tmp_path):
     steps = 36
     straight = tmp_path / "straight"
-    run_train(stage_flags(data_dir, straight, steps, "--config.train.save_every=12"), tmp_path / "straight.log")
+    # Optimised code (many steps), the same in all three runs: their losses must be bit-equal.
+    run_train(
+        stage_flags(data_dir, straight, steps, "--config.train.save_every=12"),
+        tmp_path / "straight.log",
+        fast_compile=False,
+    )
 
     resumed = tmp_path / "resumed"
     flags = stage_flags(data_dir, resumed, steps, "--config.train.save_every=12")
     with open(tmp_path / "killed.log", "w") as log:
         process = subprocess.Popen(
-            train_command(flags), cwd=REPO_ROOT, env=environment(), stdout=log, stderr=subprocess.STDOUT
+            train_command(flags),
+            cwd=REPO_ROOT,
+            env=environment(fast_compile=False),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.time() + 300
         while checkpoint_lib.latest_complete_step(resumed) is None and time.time() < deadline:
@@ -105,7 +117,7 @@ def test_killed_run_resumes_with_identical_losses_and_params(data_dir, tmp_path)
     assert process.returncode == -signal.SIGKILL
     killed_at = checkpoint_lib.latest_complete_step(resumed)
     assert killed_at is not None and killed_at < steps, "the run finished before it could be killed"
-    run_train(flags, tmp_path / "resume.log")
+    run_train(flags, tmp_path / "resume.log", fast_compile=False)
     assert f"resumed from {resumed} step {killed_at}" in (tmp_path / "resume.log").read_text()
 
     expected, got = read_metrics(straight), read_metrics(resumed)
@@ -356,6 +368,7 @@ def test_tiny_model_learns_the_corpus_text_to_audio_rule(data_dir, tmp_path):
             "--config.optimizer.warmup_steps=20",
         ),
         tmp_path / "learn.log",
+        fast_compile=False,
     )
     metrics = read_metrics(workdir)
     first, last = metrics[10], metrics[steps]
