@@ -1,5 +1,6 @@
 """The test command's own machinery: xdist's loadgroup keeps an xdist_group on one worker with this pytest."""
 
+import pathlib
 import re
 import subprocess
 import sys
@@ -54,6 +55,32 @@ def test_loadgroup_runs_a_group_on_one_worker(tmp_path):
     assert len(workers) == 6, result.stdout[-3000:]
     assert len(set(workers)) == 1, workers
     assert len(re.findall(r"PASSED .*test_free\.py::test_free", result.stdout)) == 6
+
+
+CRASHING = """
+import os
+import signal
+
+import pytest
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_case(case):
+    if case == 2:
+        os.kill(os.getpid(), signal.SIGSEGV)  # what XLA does to a worker when it runs out of memory maps
+"""
+
+
+def test_a_crashed_worker_fails_the_run_at_once_naming_its_test(tmp_path):
+    """setup.cfg's options (`--max-worker-restart=0`): a crash is a failed run with the test named, not a hang."""
+    (tmp_path / "test_crashing.py").write_text(CRASHING)
+    setup_cfg = pathlib.Path(__file__).resolve().parents[1] / "setup.cfg"
+    command = [sys.executable, "-m", "pytest", "-c", str(setup_cfg), "--rootdir", str(tmp_path), "-n", "2"]
+    command += ["-p", "no:cacheprovider", "-v", str(tmp_path)]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert "crashed while running 'test_crashing.py::test_case[2]'" in result.stdout, result.stdout[-3000:]
+    assert "worker restarting disabled" in result.stdout, result.stdout[-3000:]
 
 
 def test_releasing_compiled_code_frees_the_memory_maps_of_the_executables():
