@@ -30,6 +30,21 @@ REMAT_POLICIES = (
 )
 DTYPES = ("float32", "bfloat16", "float16")
 NUM_CODES = 2048  # codes per Mimi codebook; audio ids at or above this are specials
+# The sizes of the model, each a positive integer; with `scan_layers` they decide every param's shape.
+SIZE_FIELDS = (
+    "vocab_size",
+    "aud_vocab_size",
+    "aud_channel",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "depth_layers",
+    "depth_heads",
+    "depth_dim",
+)
 
 # Fields of `config.json` that are not `ModelConfig` fields but are always written.
 _OFFICIAL_CONSTANTS = {"model_type": "FLMAudio", "architectures": ["FLMAudioForCausalLM"]}
@@ -195,20 +210,7 @@ class ModelConfig:
                 if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                     problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
 
-        positive(
-            "vocab_size",
-            "aud_vocab_size",
-            "aud_channel",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "head_dim",
-            "depth_layers",
-            "depth_heads",
-            "depth_dim",
-        )
+        positive(*SIZE_FIELDS)
         if problems:
             raise ConfigError("invalid ModelConfig:\n  " + "\n  ".join(problems))
         if self.num_attention_heads % self.num_key_value_heads:

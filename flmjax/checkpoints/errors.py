@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import jax
 
+from flmjax.config import SIZE_FIELDS
 from flmjax.errors import UserError
 
 
@@ -114,18 +115,4 @@ def quiet_abandoned_reads() -> None:
 
 
 # Model config fields that decide param shapes: named in a mismatch report.
-SHAPE_FIELDS = (
-    "vocab_size",
-    "aud_vocab_size",
-    "aud_channel",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "depth_layers",
-    "depth_heads",
-    "depth_dim",
-    "scan_layers",
-)
+SHAPE_FIELDS = (*SIZE_FIELDS, "scan_layers")
