@@ -24,32 +24,18 @@ def test_free(case):
 """
 
 
+def run_generated_suite(folder, *options) -> subprocess.CompletedProcess:
+    """The tests written into `folder`, run by pytest on two xdist workers, verbose."""
+    command = [sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", "-v", *options, str(folder)]
+    return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=300)
+
+
 def test_loadgroup_runs_a_group_on_one_worker(tmp_path):
     """pytest 9.2 with xdist 3.8 ignores the groups (setup.cfg pins pytest below it): every module fixture the
     suite shares through a group would then be built once per worker."""
     (tmp_path / "test_grouped.py").write_text(GROUPED)
     (tmp_path / "test_free.py").write_text("import pytest\n" + FREE)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-n",
-            "2",
-            "--dist",
-            "loadgroup",
-            "-p",
-            "no:cacheprovider",
-            "-v",
-            "-p",
-            "no:randomly",
-            str(tmp_path),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_generated_suite(tmp_path, "--dist", "loadgroup", "-p", "no:randomly")
     assert result.returncode == 0, result.stdout[-3000:]
     workers = re.findall(r"\[(gw\d)\] .*PASSED .*test_grouped\.py::test_grouped\[\d\]@shared", result.stdout)
     assert len(workers) == 6, result.stdout[-3000:]
@@ -75,9 +61,7 @@ def test_a_crashed_worker_fails_the_run_at_once_naming_its_test(tmp_path):
     """setup.cfg's options (`--max-worker-restart=0`): a crash is a failed run with the test named, not a hang."""
     (tmp_path / "test_crashing.py").write_text(CRASHING)
     setup_cfg = pathlib.Path(__file__).resolve().parents[1] / "setup.cfg"
-    command = [sys.executable, "-m", "pytest", "-c", str(setup_cfg), "--rootdir", str(tmp_path), "-n", "2"]
-    command += ["-p", "no:cacheprovider", "-v", str(tmp_path)]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = run_generated_suite(tmp_path, "-c", str(setup_cfg), "--rootdir", str(tmp_path))
     assert result.returncode == 1, result.stdout[-3000:]
     assert "crashed while running 'test_crashing.py::test_case[2]'" in result.stdout, result.stdout[-3000:]
     assert "worker restarting disabled" in result.stdout, result.stdout[-3000:]
